@@ -1,0 +1,105 @@
+"""The trained network as a whole: input normalisation followed by a backbone from the model registry.
+
+Backbones (`resnet_jax.models.create_model`) take normalised float images. Training, evaluation, checkpoints
+and `resnet_jax.evaluate.predict` work with `Classifier`, which takes raw pixels (uint8 or float in [0, 255])
+and normalises them with statistics fixed at training time, so a loaded checkpoint needs nothing else to
+classify images.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from resnet_jax.errors import UserError
+
+NORMALIZATIONS = ('per_channel', 'per_pixel_mean')
+
+
+def normalization_statistics(images_uint8: np.ndarray, mode: str) -> tuple[Any, Any]:
+  """Returns (mean, std) of a training split as nested tuples (hashable module attributes).
+
+  'per_channel': mean and std per channel over all pixels (fb.resnet.torch; for CIFAR-10 this gives its
+     {125.3, 123.0, 113.9} / {63.0, 62.1, 66.7}).
+  'per_pixel_mean': the mean image, std 1 (He et al. 2015 Sec. 4.2: "the per-pixel mean subtracted").
+  """
+  images = np.asarray(images_uint8, np.float64)
+  if mode == 'per_channel':
+    mean = images.mean(axis=(0, 1, 2))
+    std = images.std(axis=(0, 1, 2))
+    std = np.where(std > 0, std, 1.0)
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+  if mode == 'per_pixel_mean':
+    mean = images.mean(axis=0)
+    return _to_tuple(mean.astype(np.float32)), (1.0,)
+  raise UserError(f"unknown normalization {mode!r}; choose one of {', '.join(NORMALIZATIONS)}")
+
+
+def _to_tuple(array: np.ndarray) -> Any:
+  if array.ndim == 0:
+    return float(array)
+  return tuple(_to_tuple(a) for a in array)
+
+
+class Classifier(nn.Module):
+  """Normalises raw pixels, then applies `backbone`. Extra keyword arguments go to the backbone."""
+  backbone: nn.Module
+  mean: Any = (0.0,)
+  std: Any = (1.0,)
+
+  @nn.compact
+  def __call__(self, images, train: bool = False, **kwargs):
+    x = images.astype(jnp.float32)
+    x = (x - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
+    return self.backbone(x, train=train, **kwargs)
+
+  def channel_means(self) -> np.ndarray:
+    """The per-channel mean colour (of the mean image for 'per_pixel_mean')."""
+    mean = np.asarray(self.mean, np.float32)
+    return mean.reshape(-1, mean.shape[-1]).mean(axis=0) if mean.ndim > 1 else mean
+
+
+def compute_dtype(name: str) -> Any:
+  """'auto' is bfloat16 on GPU/TPU and float32 on CPU (XLA:CPU has no fast bf16 convolutions)."""
+  if name == 'auto':
+    return jnp.bfloat16 if jax.default_backend() in ('gpu', 'cuda', 'rocm', 'tpu') else jnp.float32
+  try:
+    return jnp.dtype(name).type
+  except TypeError:
+    raise UserError(f"unknown config.model.dtype {name!r}; use auto, float32 or bfloat16") from None
+
+
+def model_options(model_config) -> dict[str, Any]:
+  """The create_model options of `config.model`: every key but `name`, with `dtype` resolved."""
+  options = {k: v for k, v in model_config.items() if k != 'name'}
+  options['dtype'] = compute_dtype(options.get('dtype', 'auto'))
+  return options
+
+
+def bn_group_size(config) -> Any:
+  """The model's `bn_group_size` for `config.batch_norm` ('global': None; 'ghost': its group size)."""
+  mode = config.batch_norm.mode
+  if mode == 'global':
+    return None
+  if mode == 'ghost':
+    size = config.batch_norm.get('group_size')
+    if not size or size <= 0:
+      raise UserError("config.batch_norm.mode='ghost' needs config.batch_norm.group_size (examples per BN "
+                      "group, e.g. 64 for the papers' per-GPU BN on CIFAR)")
+    return int(size)
+  raise UserError(f"unknown config.batch_norm.mode {mode!r}; choose global or ghost")
+
+
+def model_from_config(config, num_classes: int, mean: Any = (0.0,), std: Any = (1.0,)) -> Classifier:
+  """Builds the Classifier a config describes; raises UserError for unknown names or options."""
+  from resnet_jax import models  # pylint: disable=g-import-not-at-top
+  options = model_options(config.model)
+  group = bn_group_size(config)
+  if group is not None:
+    options['bn_group_size'] = group
+  backbone = models.create_model(config.model.name, num_classes=num_classes, **options)
+  return Classifier(backbone=backbone, mean=mean, std=std)

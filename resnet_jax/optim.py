@@ -1,0 +1,122 @@
+"""Learning-rate schedules and optimizers (Optax), built from `config.schedule` and `config.optimizer`.
+
+The papers' recipes:
+  - CIFAR (He et al. 2015 Sec. 4.2, 2016 appendix): SGD momentum 0.9, weight decay 1e-4, batch 128, lr 0.1
+    divided by 10 at 32k and 48k iterations, stop at 64k; a constant warm-up at 0.01 for the first 400
+    iterations (2016: "in all CIFAR experiments"; 2015: ResNet-110 only).
+  - ImageNet (He et al. 2015 Sec. 3.4, fb.resnet.torch): lr 0.1 for batch 256, divided by 10 at epochs 30 and
+    60 of 90.
+Weight decay is the papers' coupled L2: `wd * param` is added to the gradient before momentum, exactly as
+Caffe/Torch SGD do.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from resnet_jax.config import resolve_steps
+from resnet_jax.errors import UserError
+
+OPTIMIZERS = ('sgd',)
+SCHEDULES = ('step', 'cosine', 'constant')
+WARMUPS = ('none', 'constant', 'linear')
+WEIGHT_DECAY_TARGETS = ('all', 'kernels')
+
+
+def base_learning_rate(schedule_config: ml_collections.ConfigDict, batch_size: int) -> float:
+  """`base_lr`, scaled linearly with the batch if `reference_batch_size` is set (Goyal et al. 2017)."""
+  lr = float(schedule_config.base_lr)
+  reference = schedule_config.get('reference_batch_size')
+  if reference:
+    lr *= batch_size / reference
+  return lr
+
+
+def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: float, total_steps: int) -> optax.Schedule:
+  """Builds the learning-rate schedule; raises UserError for an inconsistent one (before any compile)."""
+  sc = config.schedule
+  if sc.name not in SCHEDULES:
+    raise UserError(f"unknown schedule {sc.name!r}; choose one of {', '.join(SCHEDULES)}")
+  warmup_kind = sc.get('warmup') or 'none'
+  if warmup_kind not in WARMUPS:
+    raise UserError(f"unknown warmup {warmup_kind!r}; choose one of {', '.join(WARMUPS)}")
+  base_lr = base_learning_rate(sc, config.batch_size)
+  warmup_steps = 0 if warmup_kind == 'none' else resolve_steps(sc, 'warmup', steps_per_epoch, default=0)
+  if warmup_steps >= total_steps and warmup_steps > 0:
+    raise UserError(f"warm-up of {warmup_steps} steps is not shorter than training ({total_steps} steps); "
+                    "shorten config.schedule.warmup_steps/warmup_epochs or train longer")
+
+  boundaries: Sequence[int] = ()
+  if sc.name == 'step':
+    boundaries = _boundaries(sc, steps_per_epoch)
+    if any(b <= 0 for b in boundaries) or any(b2 <= b1 for b1, b2 in zip(boundaries, boundaries[1:])):
+      raise UserError(f"learning-rate boundaries must be positive and strictly increasing, got {list(boundaries)}")
+    if boundaries and boundaries[-1] >= total_steps:
+      raise UserError(f"learning-rate boundary {boundaries[-1]} is not before the end of training "
+                      f"({total_steps} steps); drop it or train longer")
+  decay_factor = float(sc.decay_factor)
+  boundaries_array = jnp.asarray(boundaries, jnp.int32)
+  warmup_factor = float(sc.get('warmup_factor') or 0.0)
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.int32)
+    if sc.name == 'step':
+      decays = jnp.sum(step >= boundaries_array) if boundaries else 0
+      lr = base_lr * decay_factor ** decays
+    elif sc.name == 'cosine':
+      progress = jnp.clip((step - warmup_steps) / max(total_steps - warmup_steps, 1), 0.0, 1.0)
+      lr = base_lr * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    else:
+      lr = jnp.asarray(base_lr, jnp.float32)
+    if warmup_kind == 'constant':
+      lr = jnp.where(step < warmup_steps, base_lr * warmup_factor, lr)
+    elif warmup_kind == 'linear':
+      lr = jnp.where(step < warmup_steps, base_lr * step / max(warmup_steps, 1), lr)
+    return jnp.asarray(lr, jnp.float32)
+
+  return schedule
+
+
+def _boundaries(sc: ml_collections.ConfigDict, steps_per_epoch: float) -> tuple[int, ...]:
+  in_steps, in_epochs = sc.get('boundaries_steps'), sc.get('boundaries_epochs')
+  if in_steps is not None and in_epochs is not None:
+    raise UserError("config.schedule sets both boundaries_steps and boundaries_epochs; keep one")
+  if in_steps is not None:
+    return tuple(int(b) for b in in_steps)
+  if in_epochs is not None:
+    return tuple(int(round(float(e) * steps_per_epoch)) for e in in_epochs)
+  return ()
+
+
+def weight_decay_mask(target: str) -> Callable:
+  if target not in WEIGHT_DECAY_TARGETS:
+    raise UserError(f"unknown config.optimizer.weight_decay_on {target!r}; choose one of "
+                    f"{', '.join(WEIGHT_DECAY_TARGETS)}")
+  if target == 'all':
+    return lambda params: jax.tree.map(lambda _: True, params)
+
+  def kernels_only(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: getattr(path[-1], 'key', None) == 'kernel', params)
+  return kernels_only
+
+
+def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
+  oc = config.optimizer
+  decay = optax.add_decayed_weights(float(oc.weight_decay), mask=weight_decay_mask(oc.weight_decay_on)) \
+      if oc.weight_decay else optax.identity()
+  if oc.name not in OPTIMIZERS:
+    raise UserError(f"unknown optimizer {oc.name!r}; choose one of {', '.join(OPTIMIZERS)}")
+  # Torch/Caffe SGD: v <- momentum * v + g; p <- p - lr * v (optax.sgd is the same update).
+  update = optax.sgd(schedule, momentum=float(oc.momentum) or None, nesterov=bool(oc.nesterov))
+  return optax.chain(decay, update)
+
+
+def describe(schedule: optax.Schedule, steps: Sequence[int]) -> dict[int, float]:
+  """Learning rates at `steps` (for logs and tests)."""
+  return {int(s): float(schedule(s)) for s in steps}

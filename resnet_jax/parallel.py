@@ -1,0 +1,100 @@
+"""Data parallelism with `jax.jit` over a `Mesh` of every device of every process (one axis, `data`).
+
+Parameters and optimizer state are replicated; batches are sharded along their leading axis. A batch is a
+global `jax.Array` assembled from the rows each process loaded (`jax.make_array_from_process_local_data`),
+so the same jitted step runs unchanged on one CPU, one GPU, eight GPUs or a TPU pod.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Optional, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from resnet_jax.errors import UserError
+
+DATA_AXIS = 'data'
+
+
+def initialize_distributed() -> None:
+  """Calls `jax.distributed.initialize()` when this process is one of several.
+
+  Detected from the environment: TPU pods and SLURM are found by JAX itself; elsewhere set
+  JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (read by JAX). Safe to call twice.
+  """
+  if jax.distributed.is_initialized():
+    return
+  explicit = 'JAX_COORDINATOR_ADDRESS' in os.environ and int(os.environ.get('JAX_NUM_PROCESSES', '1')) > 1
+  slurm = int(os.environ.get('SLURM_NTASKS', '1')) > 1
+  tpu_pod = 'TPU_WORKER_HOSTNAMES' in os.environ and ',' in os.environ.get('TPU_WORKER_HOSTNAMES', '')
+  if explicit or slurm or tpu_pod:
+    jax.distributed.initialize()
+
+
+def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+  """A 1-D mesh named `data` over `devices` (default: all devices of all processes)."""
+  devices = list(jax.devices() if devices is None else devices)
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def check_batch_divisible(global_batch: int, mesh: Mesh, what: str = 'config.batch_size') -> None:
+  devices = mesh.devices.size
+  if global_batch % devices:
+    lower = global_batch - global_batch % devices
+    raise UserError(f"{what}={global_batch} is not divisible by the {devices} devices; use a multiple of "
+                    f"{devices} such as {max(lower, devices)} or {lower + devices}")
+
+
+def local_batch_size(global_batch: int, mesh: Mesh) -> int:
+  """Rows of a global batch that this process loads."""
+  return global_batch * _local_device_count(mesh) // mesh.devices.size
+
+
+def local_batch_slice(global_batch: int, mesh: Mesh) -> slice:
+  """The rows [start, stop) of each global batch that belong to this process's devices."""
+  per_device = global_batch // mesh.devices.size
+  positions = [i for i, d in enumerate(mesh.devices.flat) if d.process_index == jax.process_index()]
+  start, stop = min(positions) * per_device, (max(positions) + 1) * per_device
+  if stop - start != len(positions) * per_device:
+    raise ValueError('this process\'s devices are not contiguous in the mesh')
+  return slice(start, stop)
+
+
+def _local_device_count(mesh: Mesh) -> int:
+  return sum(1 for d in mesh.devices.flat if d.process_index == jax.process_index())
+
+
+def host_to_global(local: Mapping[str, np.ndarray], mesh: Mesh, global_batch: int) -> dict[str, jax.Array]:
+  """Assembles each process's rows into global arrays sharded over `data`."""
+  sharding = batch_sharding(mesh)
+  out = {}
+  for key, value in local.items():
+    value = np.asarray(value)
+    out[key] = jax.make_array_from_process_local_data(sharding, value, (global_batch,) + value.shape[1:])
+  return out
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  """Places a host pytree on every device (same value everywhere)."""
+  sharding = replicated(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+
+
+def fetch(tree: Any) -> Any:
+  """Device -> host for replicated or fully addressable values (metrics, small state)."""
+  def get(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+  return jax.tree.map(get, tree)

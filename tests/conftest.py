@@ -1,0 +1,35 @@
+"""Test-suite setup: two fake CPU devices, a private TFDS data dir, and shared helpers.
+
+XLA_FLAGS must be set before JAX initialises its backend, so it is set here, at import. Every test that does
+not build its own mesh therefore runs data-parallel over 2 devices, exercising the sharded code paths.
+Tests needing other device or process counts run in subprocesses (see `run_python`).
+"""
+
+import atexit
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=2').strip()
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# TFDS reads its data dir when first imported: a private one keeps ~/tensorflow_datasets out of the suite.
+TFDS_DATA_DIR = tempfile.mkdtemp(prefix='resnet_jax_tfds_')
+os.environ['TFDS_DATA_DIR'] = TFDS_DATA_DIR
+atexit.register(shutil.rmtree, TFDS_DATA_DIR, ignore_errors=True)
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_python(args, devices=1, env=None, timeout=600, cwd=REPO):
+  """Runs `python ARGS` in a fresh process with `devices` fake CPU devices; returns CompletedProcess."""
+  full_env = dict(os.environ)
+  full_env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  full_env['JAX_PLATFORMS'] = 'cpu'
+  full_env['PYTHONUNBUFFERED'] = '1'
+  full_env.update(env or {})
+  return subprocess.run([sys.executable] + list(args), cwd=cwd, env=full_env, capture_output=True, text=True,
+                        timeout=timeout)
