@@ -142,6 +142,10 @@ class Progress:
     self._last_time = time.perf_counter()
     self._rate = None  # steps per second over the latest interval (excludes earlier compiles)
 
+  def restart_clock(self) -> None:
+    """Excludes the time since the last update (compilation, evaluation) from the next rate."""
+    self._last_time = time.perf_counter()
+
   def update(self, step: int, batch_size: int, **fields: Any) -> float:
     """Records that `step` was reached; returns images/s over the interval since the last update."""
     now = time.perf_counter()

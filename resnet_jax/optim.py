@@ -56,9 +56,7 @@ def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: float, tot
     boundaries = _boundaries(sc, steps_per_epoch)
     if any(b <= 0 for b in boundaries) or any(b2 <= b1 for b1, b2 in zip(boundaries, boundaries[1:])):
       raise UserError(f"learning-rate boundaries must be positive and strictly increasing, got {list(boundaries)}")
-    if boundaries and boundaries[-1] >= total_steps:
-      raise UserError(f"learning-rate boundary {boundaries[-1]} is not before the end of training "
-                      f"({total_steps} steps); drop it or train longer")
+    # Boundaries past the end are allowed: a shortened (debug) or to-be-extended run keeps the recipe.
   decay_factor = float(sc.decay_factor)
   boundaries_array = jnp.asarray(boundaries, jnp.int32)
   warmup_factor = float(sc.get('warmup_factor') or 0.0)
@@ -86,10 +84,11 @@ def _boundaries(sc: ml_collections.ConfigDict, steps_per_epoch: float) -> tuple[
   in_steps, in_epochs = sc.get('boundaries_steps'), sc.get('boundaries_epochs')
   if in_steps is not None and in_epochs is not None:
     raise UserError("config.schedule sets both boundaries_steps and boundaries_epochs; keep one")
+  as_tuple = lambda value: tuple(value) if isinstance(value, (tuple, list)) else (value,)  # '8' -> (8,)
   if in_steps is not None:
-    return tuple(int(b) for b in in_steps)
+    return tuple(int(b) for b in as_tuple(in_steps))
   if in_epochs is not None:
-    return tuple(int(round(float(e) * steps_per_epoch)) for e in in_epochs)
+    return tuple(int(round(float(e) * steps_per_epoch)) for e in as_tuple(in_epochs))
   return ()
 
 

@@ -1,0 +1,118 @@
+"""Evaluation: exact test accuracy on any device count, `predict()` for notebooks, and `--mode eval`.
+
+Every example of the split counts exactly once: batches are padded to the global batch size and a mask
+removes the padding from the sums (big_vision's approach; the Flax example drops the remainder).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from resnet_jax import parallel
+from resnet_jax.losses import cross_entropy
+from resnet_jax.data import pipelines
+from resnet_jax.data.sources import ExampleSource
+
+
+class Evaluator:
+  """Jitted masked evaluation of a Classifier over an ExampleSource."""
+
+  def __init__(self, model, mesh: jax.sharding.Mesh):
+    self.model = model
+    self.mesh = mesh
+    replicated = parallel.replicated(mesh)
+
+    @jax.jit
+    def eval_step(variables, batch, totals):
+      logits = model.apply(variables, batch['image'], train=False)
+      mask = batch['mask'].astype(jnp.float32)
+      loss = cross_entropy(logits, batch['label'])
+      correct = (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32)
+      return {'loss': totals['loss'] + jnp.sum(loss * mask), 'correct': totals['correct'] + jnp.sum(correct * mask),
+              'count': totals['count'] + jnp.sum(mask)}
+
+    self._eval_step = eval_step
+    self._zeros = lambda: jax.device_put({'loss': jnp.float32(0), 'correct': jnp.float32(0),
+                                          'count': jnp.float32(0)}, replicated)
+
+  def evaluate(self, variables, source: ExampleSource, global_batch: int,
+               limit: Optional[int] = None) -> dict[str, float]:
+    """Returns test_accuracy (fraction), test_error, test_loss and num_examples over the whole split."""
+    # Evaluation batches only need to split evenly over the devices: round up (padding is masked anyway).
+    devices = self.mesh.devices.size
+    global_batch = -(-global_batch // devices) * devices
+    totals = self._zeros()
+    for batch in pipelines.eval_batches(source, self.mesh, global_batch, limit):
+      totals = self._eval_step(variables, batch, totals)
+    totals = parallel.fetch(totals)
+    count = float(totals['count'])
+    accuracy = float(totals['correct']) / count
+    return {'test_accuracy': accuracy, 'test_error': 1.0 - accuracy,
+            'test_loss': float(totals['loss']) / count, 'num_examples': int(count)}
+
+
+def predict(model, variables, images_uint8: np.ndarray, batch_size: int = 256) -> np.ndarray:
+  """Float32 logits for `images_uint8` (N x H x W x C, raw pixels), on the local devices.
+
+  `model` is the Classifier of a run (from `resnet_jax.checkpoints.load`): it normalises raw pixels itself.
+  """
+  images = np.asarray(images_uint8)
+  if images.ndim != 4:
+    raise ValueError(f'images must be N x H x W x C, got shape {images.shape}')
+  apply = _jitted_apply(model)
+  devices = jax.local_devices()
+  batch_size = max(len(devices), batch_size - batch_size % len(devices))
+  mesh = parallel.make_mesh(devices)
+  sharding = parallel.batch_sharding(mesh)
+  variables = jax.device_put(variables, parallel.replicated(mesh))
+  outputs = []
+  for start in range(0, len(images), batch_size):
+    chunk = images[start:start + batch_size]
+    pad = batch_size - len(chunk)
+    if pad:
+      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+    logits = apply(variables, jax.device_put(chunk, sharding))
+    outputs.append(np.asarray(logits)[:batch_size - pad])
+  if not outputs:
+    return np.zeros((0, 0), np.float32)
+  return np.concatenate(outputs).astype(np.float32)
+
+
+_APPLY_CACHE: dict[int, Any] = {}
+
+
+def _jitted_apply(model):
+  key = hash(model)
+  if key not in _APPLY_CACHE:
+    _APPLY_CACHE[key] = jax.jit(lambda variables, x: model.apply(variables, x, train=False))
+  return _APPLY_CACHE[key]
+
+
+def evaluate_checkpoint(workdir: str, step: Optional[int] = None, config=None) -> dict[str, float]:
+  """`--mode eval`: evaluates a checkpoint of `workdir` on its eval split, prints and records the result.
+
+  The record is appended to `workdir/eval_results.jsonl` with the checkpoint step.
+  """
+  from resnet_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from resnet_jax.data import sources  # pylint: disable=g-import-not-at-top
+  loaded = checkpoints.load(workdir, step=step)
+  config = config or loaded.config
+  ds = config.dataset
+  source = sources.open_split(ds.name, ds.eval_split, ds.get('data_dir'))
+  mesh = parallel.make_mesh()
+  variables = jax.device_put(loaded.variables, parallel.replicated(mesh))
+  result = Evaluator(loaded.model, mesh).evaluate(variables, source, config.eval_batch_size)
+  result = {'step': loaded.step, 'split': ds.eval_split, **result}
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'eval_results.jsonl'), 'a') as f:
+      f.write(json.dumps(result) + '\n')
+    print(f"step {loaded.step}: {ds.name}:{ds.eval_split} test_accuracy {result['test_accuracy']:.4f} "
+          f"(error {100 * result['test_error']:.2f}%) test_loss {result['test_loss']:.4f} "
+          f"on {result['num_examples']} examples")
+  return result

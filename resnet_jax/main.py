@@ -1,0 +1,86 @@
+r"""Command line: train or evaluate one experiment.
+
+  python -m resnet_jax.main --config configs/quickstart.py --workdir runs/quickstart
+  python -m resnet_jax.main --config configs/cifar.py:preact_resnet164 --workdir runs/p164 \
+      --config.batch_size=64
+  python -m resnet_jax.main --workdir runs/quickstart --mode eval
+
+This file is intentionally thin (as the Flax examples'): the work is in `train.train_and_evaluate` and
+`evaluate.evaluate_checkpoint`, which notebooks import directly. Mistakes in the input (config, workdir,
+dataset, model name) print one `error:` line and exit with status 2 before anything is compiled or written.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from resnet_jax import config as config_lib
+from resnet_jax.errors import UserError
+
+flags.DEFINE_string('config', None, 'Config file, optionally with an argument: configs/F.py[:ARG]. '
+                    'Fields are overridden with --config.a.b=value.')
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and plots (created if missing).')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'train (resumes automatically) or eval (latest checkpoint).')
+flags.DEFINE_integer('step', None, 'With --mode eval: the checkpoint step to evaluate (default: latest).')
+FLAGS = flags.FLAGS
+
+_OVERRIDES: list[tuple[str, str]] = []
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl parsing for the named flags; `--config.a.b=v` overrides are collected separately."""
+  try:
+    rest, overrides = config_lib.split_override_args(argv)
+  except UserError as e:
+    _fail(e)
+  _OVERRIDES.extend(overrides)
+  try:
+    return FLAGS(rest)
+  except flags.Error as e:
+    _fail(f'{e}; see --help')
+
+
+def _fail(message) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    _fail(f"unexpected arguments {' '.join(argv[1:])}; flags are --config, --workdir, --mode, --step")
+  if not FLAGS.workdir:
+    _fail('--workdir is required (the directory for checkpoints and metrics)')
+  try:
+    from resnet_jax import parallel  # pylint: disable=g-import-not-at-top  (imports jax)
+    parallel.initialize_distributed()
+    if FLAGS.mode == 'train':
+      if not FLAGS.config:
+        raise UserError('--config is required to train, e.g. --config configs/quickstart.py')
+      config = config_lib.build_config(FLAGS.config, _OVERRIDES)
+      from resnet_jax import train  # pylint: disable=g-import-not-at-top
+      train.train_and_evaluate(config, FLAGS.workdir)
+    else:
+      config = config_lib.build_config(FLAGS.config, _OVERRIDES) if FLAGS.config else None
+      if config is None and _OVERRIDES:
+        raise UserError('--config.* overrides need --config in eval mode')
+      from resnet_jax import evaluate  # pylint: disable=g-import-not-at-top
+      evaluate.evaluate_checkpoint(FLAGS.workdir, step=FLAGS.step, config=config)
+  except UserError as e:
+    _fail(e)
+  except FloatingPointError as e:  # divergence: the message names the step and the kept checkpoint
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(3)
+
+
+def run() -> None:
+  logging.set_verbosity(logging.WARNING)
+  app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,109 @@
+"""The end-to-end path in-process on 2 fake devices: train -> evaluate -> checkpoint -> metrics -> resume -> load."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from resnet_jax import checkpoints
+from resnet_jax import config as config_lib
+from resnet_jax import evaluate
+from resnet_jax import train
+from resnet_jax.data import sources
+from resnet_jax.errors import UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICKSTART = os.path.join(REPO, 'configs', 'quickstart.py')
+
+
+def tiny_config(**overrides):
+  """The quickstart, shortened to a few steps (digits, pre-activation ResNet-20)."""
+  base = {'total_steps': '12', 'batch_size': '32', 'schedule.boundaries_epochs': 'None',
+          'schedule.boundaries_steps': '8', 'log_every_steps': '4', 'eval_every_steps': '12',
+          'checkpoint_every_steps': '6', 'model.stage_widths': '(8,16,16)'}
+  base.update(overrides)
+  return config_lib.build_config(QUICKSTART, list(base.items()))
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('run'))
+  result = train.train_and_evaluate(tiny_config(), workdir)
+  return workdir, result
+
+
+def test_workdir_layout_and_metrics(trained):
+  workdir, result = trained
+  names = set(os.listdir(workdir))
+  assert {'config.json', 'metrics.jsonl', 'curves.png', 'checkpoints'} <= names
+  assert any(n.startswith('events.out.tfevents') for n in names)
+  lines = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  train_lines = [l for l in lines if 'train_loss' in l]
+  eval_lines = [l for l in lines if 'test_accuracy' in l]
+  assert [l['step'] for l in train_lines] == [4, 8, 12]
+  for line in train_lines:
+    assert {'train_loss', 'learning_rate', 'images_per_sec'} <= set(line) and np.isfinite(line['train_loss'])
+  assert [l['learning_rate'] for l in train_lines] == pytest.approx([0.1, 0.1, 0.01])
+  assert [l['step'] for l in eval_lines] == [12]
+  assert 0.0 <= eval_lines[0]['test_accuracy'] <= 1.0 and eval_lines[0]['num_examples'] == 364
+  assert result['test_accuracy'] == eval_lines[0]['test_accuracy']
+  assert sorted(checkpoints.Checkpointer(workdir, read_only=True).all_steps()) == [6, 12]
+  saved = config_lib.from_json(open(os.path.join(workdir, 'config.json')).read())
+  assert saved.total_steps == 12 and saved.model.name == 'cifar_preact_resnet20'
+
+
+def test_rerun_resumes_and_does_not_retrain(trained):
+  workdir, result = trained
+  before = open(os.path.join(workdir, 'metrics.jsonl')).read()
+  again = train.train_and_evaluate(tiny_config(), workdir)
+  assert again['test_accuracy'] == result['test_accuracy']
+  after = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert [l['step'] for l in after if 'train_loss' in l] == [4, 8, 12]  # nothing retrained
+  assert len(after) >= len(before.splitlines())
+
+
+def test_load_and_predict_reproduce_the_final_evaluation(trained):
+  workdir, result = trained
+  loaded = checkpoints.load(workdir)
+  assert loaded.step == 12 and loaded.config.model.name == 'cifar_preact_resnet20'
+  test = sources.open_split('digits', 'test').read_all()
+  logits = evaluate.predict(loaded.model, loaded.variables, test['image'], batch_size=100)
+  assert logits.shape == (364, 10) and logits.dtype == np.float32
+  accuracy = float(np.mean(np.argmax(logits, -1) == test['label']))
+  assert accuracy == pytest.approx(result['test_accuracy'], abs=1e-9)
+
+
+def test_eval_mode_reports_the_final_accuracy(trained):
+  workdir, result = trained
+  evaluated = evaluate.evaluate_checkpoint(workdir)
+  assert evaluated['step'] == 12
+  assert evaluated['test_accuracy'] == pytest.approx(result['test_accuracy'], abs=1e-9)
+  record = json.loads(open(os.path.join(workdir, 'eval_results.jsonl')).read().splitlines()[-1])
+  assert record['test_accuracy'] == evaluated['test_accuracy']
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+  """6 steps, stop, then resume to 12, gives the parameters of 12 steps in one go (bitwise on CPU)."""
+  straight = str(tmp_path / 'straight')
+  split = str(tmp_path / 'split')
+  train.train_and_evaluate(tiny_config(), straight)
+  train.train_and_evaluate(tiny_config(total_steps='6', eval_every_steps='6'), split)
+  train.train_and_evaluate(tiny_config(), split)
+  a, b = checkpoints.load(straight), checkpoints.load(split)
+  np.testing.assert_array_equal(_flat(a.variables), _flat(b.variables))
+
+
+def test_workdir_of_another_run_is_refused(trained):
+  workdir, _ = trained
+  with pytest.raises(UserError, match='holds a run with a different config.model'):
+    train.train_and_evaluate(tiny_config(**{'model.name': 'cifar_preact_resnet32'}), workdir)
+
+
+def _leaves(tree):
+  import jax  # pylint: disable=g-import-not-at-top
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def _flat(tree):
+  return np.concatenate([np.ravel(v).astype(np.float64) for v in _leaves(tree)])
