@@ -1,0 +1,42 @@
+"""The model zoo: ResNet v1/v2, plain nets, ResNeXt, wide ResNet, stochastic depth, DenseNet-BC.
+
+    from resnet_jax.models import create_model, list_models
+    model = create_model('cifar_preact_resnet164', survival_prob_last=0.5)
+    variables = model.init(jax.random.key(0), x, train=False)
+    logits = model.apply(variables, x, train=False)
+
+Module map (each paper concept lives in one place):
+  layers.py    conv/norm factories (He init, ghost BatchNorm), option-A shortcut, stochastic depth, head
+  units.py     residual units: basic / bottleneck (ResNeXt groups) / 1-layer; orders (a)-(e); shortcut variants
+  resnet.py    `ResNet`: stem -> stages -> head for every residual family; scanned <-> unrolled variables
+  densenet.py  `DenseNet` (DenseNet-BC)
+  registry.py  names -> configurations (`create_model`, `list_models`)
+  counting.py  `count_params`, `count_macs` (from the jaxpr)
+"""
+
+from resnet_jax.errors import UserError
+from resnet_jax.models.counting import count_macs, count_params
+from resnet_jax.models.densenet import DenseNet
+from resnet_jax.models.layers import BatchNorm, LayerFactory
+from resnet_jax.models.registry import create_model, list_models, model_options
+from resnet_jax.models.resnet import ResNet, UnitInfo, scan_variables, unscan_variables
+
+
+def num_residual_units(model) -> int:
+  """Number of residual units of a `ResNet` (the length of `branch_gates` and the grad-gate arrays)."""
+  if not isinstance(model, ResNet):
+    raise UserError(f"{type(model).__name__} has no residual units; the lesion and path analyses need a ResNet "
+                    "model (any registry name except densenet_*)")
+  return model.num_units
+
+
+def describe_units(model) -> list[UnitInfo]:
+  """Per-unit facts (stage, position, stride, channels) in `branch_gates` order."""
+  num_residual_units(model)
+  return model.describe_units()
+
+
+__all__ = [
+    "BatchNorm", "DenseNet", "LayerFactory", "ResNet", "UnitInfo", "count_macs", "count_params", "create_model",
+    "describe_units", "list_models", "model_options", "num_residual_units", "scan_variables", "unscan_variables",
+]

@@ -1,0 +1,255 @@
+"""Layers every model in the zoo shares: one place per paper concept.
+
+* Initialisation (He et al. 2015, "Delving deep into rectifiers"; as fb.resnet.torch and torchvision):
+  convolutions draw from N(0, 2 / (k*k*out_channels)) ("kaiming normal, fan_out", untruncated), have no bias;
+  BatchNorm starts at gamma=1, beta=0; the classifier is initialised as torch's `nn.Linear` default, which
+  torchvision keeps: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+* `LayerFactory`: the conv and norm factories. Every model builds its convolutions and BatchNorms through it, so
+  compute dtype, parameter dtype and the BatchNorm mode are one setting for the whole network.
+* `BatchNorm`: batch normalisation (Ioffe & Szegedy 2015) with statistics in float32 and an optional "ghost"
+  group size (the per-GPU BatchNorm of the papers' multi-GPU training).
+* Shortcuts (He et al. 2015 §3.3; He et al. 2016 §3): `zero_pad_shortcut` (option A). Projections (options B/C)
+  and the gated / scaled / dropout variants are assembled in `units.ResidualUnit` from `LayerFactory.conv` and
+  `gate`.
+* Stochastic depth (Huang et al. 2016): `survival_probabilities`, `stochastic_depth_scales`.
+* `gate_gradient`: identity in the forward pass, scaled gradient in the backward pass (Veit et al. 2016 path
+  analysis).
+* `classifier`: global average pooling and the float32 fully connected layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from resnet_jax.errors import UserError
+
+Array = jax.Array
+Dtype = Any
+
+# ---------------------------------------------------------------------------------------------------------------
+# Initialisers
+# ---------------------------------------------------------------------------------------------------------------
+
+#: He normal, fan_out mode: N(0, 2 / (kh * kw * out_channels)). fb.resnet.torch `models/init.lua`, torchvision
+#: `kaiming_normal_(mode="fan_out", nonlinearity="relu")`, resnet-1k-layers. For grouped convolutions torch's
+#: fan_out is also out_channels * kh * kw, which is what Flax computes from the (kh, kw, in/groups, out) kernel.
+he_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def torch_linear_kernel_init(key, shape, dtype=jnp.float32):
+  """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): torch `nn.Linear` default weight init (kaiming_uniform, a=sqrt(5))."""
+  bound = 1.0 / math.sqrt(shape[0])
+  return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def torch_linear_bias_init(fan_in: int) -> Callable:
+  """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): torch `nn.Linear` default bias init."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def canonical_dtype(dtype) -> jnp.dtype:
+  """`jnp.dtype` of a dtype or its name ('float32', 'bfloat16', ...); UserError for anything else."""
+  try:
+    return jnp.dtype(dtype)
+  except TypeError as e:
+    raise UserError(f"unknown dtype {dtype!r}: use a JAX dtype or its name, e.g. 'float32' or 'bfloat16'") from e
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# BatchNorm
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class BatchNorm(nn.Module):
+  """Batch normalisation over all axes but the last, statistics in float32, optional ghost batches.
+
+  Same variables as `flax.linen.BatchNorm` ('params': scale, bias; 'batch_stats': mean, var) and the same
+  conventions: `momentum` weights the old running average (0.9 == torch momentum 0.1), the running variance is
+  the biased batch variance, running averages are not updated while initialising.
+
+  Attributes:
+    use_running_average: normalise with the running averages (evaluation) instead of batch statistics.
+    momentum: running-average decay.
+    epsilon: added to the variance.
+    group_size: None: statistics over the whole batch this module sees. Under `jit` with a batch sharded over
+      devices that is the global batch (XLA inserts the cross-device reduction; no `axis_name` needed).
+      An int G: "ghost" BatchNorm, statistics per group of G consecutive examples, as the papers' per-GPU
+      BatchNorm (He et al. 2015/2016 trained CIFAR with 64 examples per GPU, ImageNet with 32). Implemented by
+      reshaping (B, ...) to (B/G, G, ...); the running averages move towards the mean over groups of the group
+      statistics. G must divide the batch size.
+    dtype: output dtype (the compute dtype). Statistics and normalisation arithmetic are float32.
+    param_dtype: dtype of scale and bias.
+    scale_init: initialiser of gamma (ones; zeros for a zero-initialised last BN).
+  """
+
+  use_running_average: bool = False
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  group_size: Optional[int] = None
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  scale_init: Callable = nn.initializers.ones
+  bias_init: Callable = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    features = x.shape[-1]
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
+    scale = self.param("scale", self.scale_init, (features,), self.param_dtype).astype(jnp.float32)
+    bias = self.param("bias", self.bias_init, (features,), self.param_dtype).astype(jnp.float32)
+    xf = x.astype(jnp.float32)
+
+    if self.use_running_average:
+      mul = scale * jax.lax.rsqrt(ra_var.value + self.epsilon)
+      y = (xf - ra_mean.value) * mul + bias
+      return y.astype(self.dtype)
+
+    batch = x.shape[0]
+    group = batch if self.group_size is None else self.group_size
+    if group <= 0 or batch % group:
+      raise UserError(
+          f"bn_group_size={self.group_size} does not divide the batch size {batch} this BatchNorm sees; "
+          "use a group size that divides the (per-call) batch, or bn_group_size=None for whole-batch statistics")
+    xg = xf.reshape((batch // group, group) + x.shape[1:])
+    axes = tuple(range(1, xg.ndim - 1))
+    mean = jnp.mean(xg, axis=axes, keepdims=True)
+    centered = xg - mean
+    var = jnp.mean(jnp.square(centered), axis=axes, keepdims=True)  # two-pass: stable for large means
+    y = centered * (scale * jax.lax.rsqrt(var + self.epsilon)) + bias
+    y = y.reshape(x.shape)
+
+    if not self.is_initializing():
+      group_mean = jnp.mean(mean.reshape(-1, features), axis=0)
+      group_var = jnp.mean(var.reshape(-1, features), axis=0)
+      ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * group_mean
+      ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * group_var
+    return y.astype(self.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Conv / norm factory
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerFactory:
+  """Builds the convolutions and BatchNorms of a model with one set of precision and BatchNorm settings.
+
+  Convolutions: no bias, He normal fan_out init, torch-style symmetric padding k//2 (so a stride-2 3x3 conv
+  samples the same positions as the stride-2 1x1 projection and option A's subsampling), `groups` ->
+  `feature_group_count` (ResNeXt).
+  """
+
+  train: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  bn_group_size: Optional[int] = None
+
+  def conv(self, features: int, kernel_size: int, stride: int = 1, groups: int = 1, *, name: Optional[str] = None,
+           zero_init: bool = False) -> nn.Conv:
+    pad = kernel_size // 2
+    return nn.Conv(
+        features, (kernel_size, kernel_size), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
+        feature_group_count=groups, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=nn.initializers.zeros if zero_init else he_normal_fan_out, name=name)
+
+  def norm(self, *, name: Optional[str] = None, zero_init: bool = False) -> BatchNorm:
+    return BatchNorm(
+        use_running_average=not self.train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+        group_size=self.bn_group_size, dtype=self.dtype, param_dtype=self.param_dtype,
+        scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones, name=name)
+
+  def gate(self, features: int, stride: int, bias_init: float, *, name: str) -> nn.Conv:
+    """The 1x1 conv of a shortcut gate g(x) = sigmoid(W x + b) (He et al. 2016 Fig. 2(c)/(d)); b starts at
+    `bias_init`. Has a bias (it is the b of the formula) and no BatchNorm."""
+    return nn.Conv(
+        features, (1, 1), strides=(stride, stride), padding="VALID", use_bias=True, dtype=self.dtype,
+        param_dtype=self.param_dtype, kernel_init=he_normal_fan_out,
+        bias_init=nn.initializers.constant(bias_init), name=name)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shortcuts
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def zero_pad_shortcut(x: Array, out_features: int, stride: int) -> Array:
+  """Option A (He et al. 2015 §3.3): identity with stride-`stride` subsampling and zero channels appended.
+
+  No parameters. The new channels are appended after the existing ones (fb.resnet.torch concatenates x and 0*x).
+  Subsampling keeps positions 0, s, 2s, ... which are the centres a stride-s conv with padding k//2 uses.
+  """
+  if stride > 1:
+    x = x[:, ::stride, ::stride, :]
+  extra = out_features - x.shape[-1]
+  if extra < 0:
+    raise UserError(f"option A shortcut cannot reduce channels ({x.shape[-1]} -> {out_features}); "
+                    "use shortcut_type='B' or 'C' (projection)")
+  if extra:
+    x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)))
+  return x
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stochastic depth (Huang et al. 2016)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def survival_probabilities(num_units: int, survival_prob_last: float) -> np.ndarray:
+  """Linear decay rule, Huang et al. 2016 Eq. (4): p_l = 1 - (l / L) (1 - p_L) for units l = 1..L (float32)."""
+  l = np.arange(1, num_units + 1, dtype=np.float64)
+  return (1.0 - l / num_units * (1.0 - survival_prob_last)).astype(np.float32)
+
+
+def stochastic_depth_scales(rng: Optional[Array], probs: np.ndarray, batch_size: int, *, train: bool,
+                            per_example: bool) -> Array:
+  """Multipliers of the residual branches, shape (L, batch_size) if per_example else (L, 1).
+
+  Training: Bernoulli(p_l) keep masks (a dropped unit is its shortcut only). Test: p_l, the expected value of the
+  mask (Huang et al. 2016 §3, "we re-calibrate the outputs ... by the expected number of times it participates
+  in training"): no inverted scaling.
+  """
+  probs = jnp.asarray(probs, jnp.float32)[:, None]
+  cols = batch_size if per_example else 1
+  if not train:
+    return jnp.broadcast_to(probs, (probs.shape[0], cols))
+  return jax.random.bernoulli(rng, probs, (probs.shape[0], cols)).astype(jnp.float32)
+
+
+def gate_gradient(y: Array, m) -> Array:
+  """Returns y unchanged in the forward pass; the backward pass multiplies the incoming gradient by m.
+
+  With m in {0, 1}: m = 1 lets gradient through, m = 0 blocks it (stop_gradient) while the forward value stays
+  exactly y. Used by the Veit et al. 2016 path-length analysis.
+  """
+  m = jnp.asarray(m, y.dtype)
+  y_const = jax.lax.stop_gradient(y)
+  return y_const + m * (y - y_const)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Head
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def classifier(x: Array, num_classes: int, param_dtype: Dtype, name: str = "head") -> Array:
+  """Global average pooling then a fully connected layer, both in float32 (logits are float32 whatever the
+  compute dtype). Works for any spatial size. Init: torch `nn.Linear` default (torchvision keeps it)."""
+  x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+  return nn.Dense(num_classes, dtype=jnp.float32, param_dtype=param_dtype, kernel_init=torch_linear_kernel_init,
+                  bias_init=torch_linear_bias_init(x.shape[-1]), name=name)(x)

@@ -1,0 +1,127 @@
+"""Registry: names, defaults, option validation (UserError with what to do). Nothing here compiles."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from resnet_jax.errors import UserError
+from resnet_jax.models import (DenseNet, ResNet, count_params, create_model, describe_units, list_models,
+                               model_options, num_residual_units)
+
+REQUIRED = {
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200", "plain18", "plain34",
+    "preact_resnet152", "preact_resnet200", "resnext50_32x4d", "resnext101_32x4d", "resnext101_32x8d",
+    "resnext101_64x4d", "wide_resnet50_2", "cifar_resnet20", "cifar_resnet32", "cifar_resnet44", "cifar_resnet56",
+    "cifar_resnet110", "cifar_resnet1202", "cifar_plain20", "cifar_plain32", "cifar_plain44", "cifar_plain56",
+    "cifar_plain110", "cifar_preact_resnet110", "cifar_preact_resnet164", "cifar_preact_resnet1001",
+    "cifar_resnet164", "cifar_resnet1001", "resnext29_8x64d", "resnext29_16x64d", "densenet_bc_100_12",
+    "densenet_bc_190_40", "densenet_bc_250_24",
+    # small full pre-activation nets (the quickstart trains cifar_preact_resnet20)
+    "cifar_preact_resnet20", "cifar_preact_resnet32", "cifar_preact_resnet44", "cifar_preact_resnet56",
+}
+
+
+def test_list_models_is_exactly_the_registry():
+  assert set(list_models()) == REQUIRED
+  assert list_models() == sorted(list_models())
+
+
+def test_unknown_name_lists_close_matches():
+  with pytest.raises(UserError, match="resnet50") as e:
+    create_model("resnet_50")
+  assert "list_models" in str(e.value)
+  with pytest.raises(UserError, match="unknown model name"):
+    create_model("vgg16")
+
+
+def test_unknown_option_lists_valid_options():
+  with pytest.raises(UserError, match="shortcut_type") as e:
+    create_model("cifar_resnet20", shortcut_kind="A")
+  assert "shortcut_kind" in str(e.value)
+  with pytest.raises(UserError, match="growth_rate"):
+    create_model("densenet_bc_100_12", unit_order="full_preact")
+  assert "gate_bias_init" in model_options("cifar_resnet110")
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(unit_order="preact"), dict(shortcut="gate"), dict(shortcut_type="D"), dict(stride_on="2x2"),
+    dict(block="bottleneck"), dict(bn_group_size=0), dict(survival_prob_last=0.0), dict(survival_prob_last=1.5),
+    dict(stochastic_depth_mode="layer"), dict(shortcut_dropout_rate=1.0), dict(lesioned_units=(99,)),
+    dict(dtype="float33"), dict(stage_sizes=(1, 1)), dict(cardinality=4), dict(stem="deep"),
+])
+def test_invalid_option_values_raise_user_error(overrides):
+  with pytest.raises(UserError):
+    create_model("cifar_resnet20", **overrides)
+
+
+def test_invalid_densenet_depth():
+  with pytest.raises(UserError, match="depth"):
+    create_model("densenet_bc_100_12", depth=101)
+
+
+def test_num_classes_defaults_and_override():
+  assert create_model("cifar_resnet20").num_classes == 10
+  assert create_model("densenet_bc_100_12").num_classes == 10
+  assert create_model("resnext29_8x64d").num_classes == 10
+  assert create_model("resnet50").num_classes == 1000
+  assert create_model("cifar_resnet20", num_classes=100).num_classes == 100
+
+
+def test_dtype_names_are_accepted():
+  m = create_model("cifar_resnet20", dtype="bfloat16", param_dtype="float32")
+  assert m.dtype == jnp.bfloat16 and m.param_dtype == jnp.float32
+
+
+def test_family_defaults_follow_their_sources():
+  r50 = create_model("resnet50")
+  assert (r50.block, r50.stride_on, r50.shortcut_type, r50.stem) == ("bottleneck", "3x3", "B", "imagenet")
+  c20 = create_model("cifar_resnet20")
+  assert (c20.stage_sizes, c20.stage_widths, c20.shortcut_type) == ((3, 3, 3), (16, 32, 64), "A")
+  p164 = create_model("cifar_preact_resnet164")
+  assert (p164.stage_sizes, p164.stride_on, p164.unit_order) == ((18, 18, 18), "1x1", "full_preact")
+  assert create_model("cifar_preact_resnet1001").stage_sizes == (111, 111, 111)
+  assert create_model("resnet200").stage_sizes == (3, 24, 36, 3)
+  assert create_model("plain34").shortcut == "none"
+  x = create_model("resnext29_16x64d")
+  assert (x.cardinality, x.base_width, x.unit_width(64), x.stem_features) == (16, 64, 1024, 64)
+  assert create_model("resnext101_32x8d").unit_width(64) == 256
+  assert create_model("wide_resnet50_2").unit_width(64) == 128
+
+
+def test_one_layer_units_keep_the_depth():
+  # He et al. 2016 Table 3 "ResNet-110 (1-layer skip)": 108 one-conv units + stem + fc = 110 layers.
+  m = create_model("cifar_resnet110", block="single")
+  assert m.stage_sizes == (36, 36, 36) and num_residual_units(m) == 108
+  with pytest.raises(UserError, match="9n"):
+    create_model("cifar_resnet110", block="bottleneck")
+
+
+def test_unit_description():
+  units = describe_units(create_model("cifar_resnet20"))
+  assert len(units) == 9 == num_residual_units(create_model("cifar_resnet20"))
+  assert [u.index for u in units if u.changes_shape] == [3, 6]
+  assert units[3].stage == 2 and units[3].position == 1 and units[3].stride == 2
+  pre = describe_units(create_model("cifar_preact_resnet20"))
+  assert [u.preact for u in pre[:4]] == ["shared", "branch", "branch", "shared"]
+  assert describe_units(create_model("preact_resnet152"))[0].preact == "none"  # after the stem's BN-ReLU-pool
+  assert num_residual_units(create_model("resnet50")) == 16
+
+
+def test_densenet_has_no_residual_units():
+  assert isinstance(create_model("densenet_bc_100_12"), DenseNet)
+  assert isinstance(create_model("resnet18"), ResNet)
+  with pytest.raises(UserError, match="residual units"):
+    num_residual_units(create_model("densenet_bc_100_12"))
+
+
+def test_bad_branch_gate_shape_is_a_user_error():
+  m = create_model("cifar_resnet20", stage_sizes=(1, 1, 1))
+  x = jnp.zeros((1, 8, 8, 3))
+  with pytest.raises(UserError, match=r"\(3,\)"):
+    jax.eval_shape(lambda: m.init(jax.random.key(0), x, branch_gates=jnp.ones(4)))
+
+
+def test_ghost_group_size_must_divide_the_batch():
+  m = create_model("cifar_resnet20", stage_sizes=(1, 1, 1), bn_group_size=3)
+  with pytest.raises(UserError, match="bn_group_size=3"):
+    jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros((4, 8, 8, 3)), train=True))
