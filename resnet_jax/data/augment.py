@@ -1,19 +1,34 @@
-"""Device-side augmentation in jnp, run inside the jitted train step.
+"""Device-side augmentation in jnp, run inside the jitted train step (small, device-resident datasets).
 
 Images arrive as uint8 batches and are augmented in raw pixel space ([0, 255] floats); the model's input
 normalisation (resnet_jax.classifier.Classifier) comes after. The CIFAR recipe of He et al. 2015 Sec. 4.2:
 "4 pixels are padded on each side, and a 32x32 crop is randomly sampled from the padded image or its
 horizontal flip".
+
+Padding before or after normalisation (`config.augment.pad_after_normalize`):
+  - before (False): the raw image is padded with black (0) and the model normalises the crop, so the padding
+    reaches the network as (0 - mean) / std.
+  - after (True): the image is normalised first and padded with zeros -- fb.resnet.torch's order
+    (ColorNormalize, then RandomCrop(32, 4)) for per-channel statistics, and He et al. 2015's "per-pixel mean
+    subtracted" image padded with zeros. Because the model normalises *after* this function, the ops are done
+    on the centred image and the mean is added back at the crop's coordinates:
+        out = T(x - m) + m,   T = zero-pad, crop, flip,
+    so that the model computes (out - m) / s = T(x - m) / s = T((x - m) / s) exactly, both for per-channel
+    m (the padding then shows the mean colour) and for a per-pixel mean image m (the padding is zero after
+    mean subtraction, whatever the crop offset). With a mean image the output can leave [0, 255] slightly.
+Host-side (streaming) augmentation for large images lives in `resnet_jax.data.host_augment`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from resnet_jax.errors import UserError
 
 
 def random_crop_with_padding(key: jax.Array, images: jax.Array, padding: int,
@@ -39,21 +54,59 @@ def random_flip_left_right(key: jax.Array, images: jax.Array) -> jax.Array:
   return jnp.where(flip[:, None, None, None], images[:, :, ::-1, :], images)
 
 
+def _nested_tuple(value: Any) -> Any:
+  array = np.asarray(value, np.float64)
+  if array.ndim == 0:
+    return float(array)
+  return tuple(_nested_tuple(v) for v in array)
+
+
 @dataclasses.dataclass(frozen=True)
 class SmallImageAugment:
-  """Pad-and-crop plus horizontal flip for small images (CIFAR, SVHN, digits).
+  """Pad-and-crop plus horizontal flip for small images (CIFAR, SVHN, digits); float32 out, raw pixel scale.
 
-  pad_value: per-channel value shown in the padding. fb.resnet.torch normalises before padding, so its
-  padding is the mean colour; pass the channel means to reproduce that, or 0 to pad with black.
+  pad_value: per-channel raw value shown in the padding (0: black; the channel means reproduce padding
+    after per-channel normalisation). Ignored when `center` is set.
+  center: the normalisation mean (nested tuples: per channel [C] or a mean image [H, W, C]); when set, the
+    image is centred, zero-padded, cropped and flipped, and the mean added back (see the module docstring):
+    exactly "normalise, then pad" for the model that normalises with that mean.
   """
   crop_padding: int = 4
   flip: bool = True
   pad_value: Sequence[float] = (0.0,)
+  center: Any = None
+
+  def __post_init__(self):  # nested tuples keep the module hashable (it is a static part of jitted code)
+    object.__setattr__(self, 'pad_value', _nested_tuple(self.pad_value))
+    if self.center is not None:
+      object.__setattr__(self, 'center', _nested_tuple(self.center))
 
   def __call__(self, key: jax.Array, images_uint8: jax.Array) -> jax.Array:
     crop_key, flip_key = jax.random.split(key)
     images = images_uint8.astype(jnp.float32)
+    if self.center is not None:
+      mean = jnp.asarray(np.asarray(self.center, np.float32))
+      images = random_crop_with_padding(crop_key, images - mean, self.crop_padding, 0.0)
+      if self.flip:
+        images = random_flip_left_right(flip_key, images)
+      return images + mean
     images = random_crop_with_padding(crop_key, images, self.crop_padding, np.asarray(self.pad_value, np.float32))
     if self.flip:
       images = random_flip_left_right(flip_key, images)
     return images
+
+
+def small_image_augment(augment_config: Any, mean: Any) -> SmallImageAugment:
+  """The SmallImageAugment of `config.augment` for a model normalising with `mean`.
+
+  pad_after_normalize=True pads the normalised image with zeros (exact for per-channel and per-pixel means);
+  False pads the raw image with black.
+  """
+  get = augment_config.get if hasattr(augment_config, 'get') else (lambda k, d=None: getattr(augment_config, k, d))
+  padding = int(get('crop_padding', 4))
+  if padding < 0:
+    raise UserError(f"config.augment.crop_padding={padding} must be >= 0")
+  flip = bool(get('flip', True))
+  if bool(get('pad_after_normalize', True)):
+    return SmallImageAugment(crop_padding=padding, flip=flip, center=mean)
+  return SmallImageAugment(crop_padding=padding, flip=flip, pad_value=(0.0,))

@@ -1,5 +1,15 @@
 """Input pipelines: what the train loop and the evaluator iterate over.
 
+Choosing a pipeline (`make_train_data`, `config.dataset.pipeline`)
+  'device': the whole training split lives on the accelerators (small datasets: digits, CIFAR, SVHN) and is
+    augmented inside jit (`DeviceResidentData` + `augment.SmallImageAugment`).
+  'grain': examples are streamed from the source and decoded/augmented on the host by Grain workers
+    (`streaming.StreamingTrainData`; ImageNet).
+  'auto' (default): 'device' when the split's images share one shape and the split's uint8 size is at most
+    `config.input.device_max_bytes` (2 GiB), else 'grain'.
+  Both carry `image_shape`, `num_classes`, `num_examples`, `steps_per_epoch`, `mean`/`std` (for the
+  Classifier) and `device_augment(key, uint8 images) -> float32 images` (the jitted part of augmentation).
+
 Device-resident training data (small datasets: digits, CIFAR, SVHN)
   The whole training split is held once on the accelerators as a uint8 array sharded over the `data` mesh
   axis (each device keeps 1/D of it, each process loads only its part). The batch for step `s` is a pure
@@ -12,13 +22,22 @@ Device-resident training data (small datasets: digits, CIFAR, SVHN)
 Evaluation batches
   Every example is counted exactly once on any device count: the split is cut into global batches, the last
   one padded, and a `mask` marks real examples. Each process reads only its rows of each batch.
+  `make_eval_batches` returns a re-iterable `streaming.EvalData` doing this with host preprocessing (resize +
+  centre crop, or ten-crop, for variable-size images; none for fixed-size ones) and device prefetch;
+  `eval_batches` is the plain generator for fixed-size sources.
+
+Input options (`config.input.*`, read with defaults so configs without the section work; see
+`input_options` for the list).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterator, Optional
+import os
+from typing import Any, Callable, Iterator, Optional, Union
+
+from absl import logging
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +45,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from resnet_jax import parallel
+from resnet_jax.data import augment as augment_lib
+from resnet_jax.data import host_augment
+from resnet_jax.data import host_pipeline
+from resnet_jax.data import streaming
 from resnet_jax.data.sources import ExampleSource
 from resnet_jax.errors import UserError
 
@@ -41,6 +64,14 @@ class DeviceResidentData:
   global_batch: int
   seed: int
   mesh: Mesh
+  # Set by make_train_data (None when built directly with from_arrays).
+  mean: Any = None
+  std: Any = None
+  image_shape: Optional[tuple[int, int, int]] = None
+  num_classes: Optional[int] = None
+  device_augment: Optional[Callable[[jax.Array, jax.Array], jax.Array]] = None
+
+  kind = 'device'
 
   @property
   def steps_per_epoch(self) -> float:
@@ -133,3 +164,333 @@ def eval_batches(source: ExampleSource, mesh: Mesh, global_batch: int,
 
 def num_eval_batches(num_examples: int, global_batch: int) -> int:
   return math.ceil(num_examples / global_batch)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Options and factories.
+
+PIPELINES = ('auto', 'device', 'grain')
+DEFAULT_DEVICE_MAX_BYTES = 2 * 1024 ** 3
+
+
+@dataclasses.dataclass(frozen=True)
+class InputOptions:
+  """Everything the input pipelines read from a config (see `input_options` for the fields and defaults)."""
+  pipeline: str = 'auto'
+  device_max_bytes: int = DEFAULT_DEVICE_MAX_BYTES
+  normalization: str = 'per_channel'
+  # Small images (device-resident, or 'pad_crop' on the host).
+  crop_padding: int = 4
+  flip: bool = True
+  pad_after_normalize: bool = True
+  # Large images (host side, streaming).
+  train_crop: str = 'auto'
+  image_size: int = 224
+  scale_range: tuple[int, int] = (256, 480)
+  area_range: tuple[float, float] = (0.08, 1.0)
+  aspect_range: tuple[float, float] = (3 / 4, 4 / 3)
+  color_jitter: float = 0.0
+  pca_lighting: float = 0.0
+  interpolation: str = 'bilinear'
+  eval_crop_mode: str = 'auto'
+  eval_resize: int = 256
+  eval_crop: int = 224
+  # Machinery.
+  num_workers: int = -1
+  num_threads: int = 1
+  eval_num_workers: int = -1
+  prefetch: int = 2
+  corrupt_images: str = 'fail'
+  mean: Optional[tuple[float, ...]] = None
+  std: Optional[tuple[float, ...]] = None
+  stats_examples: int = 5000
+
+
+def default_num_workers() -> int:
+  """Grain worker processes per host: one per CPU core but one (for the training loop), at most 16."""
+  return max(1, min(16, (os.cpu_count() or 2) - 1))
+
+
+def input_options(config) -> InputOptions:
+  """Reads the input fields of `config`, with defaults for those a config does not have.
+
+  config.dataset.pipeline                 'auto' | 'device' | 'grain'
+  config.augment.normalization            'per_channel' | 'per_pixel_mean'
+  config.augment.{crop_padding, flip, pad_after_normalize}   small-image augmentation (device or host)
+  config.input.device_max_bytes = 2 GiB   'auto' keeps a fixed-shape split on the devices up to this size
+  config.input.train_crop = 'auto'        'inception' (random-sized crop, fb.resnet.torch), 'scale' (He et al.
+                                          2015: shorter side in scale_range, random crop), 'pad_crop'
+                                          (small images), 'none'; auto: pad_crop for fixed-size images,
+                                          inception otherwise
+  config.input.image_size = 224           training crop size (inception / scale)
+  config.input.scale_range = (256, 480)   shorter-side range of 'scale'
+  config.input.area_range = (0.08, 1.0)   area fraction of 'inception'
+  config.input.aspect_range = (3/4, 4/3)  aspect ratio range of 'inception'
+  config.input.color_jitter = 0.0         fb.resnet.torch uses 0.4 (brightness, contrast, saturation)
+  config.input.pca_lighting = 0.0         fb.resnet.torch uses 0.1 (alphastd of AlexNet PCA lighting)
+  config.input.interpolation = 'bilinear' 'bilinear' | 'bicubic' | 'lanczos' | 'nearest'
+  config.input.eval_crop_mode = 'auto'    'center' | 'ten' (10-crop) | 'none'; auto: none for fixed-size,
+                                          center otherwise
+  config.input.eval_resize = 256          shorter side before the evaluation crop
+  config.input.eval_crop = 224            evaluation crop (He et al. 2016 Table 5: eval_resize=320, eval_crop=320)
+  config.input.num_workers = -1           Grain worker processes for training (-1: CPU cores - 1, <= 16;
+                                          0: threads of the training process only)
+  config.input.num_threads = 1            batches built concurrently per worker (PIL releases the GIL)
+  config.input.eval_num_workers = -1      the same for evaluation (-1: as num_workers)
+  config.input.prefetch = 2               global batches kept transferred to the devices ahead of use
+  config.input.corrupt_images = 'fail'    'fail': stop with the file's name; 'skip': log and skip it
+  config.input.mean / std = None          per-channel statistics in [0, 255] overriding the computed ones
+  config.input.stats_examples = 5000      examples sampled to estimate mean/std when streaming
+  """
+  get = lambda section, key, default: _get(config, section, key, default)
+  pipeline = get('dataset', 'pipeline', 'auto')
+  if pipeline not in PIPELINES:
+    raise UserError(f"unknown config.dataset.pipeline {pipeline!r}; choose {', '.join(PIPELINES)}")
+  num_workers = int(get('input', 'num_workers', -1))
+  eval_workers = int(get('input', 'eval_num_workers', -1))
+  options = InputOptions(
+      pipeline=pipeline,
+      device_max_bytes=int(get('input', 'device_max_bytes', DEFAULT_DEVICE_MAX_BYTES)),
+      normalization=get('augment', 'normalization', 'per_channel'),
+      crop_padding=int(get('augment', 'crop_padding', 4)),
+      flip=bool(get('augment', 'flip', True)),
+      pad_after_normalize=bool(get('augment', 'pad_after_normalize', True)),
+      train_crop=get('input', 'train_crop', 'auto'),
+      image_size=int(get('input', 'image_size', 224)),
+      scale_range=tuple(int(v) for v in get('input', 'scale_range', (256, 480))),
+      area_range=tuple(float(v) for v in get('input', 'area_range', (0.08, 1.0))),
+      aspect_range=tuple(float(v) for v in get('input', 'aspect_range', (3 / 4, 4 / 3))),
+      color_jitter=float(get('input', 'color_jitter', 0.0)),
+      pca_lighting=float(get('input', 'pca_lighting', 0.0)),
+      interpolation=get('input', 'interpolation', 'bilinear'),
+      eval_crop_mode=get('input', 'eval_crop_mode', 'auto'),
+      eval_resize=int(get('input', 'eval_resize', 256)),
+      eval_crop=int(get('input', 'eval_crop', 224)),
+      num_workers=default_num_workers() if num_workers < 0 else num_workers,
+      num_threads=int(get('input', 'num_threads', 1)),
+      eval_num_workers=(default_num_workers() if num_workers < 0 else num_workers) if eval_workers < 0
+      else eval_workers,
+      prefetch=int(get('input', 'prefetch', 2)),
+      corrupt_images=get('input', 'corrupt_images', 'fail'),
+      mean=host_augment.optional_tuple(get('input', 'mean', None)),
+      std=host_augment.optional_tuple(get('input', 'std', None)),
+      stats_examples=int(get('input', 'stats_examples', 5000)))
+  _validate(options)
+  return options
+
+
+def _get(config, section: str, key: str, default: Any) -> Any:
+  part = config.get(section) if hasattr(config, 'get') else getattr(config, section, None)
+  if part is None:
+    return default
+  value = part.get(key, default) if hasattr(part, 'get') else getattr(part, key, default)
+  return default if value is None else value
+
+
+def _validate(o: InputOptions) -> None:
+  choices = {'train_crop': ('auto',) + host_pipeline.TRAIN_CROPS, 'eval_crop_mode': ('auto',) + host_pipeline.EVAL_CROPS,
+             'interpolation': tuple(host_augment.INTERPOLATIONS), 'corrupt_images': host_pipeline.CORRUPT_POLICIES,
+             'normalization': ('per_channel', 'per_pixel_mean')}
+  for key, allowed in choices.items():
+    if getattr(o, key) not in allowed:
+      section = 'augment' if key == 'normalization' else 'input'
+      raise UserError(f"unknown config.{section}.{key} {getattr(o, key)!r}; choose {', '.join(allowed)}")
+  if o.image_size <= 0 or o.eval_crop <= 0 or o.eval_resize <= 0:
+    raise UserError("config.input.image_size, eval_crop and eval_resize must be positive")
+  if o.eval_resize < o.eval_crop:
+    raise UserError(f"config.input.eval_resize={o.eval_resize} is smaller than eval_crop={o.eval_crop}; the "
+                    "crop is taken after resizing the shorter side, so use eval_resize >= eval_crop "
+                    "(256/224 standard, 320/320 for the 320 crop of He et al. 2016)")
+  if not 0 < o.scale_range[0] <= o.scale_range[1] or o.scale_range[0] < o.image_size:
+    raise UserError(f"config.input.scale_range={o.scale_range} must be increasing and start at >= image_size "
+                    f"({o.image_size}), e.g. (256, 480)")
+  if not 0 < o.area_range[0] <= o.area_range[1] <= 1:
+    raise UserError(f"config.input.area_range={o.area_range} must satisfy 0 < min <= max <= 1, e.g. (0.08, 1.0)")
+  if not 0 < o.aspect_range[0] <= o.aspect_range[1]:
+    raise UserError(f"config.input.aspect_range={o.aspect_range} must satisfy 0 < min <= max, e.g. (0.75, 1.333)")
+  if o.color_jitter < 0 or o.pca_lighting < 0:
+    raise UserError("config.input.color_jitter and pca_lighting must be >= 0 (fb.resnet.torch: 0.4 and 0.1)")
+  if o.num_threads < 1 or o.prefetch < 1:
+    raise UserError("config.input.num_threads and prefetch must be >= 1")
+  if o.crop_padding < 0:
+    raise UserError(f"config.augment.crop_padding={o.crop_padding} must be >= 0")
+  if (o.mean is None) != (o.std is None):
+    raise UserError("set both config.input.mean and config.input.std, or neither")
+  if o.std is not None and min(o.std) <= 0:
+    raise UserError(f"config.input.std={o.std} must be positive")
+
+
+def _split_bytes(source: ExampleSource) -> Optional[int]:
+  if source.image_shape is None:
+    return None
+  return len(source) * int(np.prod(source.image_shape))
+
+
+def choose_pipeline(options: InputOptions, source: ExampleSource) -> str:
+  """'device' or 'grain' for this training split (see the module docstring)."""
+  size = _split_bytes(source)
+  if options.pipeline == 'device':
+    if size is None:
+      raise UserError(f"{source.dataset}: images vary in size, so they cannot be held on the device; use the "
+                      "streaming pipeline (config.dataset.pipeline='grain' or 'auto')")
+    return 'device'
+  if options.pipeline == 'grain':
+    return 'grain'
+  return 'device' if size is not None and size <= options.device_max_bytes else 'grain'
+
+
+def resolve_train_crop(options: InputOptions, source: ExampleSource) -> str:
+  if options.train_crop != 'auto':
+    if options.train_crop in ('pad_crop', 'none') and source.image_shape is None:
+      raise UserError(f"config.input.train_crop={options.train_crop!r} needs images of one size, but "
+                      f"{source.dataset} {source.split!r} images vary; use 'inception' or 'scale'")
+    return options.train_crop
+  return 'pad_crop' if source.image_shape is not None else 'inception'
+
+
+def resolve_eval_crop(options: InputOptions, source: ExampleSource) -> str:
+  if options.eval_crop_mode != 'auto':
+    if options.eval_crop_mode == 'none' and source.image_shape is None:
+      raise UserError(f"config.input.eval_crop_mode='none' needs images of one size, but {source.dataset} "
+                      f"{source.split!r} images vary; use 'center' or 'ten'")
+    return options.eval_crop_mode
+  fixed_train = source.image_shape is not None and options.train_crop in ('auto', 'pad_crop', 'none')
+  return 'none' if fixed_train else 'center'
+
+
+def _read_all(source: ExampleSource, corrupt_images: str) -> dict[str, np.ndarray]:
+  """The whole split as arrays; corrupt images fail loudly or are dropped with a log line, by policy."""
+  try:
+    arrays = source.read_all()
+  except host_augment.CorruptImageError as e:
+    if corrupt_images == 'fail':
+      raise host_augment.CorruptImageError(
+          f"{e}; delete or replace the file, or set config.input.corrupt_images='skip' to skip corrupt images "
+          "(each skip is logged)") from None
+    images, labels, skipped = [], [], 0
+    for start in range(0, len(source), 1024):
+      chunk = range(start, min(start + 1024, len(source)))
+      raws, chunk_labels = host_pipeline.read_raw_robust(source, list(chunk))
+      for index, raw, label in zip(chunk, raws, chunk_labels):
+        try:
+          if isinstance(raw, Exception):
+            raise raw
+          images.append(host_pipeline._fixed(raw, source.channels, source.image_shape))  # pylint: disable=protected-access
+          labels.append(label)
+        except host_augment.CorruptImageError as err:
+          skipped += 1
+          logging.warning('skipping corrupt image %s: %s', source.describe(index), err)
+    logging.warning('%s %r: skipped %d corrupt image(s) of %d', source.dataset, source.split, skipped, len(source))
+    if not images:
+      raise UserError(f"{source.dataset} {source.split!r}: every image is corrupt") from None
+    arrays = {'image': np.stack(images), 'label': np.asarray(labels, np.int32)}
+  labels = np.asarray(arrays['label'])
+  if len(labels) and (labels.min() < 0 or labels.max() >= source.num_classes):
+    bad = int(labels.min() if labels.min() < 0 else labels.max())
+    raise UserError(f"{source.dataset} {source.split!r} has label {bad}, outside [0, {source.num_classes}); "
+                    "this split may have no labels, or the dataset's class count is wrong")
+  return arrays
+
+
+def _statistics(images: np.ndarray, normalization: str) -> tuple[Any, Any]:
+  from resnet_jax import classifier  # pylint: disable=g-import-not-at-top  (flax; keeps this module light)
+  return classifier.normalization_statistics(images, normalization)
+
+
+def _streaming_statistics(options: InputOptions, source: ExampleSource, seed: int) -> tuple[Any, Any]:
+  """mean/std for a streamed split: config override, ImageNet constants, or estimated from a sample."""
+  if options.mean is not None:
+    return options.mean, options.std
+  if options.normalization == 'per_pixel_mean' and source.image_shape is None:
+    raise UserError(f"config.augment.normalization='per_pixel_mean' needs images of one size, but "
+                    f"{source.dataset} images vary; use 'per_channel'")
+  if source.dataset.startswith('imagenet') and options.normalization == 'per_channel':
+    return host_augment.IMAGENET_MEAN, host_augment.IMAGENET_STD
+  count = min(len(source), max(1, options.stats_examples))
+  indices = np.sort(np.random.default_rng([seed, 0x57A7]).permutation(len(source))[:count])
+  crop = 'none' if source.image_shape is not None else 'center'
+  transform = host_pipeline.EvalTransform(crop=crop, resize=options.eval_resize, crop_size=options.eval_crop,
+                                          channels=source.channels, image_shape=source.image_shape,
+                                          interpolation=options.interpolation)
+  images = []
+  for start in range(0, count, 256):
+    chunk = indices[start:start + 256]
+    raws, _ = host_pipeline.read_raw_robust(source, chunk)
+    for raw in raws:
+      try:
+        if isinstance(raw, Exception):
+          raise raw
+        images.append(transform(raw))
+      except host_augment.CorruptImageError:
+        continue  # counted and reported by the pipeline itself
+  if not images:
+    raise UserError(f"{source.dataset} {source.split!r}: no readable image to compute normalisation statistics")
+  logging.info('normalisation statistics of %s estimated from %d examples', source.dataset, len(images))
+  return _statistics(np.stack(images), options.normalization)
+
+
+def make_train_data(config, mesh: Mesh, train_source: ExampleSource, *,
+                    start_step: int = 0) -> Union[DeviceResidentData, 'streaming.StreamingTrainData']:
+  """The training input for `config`: device-resident or streamed (see the module docstring).
+
+  Both results carry image_shape, num_classes, num_examples, steps_per_epoch, mean, std, device_augment and
+  `kind` ('device' | 'grain'). Streaming data starts at `start_step` (or use `set_state`).
+  """
+  options = input_options(config)
+  global_batch, seed = int(config.batch_size), int(config.seed)
+  parallel.check_batch_divisible(global_batch, mesh)
+  kind = choose_pipeline(options, train_source)
+  if kind == 'device':
+    arrays = _read_all(train_source, options.corrupt_images)
+    if options.mean is not None:
+      mean, std = options.mean, options.std
+    else:
+      mean, std = _statistics(arrays['image'], options.normalization)
+    data = DeviceResidentData.from_arrays(arrays, mesh, global_batch, seed)
+    data.mean, data.std = mean, std
+    data.image_shape = tuple(arrays['image'].shape[1:])
+    data.num_classes = train_source.num_classes
+    data.device_augment = augment_lib.small_image_augment(
+        {'crop_padding': options.crop_padding, 'flip': options.flip,
+         'pad_after_normalize': options.pad_after_normalize}, mean)
+    return data
+
+  crop = resolve_train_crop(options, train_source)
+  if options.pca_lighting > 0 and train_source.channels != 3:
+    raise UserError("config.input.pca_lighting needs RGB images; set it to 0 for grey images")
+  mean, std = _streaming_statistics(options, train_source, seed)
+  pad_value = (0,)
+  if crop == 'pad_crop' and options.pad_after_normalize:
+    channel_mean = np.asarray(mean, np.float64).reshape(-1, train_source.channels).mean(axis=0)
+    pad_value = tuple(int(v) for v in np.clip(np.rint(channel_mean), 0, 255))  # uint8: to within rounding
+  transform = host_pipeline.TrainTransform(
+      crop=crop, image_size=options.image_size, channels=train_source.channels,
+      image_shape=train_source.image_shape, scale_range=options.scale_range, area_range=options.area_range,
+      aspect_range=options.aspect_range, flip=options.flip, color_jitter=options.color_jitter,
+      pca_lighting=options.pca_lighting, interpolation=options.interpolation,
+      crop_padding=options.crop_padding, pad_value=pad_value)
+  return streaming.StreamingTrainData(
+      train_source, mesh, global_batch, seed, transform, mean=mean, std=std, num_workers=options.num_workers,
+      num_threads=options.num_threads, prefetch=options.prefetch, corrupt_images=options.corrupt_images,
+      start_step=start_step)
+
+
+def make_eval_batches(config, mesh: Mesh, eval_source: ExampleSource, *,
+                      limit: Optional[int] = None) -> 'streaming.EvalData':
+  """A re-iterable pass over `eval_source` in padded, masked global batches of config.eval_batch_size
+  (rounded up to a multiple of the device count). With eval_crop_mode='ten', 'image' is
+  [batch, 10, crop, crop, C]."""
+  options = input_options(config)
+  crop = resolve_eval_crop(options, eval_source)
+  if crop == 'none' and eval_source.image_shape is None:
+    raise UserError(f"{eval_source.dataset}: evaluation images vary in size; set config.input.eval_crop_mode "
+                    "to 'center' or 'ten'")
+  transform = host_pipeline.EvalTransform(crop=crop, resize=options.eval_resize, crop_size=options.eval_crop,
+                                          channels=eval_source.channels, image_shape=eval_source.image_shape,
+                                          interpolation=options.interpolation)
+  # Fixed-size images need no decoding work worth a worker process.
+  workers = 0 if crop == 'none' else options.eval_num_workers
+  batch = int(config.get('eval_batch_size', config.batch_size) if hasattr(config, 'get') else config.eval_batch_size)
+  return streaming.EvalData(eval_source, mesh, batch, transform, num_workers=workers,
+                            num_threads=options.num_threads, prefetch=options.prefetch,
+                            corrupt_images=options.corrupt_images, limit=limit)

@@ -1,0 +1,300 @@
+"""Streaming input (Grain) for datasets that do not fit on the accelerators, and evaluation batches.
+
+Host side: a Grain `MapDataset.range(start, ...)` of batch numbers mapped by a `TrainBatchMaker` /
+`EvalBatchMaker` (resnet_jax.data.host_pipeline), turned into an `IterDataset` with `ReadOptions(num_threads)`
+and, with `num_workers > 0`, `mp_prefetch` worker processes (each builds whole batches; Grain hands them back
+in order). Device side: a background thread (`DevicePrefetcher`) assembles each host batch into a global
+`jax.Array` sharded over the mesh's `data` axis (`parallel.host_to_global`, i.e.
+`jax.make_array_from_process_local_data`) and keeps the next `prefetch` batches already transferred, so the
+train step never waits on the host while the pipeline keeps up.
+
+Because the batch at step s is a pure function of (seed, s) (see host_pipeline), the pipeline position is the
+step. `StreamingTrainData.get_state()` is a small JSON dict, the same on every process; `set_state()`
+rebuilds the Grain iterator at that step. A resumed pipeline yields exactly the batches the uninterrupted one
+would have, and the state can be stored once (by process 0) in the checkpoint metadata.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from resnet_jax import parallel
+from resnet_jax.data import host_pipeline
+from resnet_jax.errors import UserError
+
+STATE_VERSION = 1
+_NO_END = 1 << 50
+
+
+def _ensure_absl_flags_parsed() -> None:
+  """Grain reads absl flags; outside an absl app (tests, notebooks) use their defaults."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+class HostBatches:
+  """Iterator over `maker(i)` for i in [start, stop), computed by Grain threads / worker processes."""
+
+  def __init__(self, maker: Callable[[int], dict[str, np.ndarray]], start: int, stop: int, num_workers: int = 0,
+               num_threads: int = 1, buffer_batches: int = 2):
+    import grain  # pylint: disable=g-import-not-at-top
+    _ensure_absl_flags_parsed()
+    if num_workers < 0 or num_threads < 0:
+      raise UserError(f"config.input.num_workers={num_workers} and num_threads={num_threads} must be >= 0")
+    dataset = grain.MapDataset.range(int(start), int(stop)).map(maker)
+    dataset = dataset.to_iter_dataset(grain.ReadOptions(num_threads=int(num_threads),
+                                                        prefetch_buffer_size=max(1, int(buffer_batches))))
+    if num_workers > 0:
+      dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(num_workers),
+                                                                 per_worker_buffer_size=max(1, int(buffer_batches))))
+    self._iterator = iter(dataset)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    return next(self._iterator)
+
+  def close(self) -> None:
+    iterator, self._iterator = self._iterator, None
+    if iterator is not None and hasattr(iterator, 'close'):
+      try:
+        iterator.close()
+      except Exception:  # pylint: disable=broad-except
+        pass
+
+
+_END = object()
+
+
+class DevicePrefetcher:
+  """A thread that turns host batches into global device arrays ahead of use (double buffering)."""
+
+  def __init__(self, host_batches: Iterator[dict[str, np.ndarray]], to_device: Callable[[Any], Any],
+               size: int = 2):
+    self._host = host_batches
+    self._to_device = to_device
+    self._queue: queue.Queue = queue.Queue(maxsize=max(1, int(size)))
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._run, name='resnet_jax-input-prefetch', daemon=True)
+    self._thread.start()
+
+  def _put(self, item) -> bool:
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def _run(self):
+    try:
+      for batch in self._host:
+        if self._stop.is_set() or not self._put(self._to_device(batch)):
+          return
+      self._put(_END)
+    except BaseException as e:  # pylint: disable=broad-except  (re-raised in the consumer)
+      self._put(e)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    if self._stop.is_set():
+      raise StopIteration
+    item = self._queue.get()
+    if item is _END:
+      self._stop.set()
+      raise StopIteration
+    if isinstance(item, BaseException):
+      self._stop.set()
+      raise item
+    return item
+
+  def close(self) -> None:
+    self._stop.set()
+    while True:  # unblock a producer waiting on a full queue
+      try:
+        self._queue.get_nowait()
+      except queue.Empty:
+        break
+    self._thread.join(timeout=30)
+
+
+class StreamingTrainData:
+  """Training batches streamed from a source through Grain, as global arrays sharded over `data`.
+
+  Iterate with `next(data)`: {'image': uint8 [global_batch, H, W, C], 'label': int32 [global_batch]}, already
+  augmented on the host (crop, flip, colour); `device_augment(key, images)` only casts to float32 (use it
+  where the device-resident path applies `SmallImageAugment`).
+  """
+
+  kind = 'grain'
+
+  def __init__(self, source, mesh: Mesh, global_batch: int, seed: int, transform: host_pipeline.TrainTransform, *,
+               mean: Any = (0.0,), std: Any = (1.0,), num_workers: int = 0, num_threads: int = 1,
+               prefetch: int = 2, corrupt_images: str = 'fail', start_step: int = 0):
+    parallel.check_batch_divisible(global_batch, mesh)
+    if global_batch > len(source):
+      raise UserError(f"config.batch_size={global_batch} is larger than the {len(source)} training examples; use a "
+                      f"batch of at most {len(source)}")
+    self.source = source
+    self.mesh = mesh
+    self.global_batch = int(global_batch)
+    self.seed = int(seed)
+    self.transform = transform
+    self.mean, self.std = mean, std
+    self.num_workers, self.num_threads, self.prefetch = int(num_workers), int(num_threads), int(prefetch)
+    rows = parallel.local_batch_slice(global_batch, mesh)
+    self.maker = host_pipeline.TrainBatchMaker(source, global_batch, (rows.start, rows.stop), seed, transform,
+                                               corrupt_images)
+    self._step = int(start_step)
+    self._host: Optional[HostBatches] = None
+    self._prefetcher: Optional[DevicePrefetcher] = None
+
+  # Description ------------------------------------------------------------------------------------------
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.transform.output_shape)
+
+  @property
+  def num_classes(self) -> int:
+    return self.source.num_classes
+
+  @property
+  def num_examples(self) -> int:
+    return len(self.source)
+
+  @property
+  def steps_per_epoch(self) -> float:
+    return self.num_examples / self.global_batch
+
+  @staticmethod
+  def device_augment(key: jax.Array, images: jax.Array) -> jax.Array:
+    del key
+    return images.astype(np.float32)
+
+  # Iteration --------------------------------------------------------------------------------------------
+  def _start(self) -> None:
+    self._host = HostBatches(self.maker, self._step, _NO_END, self.num_workers, self.num_threads,
+                             buffer_batches=max(2, self.prefetch))
+    to_device = lambda batch: parallel.host_to_global(batch, self.mesh, self.global_batch)
+    self._prefetcher = DevicePrefetcher(self._host, to_device, self.prefetch)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, jax.Array]:
+    if self._prefetcher is None:
+      self._start()
+    batch = next(self._prefetcher)
+    self._step += 1
+    return batch
+
+  @property
+  def step(self) -> int:
+    """The step whose batch the next `next()` returns."""
+    return self._step
+
+  def get_state(self) -> dict[str, Any]:
+    """JSON-serialisable position: the next step plus what must match on resume."""
+    return {'version': STATE_VERSION, 'step': self._step, 'seed': self.seed, 'global_batch': self.global_batch,
+            'num_examples': self.num_examples, 'epoch': self._step * self.global_batch / self.num_examples}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    """Continues from `state` (from get_state): the next batch is the one of step state['step']."""
+    for key in ('seed', 'global_batch', 'num_examples'):
+      if key in state and int(state[key]) != getattr(self, key):
+        raise UserError(f"the saved input-pipeline position was made with {key}={state[key]}, this run has "
+                        f"{getattr(self, key)}; resume with the same config.seed, batch_size and dataset, or "
+                        "start a new workdir")
+    if int(state.get('version', STATE_VERSION)) != STATE_VERSION:
+      raise UserError(f"input-pipeline state version {state.get('version')} is not {STATE_VERSION}")
+    self._stop()
+    self._step = int(state['step'])
+
+  def _stop(self) -> None:
+    if self._prefetcher is not None:
+      self._prefetcher.close()
+    if self._host is not None:
+      self._host.close()
+    self._prefetcher, self._host = None, None
+
+  def close(self) -> None:
+    self._stop()
+
+  def __del__(self):
+    try:
+      self._stop()
+    except Exception:  # pylint: disable=broad-except
+      pass
+
+
+class EvalData:
+  """A re-iterable evaluation pass: padded, masked global batches {'image', 'label', 'mask'}.
+
+  Every example of the split is in exactly one batch row with mask True, on any number of processes and
+  devices; each process reads and preprocesses only its rows. With `views == 10`, 'image' is
+  [global_batch, 10, crop, crop, C] (ten-crop): average the model's outputs over axis 1.
+  """
+
+  def __init__(self, source, mesh: Mesh, global_batch: int, transform: host_pipeline.EvalTransform, *,
+               num_workers: int = 0, num_threads: int = 1, prefetch: int = 2, corrupt_images: str = 'fail',
+               limit: Optional[int] = None):
+    devices = mesh.devices.size
+    self.global_batch = -(-int(global_batch) // devices) * devices  # padding is masked anyway
+    self.source = source
+    self.mesh = mesh
+    self.transform = transform
+    self.num_examples = len(source) if limit is None else min(int(limit), len(source))
+    self.num_workers, self.num_threads, self.prefetch = int(num_workers), int(num_threads), int(prefetch)
+    rows = parallel.local_batch_slice(self.global_batch, mesh)
+    self.maker = host_pipeline.EvalBatchMaker(source, self.global_batch, (rows.start, rows.stop),
+                                              self.num_examples, transform, corrupt_images)
+
+  @property
+  def num_batches(self) -> int:
+    return math.ceil(self.num_examples / self.global_batch)
+
+  @property
+  def views(self) -> int:
+    return 10 if self.transform.crop == 'ten' else 1
+
+  @property
+  def image_shape(self) -> tuple[int, ...]:
+    """Shape of one example's 'image' (with a leading 10 for ten-crop)."""
+    return tuple(self.transform.output_shape)
+
+  def __len__(self) -> int:
+    return self.num_batches
+
+  def __iter__(self) -> Iterator[dict[str, jax.Array]]:
+    host = HostBatches(self.maker, 0, self.num_batches, self.num_workers, self.num_threads,
+                       buffer_batches=max(2, self.prefetch))
+    to_device = lambda batch: parallel.host_to_global(batch, self.mesh, self.global_batch)
+    prefetcher = DevicePrefetcher(host, to_device, self.prefetch)
+    try:
+      yield from prefetcher
+    finally:
+      prefetcher.close()
+      host.close()
+
+
+def local_rows(array: jax.Array) -> np.ndarray:
+  """This process's rows of a global batch array, in global row order (for tests and debugging)."""
+  shards = sorted(array.addressable_shards, key=lambda s: s.index[0].start or 0)
+  return np.concatenate([np.asarray(s.data) for s in shards])
+
+
+def host_batch_sequence(maker: Callable[[int], dict[str, np.ndarray]], steps: Sequence[int]) -> list[dict]:
+  """maker(step) for each step, in this process, without Grain (for tests and debugging)."""
+  return [maker(s) for s in steps]
