@@ -22,21 +22,28 @@ from resnet_jax.models.registry import create_model, list_models, model_options
 from resnet_jax.models.resnet import ResNet, UnitInfo, scan_variables, unscan_variables
 
 
-def num_residual_units(model) -> int:
-  """Number of residual units of a `ResNet` (the length of `branch_gates` and the grad-gate arrays)."""
-  if not isinstance(model, ResNet):
-    raise UserError(f"{type(model).__name__} has no residual units; the lesion and path analyses need a ResNet "
+def residual_backbone(model) -> ResNet:
+  """The `ResNet` of `model`: the model itself, or the `.backbone` of a wrapper such as a checkpoint's
+  `resnet_jax.classifier.Classifier` (which passes `branch_gates` etc. through to it)."""
+  inner = getattr(model, "backbone", model)
+  if not isinstance(inner, ResNet):
+    raise UserError(f"{type(inner).__name__} has no residual units; the lesion and path analyses need a ResNet "
                     "model (any registry name except densenet_*)")
-  return model.num_units
+  return inner
+
+
+def num_residual_units(model) -> int:
+  """Number of residual units (the length of `branch_gates` and the grad-gate arrays)."""
+  return residual_backbone(model).num_units
 
 
 def describe_units(model) -> list[UnitInfo]:
   """Per-unit facts (stage, position, stride, channels) in `branch_gates` order."""
-  num_residual_units(model)
-  return model.describe_units()
+  return residual_backbone(model).describe_units()
 
 
 __all__ = [
     "BatchNorm", "DenseNet", "LayerFactory", "ResNet", "UnitInfo", "count_macs", "count_params", "create_model",
-    "describe_units", "list_models", "model_options", "num_residual_units", "scan_variables", "unscan_variables",
+    "describe_units", "list_models", "model_options", "num_residual_units", "residual_backbone", "scan_variables",
+    "unscan_variables",
 ]

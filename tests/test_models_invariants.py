@@ -1,0 +1,359 @@
+"""Invariants of the zoo on tiny networks: shortcut paths, stochastic depth, scan == unrolled, every activation
+order and shortcut variant forward + backward, ghost BatchNorm, gates, initialisation.
+
+Networks are CIFAR-style with few, narrow units (8x8 inputs), and run op-by-op where that is cheaper than a
+compilation; the same widths everywhere let JAX reuse its per-primitive compilations between tests.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from resnet_jax.errors import UserError
+from resnet_jax.models import (BatchNorm, count_params, create_model, describe_units, scan_variables,
+                               unscan_variables)
+from resnet_jax.models.layers import survival_probabilities
+from resnet_jax.models.testing import random_variables
+
+WIDTHS = (4, 8, 16)
+X = jnp.asarray(np.random.default_rng(0).standard_normal((4, 8, 8, 3), dtype=np.float32))
+Y = jnp.array([1, 2, 3, 4])
+
+
+def tiny(name="cifar_resnet20", stage_sizes=(2, 1, 1), **kw):
+  return create_model(name, stage_sizes=stage_sizes, stage_widths=WIDTHS, **kw)
+
+
+def tree_close(a, b, rtol=1e-5, atol=1e-6):
+  jax.tree_util.tree_map(lambda p, q: np.testing.assert_allclose(p, q, rtol=rtol, atol=atol), a, b)
+
+
+def loss_and_grads(model, variables, x=X, y=Y, rng=None, **kw):
+  def loss(params):
+    logits, updates = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
+                                  mutable=["batch_stats"], rngs={"dropout": rng if rng is not None else
+                                                                 jax.random.key(7)}, **kw)
+    logp = jax.nn.log_softmax(logits)
+    return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1)), (logits, updates)
+  (l, (logits, updates)), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
+  return l, logits, updates, grads
+
+
+# --------------------------------------------------------------------------------------------- shortcut path
+
+
+def _bn(h, p, s, train):
+  if train:
+    mean, var = h.mean((0, 1, 2)), h.var((0, 1, 2))
+  else:
+    mean, var = s["mean"], s["var"]
+  return (h - mean) / jnp.sqrt(var + 1e-5) * p["scale"] + p["bias"]
+
+
+def _conv(h, kernel, stride):
+  pad = kernel.shape[0] // 2
+  return jax.lax.conv_general_dilated(h, kernel, (stride, stride), [(pad, pad)] * 2,
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@pytest.mark.parametrize("name", ["cifar_preact_resnet20", "cifar_preact_resnet164"])
+@pytest.mark.parametrize("train", [False, True])
+def test_preact_net_with_zero_branches_is_its_shortcut_path(name, train):
+  # He et al. 2016 §3: with full pre-activation units and identity shortcuts the signal propagates directly
+  # from any unit to any other. Zero the last conv of every branch: the output must be stem -> shortcut path
+  # (the shared BN-ReLU and option A / projection of shape-changing units) -> final BN-ReLU -> head.
+  model = tiny(name, stage_sizes=(2, 2, 2))
+  variables = random_variables(model, X.shape)
+  params, stats = variables["params"], variables["batch_stats"]
+  last = "conv2" if name == "cifar_preact_resnet20" else "conv3"
+  params = {k: ({**v, last: {"kernel": jnp.zeros_like(v[last]["kernel"])}} if last in v else v)
+            for k, v in params.items()}
+  got = model.apply({"params": params, "batch_stats": stats}, X, train=train, mutable=["batch_stats"])[0]
+
+  h = _conv(X, params["stem_conv"]["kernel"], 1)
+  for u in describe_units(model):
+    p, s = params[f"stage{u.stage}_unit{u.position}"], stats.get(f"stage{u.stage}_unit{u.position}")
+    if u.preact == "shared":
+      h = jax.nn.relu(_bn(h, p["bn1"], s["bn1"], train))
+    if "proj_conv" in p:  # resnet-1k-layers: bare 1x1 conv projection on the pre-activated input
+      h = _conv(h, p["proj_conv"]["kernel"], u.stride)
+    elif u.changes_shape:  # option A
+      h = jnp.pad(h[:, ::u.stride, ::u.stride], ((0, 0), (0, 0), (0, 0), (0, u.out_features - h.shape[-1])))
+  h = jax.nn.relu(_bn(h, params["final_bn"], stats["final_bn"], train))
+  want = h.mean((1, 2)) @ params["head"]["kernel"] + params["head"]["bias"]
+  np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+  if name == "cifar_preact_resnet164":
+    assert all(f"stage{s}_unit1" in params and "proj_conv" in params[f"stage{s}_unit1"] for s in (1, 2, 3))
+
+
+# --------------------------------------------------------------------------------------------- stochastic depth
+
+
+def test_survival_probabilities_follow_the_linear_rule():
+  p = survival_probabilities(54, 0.5)  # Huang et al. 2016 Eq. 4, the 110-layer net's 54 units
+  np.testing.assert_allclose(p, 1 - np.arange(1, 55) / 54 * 0.5, rtol=1e-6)
+  assert p[-1] == pytest.approx(0.5) and p[0] == pytest.approx(1 - 0.5 / 54)
+  assert np.all(survival_probabilities(10, 1.0) == 1)
+
+
+def test_stochastic_depth_with_p_last_one_is_the_deterministic_model():
+  base = tiny()
+  variables = random_variables(base, X.shape)
+  want = loss_and_grads(base, variables)
+  for mode in ("batch", "example"):
+    got = loss_and_grads(tiny(survival_prob_last=1.0, stochastic_depth_mode=mode), variables,
+                         rng=jax.random.key(3))
+    tree_close(got, want, rtol=0, atol=0)
+
+
+def test_stochastic_depth_scales_branches_by_p_l_at_test_time():
+  model = tiny(survival_prob_last=0.5)
+  variables = random_variables(model, X.shape)
+  p = survival_probabilities(4, 0.5)
+  np.testing.assert_allclose(model.apply(variables, X), tiny().apply(variables, X, branch_gates=p),
+                             rtol=1e-6, atol=1e-6)
+
+
+def test_stochastic_depth_training_is_random_reproducible_and_per_batch_or_per_example():
+  x = jnp.broadcast_to(X[:1], (8,) + X.shape[1:])  # 8 copies of one image
+  outs = {}
+  for mode in ("batch", "example"):
+    model = tiny(survival_prob_last=0.5, stochastic_depth_mode=mode)
+    variables = random_variables(model, x.shape)
+    run = lambda seed: model.apply(variables, x, train=True, mutable=["batch_stats"],
+                                   rngs={"dropout": jax.random.key(seed)})[0]
+    outs[mode] = [run(seed) for seed in range(4)]
+    np.testing.assert_array_equal(run(0), outs[mode][0])  # same key, same masks
+    assert any(not np.allclose(outs[mode][0], o) for o in outs[mode][1:])  # masks change with the key
+  # 'batch': one mask per mini-batch, so identical images give identical logits; 'example': they differ.
+  assert all(np.allclose(o, o[:1]) for o in outs["batch"])
+  assert any(not np.allclose(o, o[:1]) for o in outs["example"])
+  with pytest.raises(UserError, match="dropout"):
+    tiny(survival_prob_last=0.5).apply(random_variables(tiny(), X.shape), X, train=True, mutable=["batch_stats"])
+
+
+# --------------------------------------------------------------------------------------------- scan == unrolled
+
+
+# One unrolled reference, compiled once, for the scanned models with and without remat. The config covers what
+# scanning must carry per unit: different parameters, BatchNorm statistics, stochastic-depth masks (drawn once
+# per call, per example here) and runtime gates; pre-activation bottlenecks with projections in first units.
+SCAN_CONFIG = dict(stage_sizes=(2, 3, 2), stage_widths=WIDTHS, survival_prob_last=0.5,
+                   stochastic_depth_mode="example")
+
+
+@pytest.fixture(scope="module")
+def unrolled_reference():
+  model = create_model("cifar_preact_resnet164", **SCAN_CONFIG)
+  variables = random_variables(model, X.shape)
+  gates = jnp.asarray(np.linspace(0, 1, model.num_units, dtype=np.float32))
+  results = jax.jit(lambda v: loss_and_grads(model, v, branch_gates=gates))(variables)
+  return model, variables, gates, results
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_scan_equals_unrolled_forward_and_gradients(unrolled_reference, remat):
+  unrolled, variables, gates, (l_u, logits_u, updates_u, grads_u) = unrolled_reference
+  scanned = create_model("cifar_preact_resnet164", scan_units=True, remat=remat, **SCAN_CONFIG)
+  scanned_vars = scan_variables(variables, unrolled)
+  # The layouts convert both ways and match what the scanned model creates.
+  assert jax.tree_util.tree_structure(scanned_vars) == jax.tree_util.tree_structure(
+      jax.eval_shape(lambda: scanned.init(jax.random.key(0), X)))
+  tree_close(unscan_variables(scanned_vars, unrolled), variables, rtol=0, atol=0)
+
+  l_s, logits_s, updates_s, grads_s = jax.jit(lambda v: loss_and_grads(scanned, v, branch_gates=gates))(
+      scanned_vars)
+  np.testing.assert_allclose(l_s, l_u, rtol=1e-6)
+  np.testing.assert_allclose(logits_s, logits_u, rtol=1e-5, atol=1e-6)
+  tree_close(unscan_variables({"params": grads_s}, unrolled)["params"], grads_u)
+  tree_close(unscan_variables(updates_s, unrolled), updates_u)
+
+
+def test_scan_equals_unrolled_in_evaluation():
+  unrolled, scanned = tiny(stage_sizes=(3, 2, 1)), tiny(stage_sizes=(3, 2, 1), scan_units=True)
+  variables = random_variables(unrolled, X.shape)
+  np.testing.assert_allclose(scanned.apply(scan_variables(variables, unrolled), X), unrolled.apply(variables, X),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_remat_unrolled_does_not_change_gradients():
+  model = tiny(stage_sizes=(1, 1, 1))
+  variables = random_variables(model, X.shape)
+  tree_close(loss_and_grads(tiny(stage_sizes=(1, 1, 1), remat=True), variables), loss_and_grads(model, variables))
+
+
+# --------------------------------------------------------------------------------------------- all variants run
+
+VARIANTS = [
+    # He et al. 2016 Fig. 4 orders (a)-(e) over the three unit kinds
+    dict(unit_order="original", block="basic"), dict(unit_order="bn_after_add", block="basic"),
+    dict(unit_order="relu_before_add", block="single"), dict(unit_order="relu_preact", block="basic"),
+    dict(unit_order="full_preact", block="single"),
+    dict(name="cifar_resnet164", unit_order="bn_after_add"), dict(name="cifar_resnet164", unit_order="relu_preact"),
+    dict(name="cifar_preact_resnet164", unit_order="full_preact", cardinality=2, base_width=32),
+    dict(name="cifar_resnet164", unit_order="relu_before_add", shortcut_type="A", stride_on="3x3"),
+    # He et al. 2016 Table 1 shortcut variants, and He et al. 2015 options B / C
+    dict(shortcut="scaling", shortcut_scale=0.5, scale_residual=True), dict(shortcut="exclusive_gate"),
+    dict(shortcut="shortcut_gate", gate_bias_init=0.0), dict(shortcut="conv1x1"),
+    dict(shortcut="dropout", shortcut_dropout_rate=0.5), dict(shortcut="none"),
+    dict(shortcut="exclusive_gate", unit_order="full_preact"), dict(shortcut_type="B"), dict(shortcut_type="C"),
+]
+
+
+@pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: "-".join(f"{v}" for v in o.values()))
+def test_every_order_and_shortcut_variant_runs_forward_and_backward(overrides):
+  overrides = dict(overrides)
+  model = tiny(overrides.pop("name", "cifar_resnet20"), stage_sizes=(2, 1, 1), **overrides)
+  variables = random_variables(model, X.shape)
+  l, logits, updates, grads = loss_and_grads(model, variables)
+  assert logits.shape == (4, 10) and np.isfinite(float(l))
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    assert np.all(np.isfinite(g)), path
+    assert np.any(g != 0), f"no gradient reaches {jax.tree_util.keystr(path)}"
+  assert set(updates) == {"batch_stats"}
+  assert model.apply(variables, X).shape == (4, 10)
+
+
+def test_shortcut_variants_reduce_to_their_special_cases():
+  base = tiny()
+  variables = random_variables(base, X.shape)
+  want = base.apply(variables, X)
+  zero_gates = jnp.zeros((base.num_units,))
+  # Dropout shortcut at test time and scaling with lambda = 1 are the identity shortcut.
+  np.testing.assert_allclose(tiny(shortcut="dropout").apply(variables, X), want, rtol=1e-6)
+  np.testing.assert_allclose(tiny(shortcut="scaling", shortcut_scale=1.0).apply(variables, X), want, rtol=1e-6)
+  # A closed gate (b_g -> -inf: g = 0): exclusive gating passes only the shortcut, shortcut-only gating all.
+  for variant, gates in (("exclusive_gate", zero_gates), ("shortcut_gate", None)):
+    gated = tiny(shortcut=variant)
+    gv = random_variables(gated, X.shape)
+    gv = {"params": {k: ({**v, "gate": {**v["gate"], "bias": jnp.full_like(v["gate"]["bias"], -100.0)}}
+                         if "gate" in v else v) for k, v in gv["params"].items()}, "batch_stats": gv["batch_stats"]}
+    plain_vars = {"params": {k: {n: w for n, w in v.items() if n != "gate"} if isinstance(v, dict) else v
+                             for k, v in gv["params"].items()}, "batch_stats": gv["batch_stats"]}
+    np.testing.assert_allclose(gated.apply(gv, X), base.apply(plain_vars, X, branch_gates=gates), rtol=1e-5,
+                               atol=1e-6)
+  # The 1x1-conv shortcut (Table 1) is option C (He et al. 2015).
+  c = tiny(shortcut_type="C")
+  cv = random_variables(c, X.shape)
+  np.testing.assert_allclose(tiny(shortcut="conv1x1").apply(cv, X), c.apply(cv, X), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------- BatchNorm
+
+
+def test_bn_global_and_one_group_equal_flax_batchnorm():
+  x = jnp.asarray(np.random.default_rng(1).standard_normal((6, 3, 3, 5), dtype=np.float32) * 3 + 1)
+  ref = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5)
+  ref_vars = ref.init(jax.random.key(0), x)
+  want, want_stats = ref.apply(ref_vars, x, mutable=["batch_stats"])
+  for group in (None, 6):
+    bn = BatchNorm(group_size=group)
+    got, got_stats = bn.apply(bn.init(jax.random.key(0), x), x, mutable=["batch_stats"])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    tree_close(got_stats, want_stats)
+
+
+def test_ghost_bn_uses_per_group_statistics():
+  rs = np.random.default_rng(2)
+  x = rs.standard_normal((6, 2, 3, 4)).astype(np.float32) * np.arange(1, 7, dtype=np.float32)[:, None, None, None]
+  bn = BatchNorm(group_size=2, momentum=0.8, epsilon=1e-3)
+  variables = bn.init(jax.random.key(0), x)
+  variables = {"params": {"scale": jnp.asarray(rs.uniform(0.5, 2, 4), jnp.float32),
+                          "bias": jnp.asarray(rs.standard_normal(4), jnp.float32)},
+               "batch_stats": {"mean": jnp.full((4,), 0.5), "var": jnp.full((4,), 2.0)}}
+  got, stats = bn.apply(variables, x, mutable=["batch_stats"])
+  groups = x.reshape(3, 2, 2, 3, 4).astype(np.float64)
+  mean = groups.mean(axis=(1, 2, 3), keepdims=True)
+  var = groups.var(axis=(1, 2, 3), keepdims=True)
+  want = ((groups - mean) / np.sqrt(var + 1e-3)).reshape(x.shape) * variables["params"]["scale"] + \
+      variables["params"]["bias"]
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(stats["batch_stats"]["mean"], 0.8 * 0.5 + 0.2 * mean.mean(axis=0).ravel(), rtol=1e-5)
+  np.testing.assert_allclose(stats["batch_stats"]["var"], 0.8 * 2.0 + 0.2 * var.mean(axis=0).ravel(), rtol=1e-5)
+  # Evaluation uses the running averages, whatever the group size.
+  ev = BatchNorm(use_running_average=True, group_size=2, epsilon=1e-3).apply(variables, x)
+  np.testing.assert_allclose(ev, (x - 0.5) / np.sqrt(2.0 + 1e-3) * variables["params"]["scale"] +
+                             variables["params"]["bias"], rtol=1e-5, atol=1e-5)
+
+
+def test_ghost_bn_model_equals_separate_calls_per_group():
+  # Ghost BN with G examples per group is the papers' per-GPU BN: the same as running each group alone, with
+  # the running averages averaged over the groups.
+  ghost, whole = tiny(bn_group_size=2), tiny()
+  variables = random_variables(whole, X.shape)
+  got, got_stats = ghost.apply(variables, X, train=True, mutable=["batch_stats"])
+  halves = [whole.apply(variables, X[i:i + 2], train=True, mutable=["batch_stats"]) for i in (0, 2)]
+  np.testing.assert_allclose(got, jnp.concatenate([h[0] for h in halves]), rtol=1e-5, atol=1e-5)
+  tree_close(got_stats, jax.tree_util.tree_map(lambda a, b: (a + b) / 2, halves[0][1], halves[1][1]))
+  same, _ = tiny(bn_group_size=4).apply(variables, X, train=True, mutable=["batch_stats"])
+  np.testing.assert_allclose(same, whole.apply(variables, X, train=True, mutable=["batch_stats"])[0], rtol=1e-5,
+                             atol=1e-6)
+
+
+def test_global_bn_over_a_sharded_batch_is_whole_batch_bn():
+  # Under jit with the batch sharded over devices, bn_group_size=None normalises over the global batch.
+  devices = np.array(jax.devices()[:2])
+  if devices.size < 2:
+    devices = np.array(jax.devices()[:1])
+  mesh = Mesh(devices, ("data",))
+  model = tiny()
+  variables = random_variables(model, X.shape)
+  fn = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
+  sharded = jax.device_put(X, NamedSharding(mesh, PartitionSpec("data")))
+  got = fn(variables, sharded)
+  want = fn(variables, X)
+  tree_close(got, want)
+
+
+# --------------------------------------------------------------------------------------------- gates
+
+
+def test_gates_all_one_equal_the_plain_forward_and_static_lesions_equal_runtime_ones():
+  model = tiny()
+  variables = random_variables(model, X.shape)
+  plain = model.apply(variables, X)
+  np.testing.assert_array_equal(model.apply(variables, X, branch_gates=jnp.ones((4,))), plain)
+  np.testing.assert_array_equal(
+      model.apply(variables, X, branch_grad_gates=jnp.zeros((4,)), shortcut_grad_gates=jnp.zeros((4,))), plain)
+  np.testing.assert_array_equal(tiny(lesioned_units=(1, 3)).apply(variables, X),
+                                model.apply(variables, X, branch_gates=jnp.array([1.0, 0.0, 1.0, 0.0])))
+  assert not np.allclose(model.apply(variables, X, branch_gates=jnp.array([1.0, 0.0, 1.0, 1.0])), plain)
+
+
+def test_branch_grad_gate_blocks_gradient_into_that_branch_only():
+  model = tiny()
+  variables = random_variables(model, X.shape)
+  _, logits, _, grads = loss_and_grads(model, variables, branch_grad_gates=jnp.array([1.0, 0.0, 1.0, 1.0]))
+  np.testing.assert_allclose(logits, loss_and_grads(model, variables)[1], rtol=1e-6)
+  blocked = grads["stage1_unit2"]
+  assert all(np.all(g == 0) for g in jax.tree_util.tree_leaves(blocked))
+  assert all(np.any(g != 0) for g in jax.tree_util.tree_leaves(grads["stage1_unit1"]))
+  assert np.any(grads["stem_conv"]["kernel"] != 0)
+
+
+# --------------------------------------------------------------------------------------------- initialisation
+
+
+def test_initialisation_and_zero_init_last_bn():
+  key = jax.random.key(0, impl="rbg")  # the distribution is the point here, not the PRNG; rbg compiles faster
+  model = create_model("cifar_resnet20", stage_sizes=(1, 1, 1), zero_init_last_bn=True)
+  variables = jax.jit(lambda k: model.init(k, X))(key)
+  p = variables["params"]
+  k = p["stage3_unit1"]["conv2"]["kernel"]  # 3x3, 64 -> 64: He normal fan_out std sqrt(2 / (9 * 64))
+  assert float(jnp.std(k)) == pytest.approx(np.sqrt(2 / (9 * 64)), rel=0.05)
+  assert float(jnp.std(p["stem_conv"]["kernel"])) == pytest.approx(np.sqrt(2 / (9 * 16)), rel=0.25)
+  assert float(jnp.max(jnp.abs(p["head"]["kernel"]))) <= 1 / 8 and float(jnp.std(p["head"]["bias"])) > 0
+  assert np.all(p["stage1_unit1"]["bn1"]["scale"] == 1) and np.all(p["stage1_unit1"]["bn1"]["bias"] == 0)
+  assert all(np.all(p[f"stage{s}_unit1"]["bn2"]["scale"] == 0) for s in (1, 2, 3))
+  assert np.all(variables["batch_stats"]["stem_bn"]["var"] == 1)
+  # Zero-initialised last BN: every unit starts as its shortcut.
+  np.testing.assert_allclose(model.apply(variables, X), model.apply(variables, X, branch_gates=jnp.zeros(3)),
+                             rtol=1e-6)
+  # Branches ending in a conv (orders (b), (e)) zero that conv instead.
+  pre = create_model("cifar_preact_resnet20", stage_sizes=(1, 1, 1), zero_init_last_bn=True)
+  pv = jax.jit(lambda k: pre.init(k, X))(key)["params"]
+  assert np.all(pv["stage2_unit1"]["conv2"]["kernel"] == 0) and np.any(pv["stage2_unit1"]["conv1"]["kernel"] != 0)
+  assert count_params(pre) == count_params(create_model("cifar_preact_resnet20", stage_sizes=(1, 1, 1)))
