@@ -23,7 +23,7 @@ def variables():
   # Running statistics = the batch statistics of IMAGES (one training call with momentum 0), so eval-mode
   # logits are O(1) and the predictions depend on every unit.
   v = random_variables(MODEL, IMAGES.shape)
-  _, updates = MODEL.replace(bn_momentum=0.0).apply(v, IMAGES, train=True, mutable=["batch_stats"])
+  _, updates = MODEL.clone(bn_momentum=0.0).apply(v, IMAGES, train=True, mutable=["batch_stats"])
   return {"params": v["params"], **updates}
 
 
