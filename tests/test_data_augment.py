@@ -111,6 +111,17 @@ def test_cifar10_config_gives_the_device_resident_pipeline_under_mock_data():
   assert images.dtype == jnp.float32 and images.shape == (8, 32, 32, 3)
   assert float(images.min()) >= 0 and float(images.max()) <= 255
   assert images.sharding.spec == jax.sharding.PartitionSpec(parallel.DATA_AXIS)
+  # Every augmented CIFAR image is a window of the image padded (with the mean colour) after normalisation.
+  mean = np.float32(data.mean)
+  flips = []
+  for step in range(5):
+    batch, images = jax.tree.map(np.asarray, batch_at(data.arrays, jnp.int32(step)))
+    for raw, out in zip(batch['image'], images):
+      padded = np.pad(raw.astype(np.float32) - mean, ((4, 4), (4, 4), (0, 0))) + mean
+      hit = find_window(out, padded, (32, 32))
+      assert hit is not None
+      flips.append(hit[2])
+  assert 0.2 < np.mean(flips) < 0.8  # 40 draws; the 1500-image test above pins the rate to 1/2
   # Evaluation: fixed-size test images as they are, padded + masked, every example once.
   assert eval_data.views == 1 and eval_data.image_shape == (32, 32, 3) and len(eval_batches) == 4
   assert sum(int(np.asarray(b['mask']).sum()) for b in eval_batches) == 40
@@ -150,3 +161,16 @@ def test_device_pipeline_errors():
       pipelines.make_train_data(cifar_config(**{'dataset.pipeline': 'tpu'}), mesh, imagenet)
     with pytest.raises(UserError, match='larger than the 6 training examples'):
       pipelines.make_train_data(cifar_config(), mesh, sources.open_split('cifar10', 'train'))
+
+
+@pytest.mark.parametrize('n', [1, 2, 3, 7, 64, 1000, 50_000])
+def test_keyed_permutation_is_a_bijection_and_looks_random(n):
+  keys = jax.random.bits(jax.random.key(n), (4,), jnp.uint32)
+  perm = np.asarray(jax.jit(lambda i: pipelines.feistel_permutation(i, n, keys))(jnp.arange(n)))
+  assert sorted(perm) == list(range(n))
+  if n >= 1000:
+    # Not the identity or a shift, and neighbours are far apart on average (no local structure).
+    assert np.mean(perm == np.arange(n)) < 0.01
+    assert abs(np.mean(np.abs(np.diff(perm))) / n - 1 / 3) < 0.03
+    other = np.asarray(pipelines.feistel_permutation(jnp.arange(n), n, keys + 1))
+    assert np.mean(perm == other) < 0.01  # different keys (epochs): different orders

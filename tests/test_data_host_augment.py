@@ -137,3 +137,44 @@ def test_corrupt_and_truncated_images_raise_corrupt_image_error():
       host_augment.center_crop(bad, 32, 32)
   with pytest.raises(host_augment.CorruptImageError):
     host_augment.decode(np.zeros((4, 4, 3), np.float32))
+
+
+def coordinate_image(height=200, width=256):
+  """R = x, G = y, B = 0: a crop's pixel values name the region it came from."""
+  y, x = np.mgrid[:height, :width]
+  return np.stack([x, y * 255 // (height - 1), np.zeros_like(x)], axis=-1).astype(np.uint8)
+
+
+@pytest.mark.parametrize('mode', ['inception', 'scale'])
+def test_training_crops_come_from_the_image_with_the_papers_geometry(mode):
+  image = coordinate_image()
+  height, width = image.shape[:2]
+  for q in range(60):
+    out = host_augment.random_crop_resize(image, host_pipeline.example_rng(1, q), 32, mode,
+                                          scale_range=(40, 90)).astype(np.float64)
+    x0, x1 = out[..., 0].min(), out[..., 0].max()
+    y0, y1 = out[..., 1].min() * (height - 1) / 255, out[..., 1].max() * (height - 1) / 255
+    assert 0 <= x0 and x1 <= width - 1 and 0 <= y0 and y1 <= height - 1
+    box_w, box_h = x1 - x0 + 1, y1 - y0 + 1
+    # Columns increase left to right (no flip inside the crop op) and rows top to bottom.
+    assert out[0, -1, 0] >= out[0, 0, 0] and out[-1, 0, 1] >= out[0, 0, 1]
+    if mode == 'inception':
+      assert 0.06 <= box_w * box_h / (width * height) <= 1.0
+      assert 0.7 <= box_w / box_h <= 1.45
+    else:  # a square region: 32 px of a shorter side resized to S in [40, 90]
+      assert 0.85 <= box_w / box_h <= 1.18
+      assert 40 * 0.85 <= 32 * height / box_h <= 90 * 1.15
+
+
+def test_imagenet_flips_happen_about_half_the_time_and_leave_the_crop_unchanged():
+  image = host_augment.synthetic_photo(np.random.default_rng(8), 120, 160)
+  flip = host_pipeline.TrainTransform(crop='inception', image_size=32, flip=True)
+  keep = host_pipeline.TrainTransform(crop='inception', image_size=32, flip=False)
+  mirrored = 0
+  for q in range(400):
+    a, b = flip(image, host_pipeline.example_rng(0, q)), keep(image, host_pipeline.example_rng(0, q))
+    if np.array_equal(a, b[:, ::-1]) and not np.array_equal(a, b):
+      mirrored += 1
+    else:
+      np.testing.assert_array_equal(a, b)
+  assert 0.43 < mirrored / 400 < 0.57

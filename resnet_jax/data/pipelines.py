@@ -103,17 +103,19 @@ class DeviceResidentData:
     return cls(arrays=placed, num_examples=n, global_batch=global_batch, seed=seed, mesh=mesh)
 
   def batch_indices(self, step: jax.Array) -> jax.Array:
-    """Dataset indices of the global batch at `step` (traceable)."""
+    """Dataset indices of the global batch at `step` (traceable).
+
+    Position q = step * B + r is example perm_e(q mod N) of epoch e = q // N, where perm_e is a keyed
+    pseudo-random permutation of [0, N) evaluated per position (`feistel_permutation`): O(B) work per step,
+    instead of materialising (sorting) an N-element permutation every step.
+    """
     n, b = self.num_examples, self.global_batch
     position = step * b + jnp.arange(b)
     epoch = position // n
     offset = position % n
-    first_epoch = epoch[0]
     base = jax.random.fold_in(jax.random.key(self.seed), _DATA_ORDER_STREAM)
-    perm_a = jax.random.permutation(jax.random.fold_in(base, first_epoch), n)
-    perm_b = jax.random.permutation(jax.random.fold_in(base, first_epoch + 1), n)
-    # A batch spans at most two epochs because from_arrays requires b <= n.
-    return jnp.where(epoch == first_epoch, perm_a[offset], perm_b[offset])
+    keys = jax.vmap(lambda e: jax.random.bits(jax.random.fold_in(base, e), (_FEISTEL_ROUNDS,), jnp.uint32))(epoch)
+    return feistel_permutation(offset, n, keys)
 
   def batch(self, arrays: dict[str, jax.Array], step: jax.Array) -> dict[str, jax.Array]:
     """The global batch at `step`, sharded over `data`; call inside jit with `arrays` as an argument."""
@@ -139,6 +141,41 @@ class DeviceResidentData:
                          in_specs=(P(parallel.DATA_AXIS), P()), out_specs=P(parallel.DATA_AXIS))(arrays, indices)
 
 
+_FEISTEL_ROUNDS = 4
+
+
+def _mix32(x: jax.Array) -> jax.Array:
+  """A 32-bit integer hash (lowbias32, C. Wellons): good avalanche, cheap."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x7FEB352D)
+  x = x ^ (x >> 15)
+  x = x * jnp.uint32(0x846CA68B)
+  return x ^ (x >> 16)
+
+
+def feistel_permutation(index: jax.Array, n: int, keys: jax.Array) -> jax.Array:
+  """perm(index) for a keyed pseudo-random permutation of [0, n); keys: uint32 [..., rounds] per element.
+
+  A balanced Feistel network on the smallest even-bit power-of-two domain >= n is a bijection of that domain;
+  cycle-walking (re-applying it until the value falls below n) restricts it to a bijection of [0, n). The
+  domain is < 4n, so a few walks suffice. Every epoch's keys give an independent-looking order.
+  """
+  bits = max(2, int(np.ceil(np.log2(max(n, 2)))))
+  half = (bits + 1) // 2
+  mask = jnp.uint32((1 << half) - 1)
+  keys = jnp.asarray(keys, jnp.uint32)
+
+  def permute(x):
+    left, right = x >> half, x & mask
+    for r in range(keys.shape[-1]):
+      left, right = right, left ^ (_mix32(right ^ keys[..., r]) & mask)
+    return (left << half) | right
+
+  x = permute(jnp.asarray(index).astype(jnp.uint32))
+  x = jax.lax.while_loop(lambda x: jnp.any(x >= n), lambda x: jnp.where(x >= n, permute(x), x), x)
+  return x.astype(jnp.int32)
+
+
 def eval_batches(source: ExampleSource, mesh: Mesh, global_batch: int,
                  limit: Optional[int] = None) -> Iterator[dict[str, jax.Array]]:
   """Yields global batches {'image', 'label', 'mask'} covering `source` exactly once (padded + masked)."""
@@ -160,6 +197,17 @@ def eval_batches(source: ExampleSource, mesh: Mesh, global_batch: int,
       local = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) for k, v in local.items()}
     local['mask'] = mask
     yield parallel.host_to_global(local, mesh, global_batch)
+
+
+def apply_multi_view(apply_fn: Callable[[jax.Array], jax.Array], images: jax.Array) -> jax.Array:
+  """Logits of `apply_fn` for [B, H, W, C] images, or the mean logits over views for [B, V, H, W, C] (the
+  ten-crop batches of `make_eval_batches` with eval_crop_mode='ten'). Traceable; the batch axis keeps its
+  sharding (B * V rows split over the same devices)."""
+  if images.ndim == 5:
+    batch, views = images.shape[:2]
+    logits = apply_fn(images.reshape((batch * views,) + images.shape[2:]))
+    return logits.reshape((batch, views) + logits.shape[1:]).mean(axis=1)
+  return apply_fn(images)
 
 
 def num_eval_batches(num_examples: int, global_batch: int) -> int:
