@@ -80,7 +80,11 @@ def get_config():
   config.eval_every_epochs = ml_collections.config_dict.placeholder(float)
   config.checkpoint_every_steps = 2_000
   config.checkpoint_every_epochs = ml_collections.config_dict.placeholder(float)
-  config.keep_checkpoints = 3
+  config.keep_checkpoints = 3        # the latest N, plus the best by `best_metric`
+  config.best_metric = 'test_accuracy'
+  # NaN/Inf in the loss or gradients: 'stop' raises an error naming the step (the last good checkpoint is
+  # kept); 'skip' leaves parameters unchanged for that step and counts it in metrics.jsonl.
+  config.on_nonfinite = 'stop'
   # Train steps run per dispatch from the host (lax.scan) when the data is device-resident.
   config.steps_per_dispatch = 1
   return config

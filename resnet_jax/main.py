@@ -27,6 +27,10 @@ flags.DEFINE_string('config', None, 'Config file, optionally with an argument: c
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and plots (created if missing).')
 flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'train (resumes automatically) or eval (latest checkpoint).')
 flags.DEFINE_integer('step', None, 'With --mode eval: the checkpoint step to evaluate (default: latest).')
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, to run as one of several processes '
+                    '(default: $JAX_COORDINATOR_ADDRESS; TPU pods and SLURM are detected automatically).')
+flags.DEFINE_integer('num_processes', None, 'Number of processes (default: $JAX_NUM_PROCESSES).')
+flags.DEFINE_integer('process_id', None, 'This process\'s index in [0, num_processes) (default: $JAX_PROCESS_ID).')
 FLAGS = flags.FLAGS
 
 _OVERRIDES: list[tuple[str, str]] = []
@@ -52,12 +56,12 @@ def _fail(message) -> None:
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
-    _fail(f"unexpected arguments {' '.join(argv[1:])}; flags are --config, --workdir, --mode, --step")
+    _fail(f"unexpected arguments {' '.join(argv[1:])}; see --help for the flags")
   if not FLAGS.workdir:
     _fail('--workdir is required (the directory for checkpoints and metrics)')
   try:
     from resnet_jax import parallel  # pylint: disable=g-import-not-at-top  (imports jax)
-    parallel.initialize_distributed()
+    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     if FLAGS.mode == 'train':
       if not FLAGS.config:
         raise UserError('--config is required to train, e.g. --config configs/quickstart.py')

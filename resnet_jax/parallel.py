@@ -19,18 +19,29 @@ from resnet_jax.errors import UserError
 DATA_AXIS = 'data'
 
 
-def initialize_distributed() -> None:
-  """Calls `jax.distributed.initialize()` when this process is one of several.
+def initialize_distributed(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
+                           process_id: Optional[int] = None) -> None:
+  """Calls `jax.distributed.initialize()` when this process is one of several; a no-op otherwise.
 
-  Detected from the environment: TPU pods and SLURM are found by JAX itself; elsewhere set
-  JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (read by JAX). Safe to call twice.
+  Explicit: the arguments (main.py's --coordinator_address/--num_processes/--process_id) or the environment
+  variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID. Otherwise JAX detects TPU pods,
+  SLURM and other clusters itself. On CPU the collectives are gloo (JAX's default). Safe to call twice.
   """
   if jax.distributed.is_initialized():
     return
-  explicit = 'JAX_COORDINATOR_ADDRESS' in os.environ and int(os.environ.get('JAX_NUM_PROCESSES', '1')) > 1
+  coordinator_address = coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS')
+  num_processes = num_processes or int(os.environ.get('JAX_NUM_PROCESSES', '0')) or None
+  if process_id is None and 'JAX_PROCESS_ID' in os.environ:
+    process_id = int(os.environ['JAX_PROCESS_ID'])
+  if coordinator_address and num_processes and num_processes > 1:
+    if process_id is None:
+      raise UserError('several processes need a process id: set --process_id or JAX_PROCESS_ID')
+    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                               process_id=process_id)
+    return
   slurm = int(os.environ.get('SLURM_NTASKS', '1')) > 1
-  tpu_pod = 'TPU_WORKER_HOSTNAMES' in os.environ and ',' in os.environ.get('TPU_WORKER_HOSTNAMES', '')
-  if explicit or slurm or tpu_pod:
+  tpu_pod = ',' in os.environ.get('TPU_WORKER_HOSTNAMES', '')
+  if slurm or tpu_pod:
     jax.distributed.initialize()
 
 

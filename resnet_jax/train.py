@@ -241,17 +241,23 @@ def make_resident_runner(exp: Experiment) -> Callable:
 
 
 class _Preemption:
-  """Turns SIGTERM into 'save at the next step boundary and exit' (cluster preemption)."""
+  """Turns SIGTERM (cluster preemption) into 'save at the next step boundary and exit cleanly'.
+
+  One process: a SIGTERM handler sets a flag. Several processes: JAX's coordination service propagates the
+  notice to every process and `reached_preemption_sync_point` names the same step on all of them, at no
+  per-step communication cost.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread (e.g. a notebook worker): no handler
-      self._previous = None
+    if jax.process_count() == 1:
+      try:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+      except ValueError:  # not the main thread (e.g. a notebook worker): no handler
+        self._previous = None
     return self
 
   def _handle(self, signum, frame):
@@ -264,10 +270,8 @@ class _Preemption:
 
   def should_stop(self, step: int) -> bool:
     if jax.process_count() > 1:
-      # Every process must agree on the step at which to stop.
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      flags = multihost_utils.process_allgather(np.asarray(self.requested, np.int32))
-      return bool(np.any(flags))
+      return multihost_utils.reached_preemption_sync_point(step)
     return self.requested
 
 
