@@ -1,0 +1,13 @@
+"""Input data: sources, augmentation and pipelines. No TensorFlow is imported on the training path.
+
+  sources        open_split(name, split, data_dir): TFDS (ArrayRecord via tfds.data_source), npz:PATH, folder:ROOT
+  prepare        python -m resnet_jax.data.prepare NAME: build a TFDS dataset in ArrayRecord format
+  augment        device-side (jnp) pad/crop/flip for small images, inside the jitted step
+  host_augment   host-side (PIL/NumPy) decode, ImageNet crops, colour jitter, PCA lighting, eval crops, ten-crop
+  host_pipeline  per-process batch construction run by Grain workers (data order, corrupt-image policy)
+  streaming      StreamingTrainData (Grain + device prefetch, exact resume) and EvalData (padded, masked)
+  pipelines      DeviceResidentData, make_train_data / make_eval_batches (choose by config), input_options
+  throughput     img/s of the device-resident and Grain paths on synthetic data
+  testing        synthetic datasets for tests and benchmarks
+  digits         the built-in 8x8 digits TFDS dataset
+"""
