@@ -103,7 +103,7 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh)
   if group is not None and per_device % group:
     raise UserError(f"config.batch_norm.group_size={group} does not divide the per-device batch {per_device} "
                     f"(batch_size {config.batch_size} over {mesh.devices.size} devices); use a divisor of "
-                    f"{per_device}")
+                    f"{per_device}, or --config.batch_norm.mode=global")
   classifier.model_from_config(config, train_source.num_classes)  # raises for unknown names/options
 
   steps_per_epoch = len(train_source) / config.batch_size

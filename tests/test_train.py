@@ -107,3 +107,21 @@ def _leaves(tree):
 
 def _flat(tree):
   return np.concatenate([np.ravel(v).astype(np.float64) for v in _leaves(tree)])
+
+
+@pytest.mark.parametrize('overrides,message', [
+    ({'batch_norm.mode': 'sync'}, "unknown config.batch_norm.mode 'sync'"),
+    ({'batch_norm.mode': 'ghost'}, 'needs config.batch_norm.group_size'),
+    ({'batch_norm.mode': 'ghost', 'batch_norm.group_size': '6'},
+     'group_size=6 does not divide the per-device batch 16 .batch_size 32 over 2 devices'),
+    ({'on_nonfinite': 'ignore'}, "unknown config.on_nonfinite 'ignore'"),
+    ({'optimizer.name': 'lamb'}, "unknown optimizer 'lamb'"),
+    ({'schedule.warmup_steps': '20', 'schedule.warmup': 'constant'}, 'warm-up of 20 steps is not shorter'),
+    ({'batch_size': '31'}, 'batch_size=31 is not divisible by the 2 devices'),
+    ({'model.name': 'resnet_9000'}, "unknown model name 'resnet_9000'"),
+    ({'model.unit_order': 'sideways'}, 'sideways'),
+])
+def test_bad_config_is_one_clear_error_before_compiling(overrides, message):
+  from resnet_jax import parallel  # pylint: disable=g-import-not-at-top
+  with pytest.raises(UserError, match=message):
+    train.build_experiment(tiny_config(**overrides), parallel.make_mesh())
