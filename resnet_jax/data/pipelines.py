@@ -245,7 +245,7 @@ class InputOptions:
   eval_crop: int = 224
   # Machinery.
   num_workers: int = -1
-  num_threads: int = 1
+  num_threads: int = 2
   eval_num_workers: int = -1
   prefetch: int = 2
   corrupt_images: str = 'fail'
@@ -283,7 +283,7 @@ def input_options(config) -> InputOptions:
   config.input.eval_crop = 224            evaluation crop (He et al. 2016 Table 5: eval_resize=320, eval_crop=320)
   config.input.num_workers = -1           Grain worker processes for training (-1: CPU cores - 1, <= 16;
                                           0: threads of the training process only)
-  config.input.num_threads = 1            batches built concurrently per worker (PIL releases the GIL)
+  config.input.num_threads = 2            batches built concurrently per worker (PIL releases the GIL)
   config.input.eval_num_workers = -1      the same for evaluation (-1: as num_workers)
   config.input.prefetch = 2               global batches kept transferred to the devices ahead of use
   config.input.corrupt_images = 'fail'    'fail': stop with the file's name; 'skip': log and skip it
@@ -315,7 +315,7 @@ def input_options(config) -> InputOptions:
       eval_resize=int(get('input', 'eval_resize', 256)),
       eval_crop=int(get('input', 'eval_crop', 224)),
       num_workers=default_num_workers() if num_workers < 0 else num_workers,
-      num_threads=int(get('input', 'num_threads', 1)),
+      num_threads=int(get('input', 'num_threads', 2)),
       eval_num_workers=(default_num_workers() if num_workers < 0 else num_workers) if eval_workers < 0
       else eval_workers,
       prefetch=int(get('input', 'prefetch', 2)),
