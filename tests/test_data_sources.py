@@ -229,3 +229,12 @@ def test_prepare_command_line_fails_with_one_line(tmp_path):
   assert result.returncode == 2
   errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
   assert len(errors) == 1 and '--manual_dir' in errors[0]
+
+
+@pytest.mark.parametrize('name,classes', [('cifar10', 10), ('cifar100', 100), ('svhn_cropped', 10)])
+def test_small_tfds_datasets_are_fixed_size_and_fit_on_the_device(name, classes):
+  with tfds.testing.mock_data(num_examples=5):
+    source = sources.open_split(name, 'train')
+    batch = source.read([0, 4])
+  assert source.image_shape == (32, 32, 3) and source.num_classes == classes
+  assert batch['image'].shape == (2, 32, 32, 3) and batch['label'].max() < classes
