@@ -2,6 +2,8 @@
 
   device_augment_throughput()   the device-resident CIFAR path: jitted gather of a global batch from a
                                 50k x 32 x 32 x 3 uint8 split held on the devices + pad/crop/flip
+  host_transform_cost()         CPU ms per image of each host transform (decode, crops, colour, eval crops),
+                                in one thread: the per-core capacity, insensitive to other load
   grain_imagenet_throughput()   the Grain streaming ImageNet path: JPEG decode + random-sized (or scale) crop +
                                 flip (+ colour) on the host, batches assembled into sharded global arrays,
                                 for each number of worker processes; on synthetic photographs at ImageNet
@@ -26,6 +28,7 @@ import numpy as np
 
 from resnet_jax import parallel
 from resnet_jax.data import augment
+from resnet_jax.data import host_augment
 from resnet_jax.data import host_pipeline
 from resnet_jax.data import pipelines
 from resnet_jax.data import sources
@@ -133,7 +136,40 @@ def grain_imagenet_throughput(*, worker_counts: Sequence[int] = (0, 1, 2), num_i
           'cpu_count': os.cpu_count(), 'devices': int(mesh.devices.size), 'results': results, **info}
 
 
+def host_transform_cost(*, num_images: int = 64, repeats: int = 3, image_size: int = 224,
+                        seed: int = 0) -> dict[str, Any]:
+  """CPU milliseconds per image of each host transform, measured in one thread with `time.process_time`
+  (so other load on the machine does not inflate it); 1000 / ms is the img/s one core sustains."""
+  rng = np.random.default_rng(seed)
+  sizes = ((375, 500), (500, 375), (333, 500), (480, 640), (500, 500), (281, 500))
+  raws = [host_augment.jpeg_bytes(host_augment.synthetic_photo(rng, *sizes[i % len(sizes)]))
+          for i in range(num_images)]
+  resize = round(image_size * 256 / 224)
+  transforms = {
+      'decode_only': lambda raw, r: host_augment.decode(raw),
+      'inception_crop_flip': host_pipeline.TrainTransform('inception', image_size),
+      'scale_crop_flip': host_pipeline.TrainTransform('scale', image_size),
+      'inception_flip_color_jitter_lighting': host_pipeline.TrainTransform('inception', image_size,
+                                                                           color_jitter=0.4, pca_lighting=0.1),
+      'eval_center_crop': lambda raw, r: host_augment.center_crop(raw, resize, image_size),
+      'eval_ten_crop': lambda raw, r: host_augment.ten_crop_views(host_augment.resize_shorter(raw, resize),
+                                                                  image_size),
+  }
+  result = {'name': 'host_transform_cost', 'mean_jpeg_bytes': float(np.mean([len(r) for r in raws])),
+            'ms_per_image': {}}
+  for name, transform in transforms.items():
+    best = float('inf')
+    for _ in range(repeats):
+      start = time.process_time()
+      for q, raw in enumerate(raws):
+        transform(raw, host_pipeline.example_rng(seed, q))
+      best = min(best, (time.process_time() - start) / len(raws) * 1000)
+    result['ms_per_image'][name] = best
+  return result
+
+
 def main() -> None:
+  print(json.dumps(host_transform_cost(), indent=1))
   print(json.dumps(device_augment_throughput(), indent=1))
   print(json.dumps(grain_imagenet_throughput(), indent=1))
 
