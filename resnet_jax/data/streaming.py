@@ -12,6 +12,13 @@ Because the batch at step s is a pure function of (seed, s) (see host_pipeline),
 step. `StreamingTrainData.get_state()` is a small JSON dict, the same on every process; `set_state()`
 rebuilds the Grain iterator at that step. A resumed pipeline yields exactly the batches the uninterrupted one
 would have, and the state can be stored once (by process 0) in the checkpoint metadata.
+
+Sharding across processes: process p builds rows [lo, hi) of every global batch (the rows of its devices),
+reading only those examples. Over an epoch the processes therefore read disjoint sets of examples that cover
+the split. This replaces Grain's fixed per-process shards (`IndexSampler` + `ShardByJaxProcess`), under which
+the global batch would depend on the number of processes and every process would need its own iterator
+state in the checkpoint; here the batch sequence is the same on 1 GPU or a pod, and a run can even resume
+on a different number of hosts. Random access to the source (ArrayRecord, files) makes this free.
 """
 
 from __future__ import annotations
