@@ -27,7 +27,14 @@ Evaluation batches
   `eval_batches` is the plain generator for fixed-size sources.
 
 Input options (`config.input.*`, read with defaults so configs without the section work; see
-`input_options` for the list).
+`input_options` for the list). Evaluation protocols for ImageNet:
+  - 224 single crop (He et al. 2015/2016, fb.resnet.torch): eval_resize=256, eval_crop=224 (the default).
+  - 320 single crop (He et al. 2016 Table 5; the ResNeXt paper's "320/299" column): eval_resize=320,
+    eval_crop=320. The paper gives only the crop size; resizing the shorter side to 320 and taking the central
+    320 x 320 square is our reading (the network is fully convolutional with global pooling, so it accepts
+    the larger input). eval_resize=366 (320 / 0.875) would be the other common convention.
+  - 10-crop (He et al. 2015 Table 2/3, fb.resnet.torch -tenCrop): eval_crop_mode='ten' gives [B, 10, crop,
+    crop, C] batches; average the logits over the views with `apply_multi_view`.
 """
 
 from __future__ import annotations
