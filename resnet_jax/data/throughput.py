@@ -78,7 +78,7 @@ def make_synthetic_jpeg_folder(root: str, num_images: int = 512, num_classes: in
 def grain_imagenet_throughput(*, worker_counts: Sequence[int] = (0, 1, 2), num_images: int = 512,
                               batch_size: int = 64, batches: int = 16, image_size: int = 224,
                               train_crop: str = 'inception', color_jitter: float = 0.0, pca_lighting: float = 0.0,
-                              num_threads: int = 1, data_dir: Optional[str] = None,
+                              num_threads: int = 2, data_dir: Optional[str] = None,
                               mesh: Optional[jax.sharding.Mesh] = None, include_eval: bool = True) -> dict[str, Any]:
   """img/s of the Grain streaming path on synthetic JPEGs, per worker-process count.
 
