@@ -1,0 +1,613 @@
+r"""Benchmark the project's real train step: img/s, step time, compile time, peak memory, FLOPs, MFU.
+
+  python -m resnet_jax.benchmark --config configs/quickstart.py --json runs/bench.jsonl --synthetic
+  python -m resnet_jax.benchmark --config configs/default.py --config.model.name=cifar_resnet20 \
+      --config.steps_per_dispatch=16 --synthetic --steps 64 --json runs/bench.jsonl
+  python -m resnet_jax.benchmark --config configs/default.py --config.dataset.name=imagenet2012 \
+      --config.model.name=resnet50 --batch_size 256 --synthetic --json benchmarks/results/resnet50.jsonl
+  python -m resnet_jax.benchmark --config configs/default.py --input_only --synthetic --json runs/input.jsonl
+
+Each run appends ONE JSON object (one line, JSON Lines) to `--json` and prints it. The config is loaded exactly
+as `resnet_jax.main` loads it (`configs/F.py[:ARG]` plus `--config.a.b=v` overrides), so every config works.
+
+What is measured (nothing is re-implemented: the step is `resnet_jax.train`'s):
+  * Device-resident input (digits, CIFAR, ...; `--feed resident`): `train.build_experiment` +
+    `train.make_resident_runner`, i.e. the very function the train loop dispatches: `config.steps_per_dispatch`
+    steps (lax.scan) per call, batch gathered and augmented on the device, state and metrics donated.
+  * Streamed input (ImageNet; `--feed fed`): `train.make_train_step` + `train.accumulate` jitted with donation,
+    fed one already-augmented uint8 batch per call (what Grain delivers; the host pipeline itself is measured
+    by `--input_only`).
+  * `--synthetic`: random uint8 images of the config's image shape replace the dataset (no download needed);
+    the dataset's image shape, class count and size come from a table of known datasets (or
+    `--image_shape/--num_classes/--num_examples`). Without it the config's real input is used.
+
+Fields of the JSON object:
+  images_per_sec      global batch / median wall time per step; each dispatch timed alone with
+                      block_until_ready (steps_per_dispatch steps per dispatch)
+  step_ms             median milliseconds per train step (same timing); step_ms_p10/p90 the spread
+  images_per_sec_pipelined  the same number of steps dispatched back to back, one block at the end (how the
+                      train loop runs: no host sync per step)
+  compile_s           trace + lower + XLA compile of the step (lower_s, xla_compile_s: the two parts); with
+                      --compilation_cache a warm cache shows up here
+  peak_memory_bytes   device memory_stats()['peak_bytes_in_use'] where the backend has it (GPU, TPU); on CPU
+                      the compiled step's memory_analysis() (arguments + outputs - donated aliases + temporaries,
+                      per device). `peak_memory_source` says which; `max_rss_bytes` is the process's max RSS.
+  flops_per_step      XLA cost analysis of the compiled step, per step and summed over devices. XLA counts a
+                      while-loop body once, so for programs with loops (steps_per_dispatch > 1, scanned units)
+                      the count is scaled by the trip counts, taken from the step's jaxpr (conv/dot FLOPs with
+                      and without loop multiplicity; `flops_source` says what was done).
+  mfu                 flops_per_step * steps/s / (peak FLOP/s per device * devices). Peaks: `PEAK_FLOPS` by
+                      device kind and compute dtype, or --peak_flops (per device). null when unknown (CPU).
+  device_kind, device_count, backend, jax_version, commit, config, date, argv, xla_flags, ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from resnet_jax import config as config_lib
+from resnet_jax.errors import UserError
+
+# ----------------------------------------------------------------------------------------------------------
+# Device peaks (dense, no sparsity), FLOP/s per JAX device. Sources: /work/shared/reference/performance_anchors.md
+# (H100 SXM 989.4 TF bf16), vendor spec sheets. TPU v2/v3 expose one JAX device per TensorCore (half a chip);
+# v4 and later one per chip (megacore) or per single-core chip (v5e, v6e).
+# Keys are matched as case-insensitive substrings of `device.device_kind`, the longest key first.
+
+PEAK_FLOPS: dict[str, dict[str, float]] = {
+    # NVIDIA: bfloat16 tensor-core peak; 'float32' is TF32 (what XLA uses for f32 convs/matmuls by default).
+    'h100 pcie': {'bfloat16': 756.0e12, 'float32': 378.0e12},
+    'h100 nvl': {'bfloat16': 835.0e12, 'float32': 417.5e12},
+    'h100': {'bfloat16': 989.4e12, 'float32': 494.7e12},       # SXM (device_kind 'NVIDIA H100 80GB HBM3')
+    'h200': {'bfloat16': 989.4e12, 'float32': 494.7e12},       # same compute as H100 SXM
+    'gh200': {'bfloat16': 989.4e12, 'float32': 494.7e12},
+    'b200': {'bfloat16': 2250.0e12, 'float32': 1100.0e12},
+    'a100': {'bfloat16': 312.0e12, 'float32': 156.0e12},
+    'l4': {'bfloat16': 121.0e12, 'float32': 60.0e12},
+    # TPU: bfloat16 MXU peak; float32 matmuls run as multi-pass bf16 by default, so the bf16 peak is the roof.
+    'tpu v2': {'bfloat16': 22.5e12},
+    'tpu v3': {'bfloat16': 61.5e12},
+    'tpu v4': {'bfloat16': 275.0e12},
+    'tpu v5 lite': {'bfloat16': 197.0e12},                    # v5e
+    'tpu v5e': {'bfloat16': 197.0e12},
+    'tpu v5': {'bfloat16': 459.0e12},                         # v5p
+    'tpu v6 lite': {'bfloat16': 918.0e12},                    # v6e (Trillium)
+    'tpu v6e': {'bfloat16': 918.0e12},
+}
+
+# Datasets whose shape the benchmark knows without opening them (for --synthetic): image shape, classes,
+# training examples, and whether the project streams them (Grain) or keeps them on the device.
+KNOWN_DATASETS: dict[str, dict[str, Any]] = {
+    'digits': {'image_shape': (8, 8, 1), 'num_classes': 10, 'num_examples': 1433, 'feed': 'resident'},
+    'mnist': {'image_shape': (28, 28, 1), 'num_classes': 10, 'num_examples': 60000, 'feed': 'resident'},
+    'cifar10': {'image_shape': (32, 32, 3), 'num_classes': 10, 'num_examples': 50000, 'feed': 'resident'},
+    'cifar100': {'image_shape': (32, 32, 3), 'num_classes': 100, 'num_examples': 50000, 'feed': 'resident'},
+    'svhn_cropped': {'image_shape': (32, 32, 3), 'num_classes': 10, 'num_examples': 73257, 'feed': 'resident'},
+    'imagenet2012': {'image_shape': None, 'num_classes': 1000, 'num_examples': 1281167, 'feed': 'fed'},
+}
+
+FEEDS = ('auto', 'resident', 'fed')
+
+
+def peak_flops_per_device(device_kind: str, dtype_name: str) -> Optional[float]:
+  kind = device_kind.lower()
+  for key in sorted(PEAK_FLOPS, key=len, reverse=True):
+    if key in kind:
+      table = PEAK_FLOPS[key]
+      return table.get(dtype_name, table.get('bfloat16'))
+  return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# FLOPs.
+
+
+def _sub_jaxprs(value):
+  if hasattr(value, 'eqns'):
+    yield value
+  elif hasattr(value, 'jaxpr') and hasattr(value, 'consts'):
+    yield value.jaxpr
+  elif isinstance(value, (tuple, list)):
+    for v in value:
+      yield from _sub_jaxprs(v)
+
+
+def jaxpr_conv_dot_flops(jaxpr, loops: bool = True) -> int:
+  """2 x multiply-adds of every convolution and dot product of a jaxpr, sub-jaxprs included.
+
+  loops=True multiplies scan bodies by their length (the work done); loops=False counts every loop body once,
+  as XLA's HloCostAnalysis does for while loops. `cond` counts its largest branch; `while` counts once.
+  """
+  total = 0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == 'conv_general_dilated':
+      rhs = eqn.invars[1].aval.shape
+      out = eqn.outvars[0].aval.shape
+      rhs_spec = eqn.params['dimension_numbers'].rhs_spec  # (out_feature, in_feature, *spatial)
+      per_output = rhs[rhs_spec[1]] * math.prod(rhs[d] for d in rhs_spec[2:])
+      total += 2 * math.prod(out) * per_output // max(1, eqn.params.get('batch_group_count', 1))
+    elif name == 'dot_general':
+      lhs, rhs = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
+      (_, rc), (_, rb) = eqn.params['dimension_numbers']
+      total += 2 * math.prod(lhs) * math.prod(rhs[d] for d in range(len(rhs)) if d not in rc and d not in rb)
+    elif name == 'cond':
+      total += max((jaxpr_conv_dot_flops(j, loops) for j in _sub_jaxprs(eqn.params['branches'])), default=0)
+    else:
+      inner = sum(jaxpr_conv_dot_flops(j, loops) for v in eqn.params.values() for j in _sub_jaxprs(v))
+      total += inner * (int(eqn.params['length']) if loops and name == 'scan' else 1)
+  return total
+
+
+def _cost_flops(compiled) -> Optional[float]:
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except  (not every backend implements it)
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  if not cost or 'flops' not in cost:
+    return None
+  return float(cost['flops'])
+
+
+def step_flops(compiled, jaxpr, steps_per_dispatch: int, device_count: int) -> dict[str, Any]:
+  """FLOPs of one train step summed over devices (see the module docstring), with how they were obtained."""
+  xla = _cost_flops(compiled)  # per device, per dispatch, loop bodies once
+  with_loops = jaxpr_conv_dot_flops(jaxpr, loops=True)   # global, per dispatch
+  once = jaxpr_conv_dot_flops(jaxpr, loops=False)
+  out = {'xla_flops_per_dispatch_per_device': xla,
+         'jaxpr_conv_dot_flops_per_step': with_loops / steps_per_dispatch}
+  if xla is None:
+    out.update(flops_per_step=with_loops / steps_per_dispatch or None,
+               flops_source='jaxpr conv/dot FLOPs (no XLA cost analysis on this backend)')
+    return out
+  total = xla * device_count
+  if once and with_loops > once and total < 0.7 * with_loops:
+    # XLA counted each loop body once: the steps scan's body is one step; loops inside a step (scanned units)
+    # are scaled by their trip counts.
+    factor = with_loops / once / steps_per_dispatch
+    source = 'xla cost_analysis' if abs(factor - 1) < 1e-9 else (
+        f'xla cost_analysis x {factor:.3f} (trip counts of the loops inside a step, from the jaxpr)')
+    out.update(flops_per_step=total * factor, flops_source=source)
+  else:
+    out.update(flops_per_step=total / steps_per_dispatch, flops_source='xla cost_analysis')
+  return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Memory and environment.
+
+
+def max_rss_bytes() -> int:
+  return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux: KiB
+
+
+def peak_memory(compiled) -> dict[str, Any]:
+  """Peak device memory: the allocator's peak where the backend reports it, else XLA's static estimate."""
+  out: dict[str, Any] = {'max_rss_bytes': max_rss_bytes()}
+  stats = None
+  try:
+    stats = jax.local_devices()[0].memory_stats()
+  except Exception:  # pylint: disable=broad-except
+    stats = None
+  if stats and stats.get('peak_bytes_in_use'):
+    out.update(peak_memory_bytes=int(stats['peak_bytes_in_use']),
+               peak_memory_source="device memory_stats()['peak_bytes_in_use'] (device 0)")
+    return out
+  analysis = None
+  try:
+    analysis = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except
+    analysis = None
+  if analysis is not None:
+    peak = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes - analysis.alias_size_in_bytes
+            + analysis.temp_size_in_bytes)
+    out.update(peak_memory_bytes=int(peak),
+               peak_memory_source='compiled memory_analysis(): arguments + outputs - aliased + temporaries '
+                                  '(per device)',
+               memory_analysis={k: int(getattr(analysis, k)) for k in (
+                   'argument_size_in_bytes', 'output_size_in_bytes', 'alias_size_in_bytes',
+                   'temp_size_in_bytes', 'generated_code_size_in_bytes')})
+    return out
+  out.update(peak_memory_bytes=out['max_rss_bytes'], peak_memory_source='process max RSS')
+  return out
+
+
+def git_commit() -> dict[str, Any]:
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  def git(*args):
+    return subprocess.run(['git', '-C', root, *args], capture_output=True, text=True, timeout=20)
+  try:
+    head = git('rev-parse', 'HEAD')
+    if head.returncode:
+      return {'commit': None}
+    dirty = git('status', '--porcelain', '--untracked-files=no')
+    return {'commit': head.stdout.strip(), 'commit_dirty': bool(dirty.stdout.strip())}
+  except (OSError, subprocess.SubprocessError):
+    return {'commit': None}
+
+
+def environment() -> dict[str, Any]:
+  import flax  # pylint: disable=g-import-not-at-top
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  devices = jax.devices()
+  return {
+      'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+      'device_kind': devices[0].device_kind, 'device_count': len(devices), 'backend': jax.default_backend(),
+      'process_count': jax.process_count(), 'jax_version': jax.__version__,
+      'jaxlib_version': getattr(jaxlib, '__version__', None), 'flax_version': flax.__version__,
+      'python': platform.python_version(), 'host_cpu_count': os.cpu_count(),
+      'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      'compilation_cache_dir': jax.config.jax_compilation_cache_dir, **git_commit()}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Synthetic data.
+
+
+def dataset_facts(config, image_shape=None, num_classes=None, num_examples=None) -> dict[str, Any]:
+  """Image shape, classes, examples and feed of the config's training split, without reading its images."""
+  name = config.dataset.name
+  facts = dict(KNOWN_DATASETS.get(name, {}))
+  if not facts:
+    try:
+      from resnet_jax.data import sources  # pylint: disable=g-import-not-at-top
+      source = sources.open_split(name, config.dataset.train_split, config.dataset.get('data_dir'))
+      facts = {'image_shape': source.image_shape, 'num_classes': source.num_classes,
+               'num_examples': len(source), 'feed': 'resident' if source.image_shape else 'fed'}
+    except UserError:
+      if image_shape is None or num_classes is None:
+        raise UserError(f"--synthetic does not know dataset {name!r} and cannot open it; give --image_shape "
+                        "H,W,C and --num_classes") from None
+  if facts.get('image_shape') is None:  # variable-size images: the training crop (config.input.image_size)
+    size = int((config.get('input') or {}).get('image_size', 224) or 224)
+    facts['image_shape'] = (size, size, 3)
+  if image_shape is not None:
+    facts['image_shape'] = tuple(int(v) for v in image_shape)
+  if num_classes is not None:
+    facts['num_classes'] = int(num_classes)
+  if num_examples is not None:
+    facts['num_examples'] = int(num_examples)
+  facts.setdefault('num_examples', 10 * config.batch_size)
+  facts.setdefault('feed', 'resident')
+  return facts
+
+
+def synthetic_source(name: str, split: str, image_shape, num_classes: int, num_examples: int, seed: int = 0):
+  """An ExampleSource of uniformly random uint8 images and labels (same interface as a real split)."""
+  from resnet_jax.data import sources  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, (num_examples,) + tuple(image_shape), dtype=np.uint8)
+  labels = rng.integers(0, num_classes, (num_examples,), dtype=np.int32)
+
+  def read(indices):
+    indices = np.asarray(indices, np.int64)
+    return {'image': images[indices], 'label': labels[indices]}
+
+  return sources.ExampleSource(dataset=name, split=split, num_classes=int(num_classes),
+                               image_shape=tuple(image_shape), num_examples=int(num_examples), read_fn=read)
+
+
+@contextlib.contextmanager
+def synthetic_dataset(config, facts: dict[str, Any]):
+  """Within the block, opening the config's dataset (any split) gives synthetic data of its shape."""
+  from resnet_jax.data import sources  # pylint: disable=g-import-not-at-top
+  original = sources.open_split
+  cache: dict[str, Any] = {}
+
+  def open_split(name, split, data_dir=None):
+    if name != config.dataset.name:
+      return original(name, split, data_dir)
+    if split not in cache:
+      count = facts['num_examples'] if split == config.dataset.train_split else config.get('eval_batch_size', 8)
+      cache[split] = synthetic_source(name, split, facts['image_shape'], facts['num_classes'], count,
+                                      seed=len(cache))
+    return cache[split]
+
+  sources.open_split = open_split
+  try:
+    yield
+  finally:
+    sources.open_split = original
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The train-step benchmark.
+
+
+def _percentile(values, q):
+  return float(np.percentile(np.asarray(values), q))
+
+
+def _time_dispatches(call, carry, count: int, sync_each: bool):
+  """Runs `carry = call(carry)` `count` times; per-call seconds (sync_each) or the total seconds."""
+  times = []
+  start = time.perf_counter()
+  for _ in range(count):
+    t0 = time.perf_counter()
+    carry = call(carry)
+    if sync_each:
+      jax.block_until_ready(carry)
+      times.append(time.perf_counter() - t0)
+  jax.block_until_ready(carry)
+  return carry, (times if sync_each else time.perf_counter() - start)
+
+
+def benchmark_train(config, *, steps: int = 20, warmup: int = 2, synthetic: bool = True, feed: str = 'auto',
+                    pipelined: bool = True, peak_flops: Optional[float] = None, image_shape=None,
+                    num_classes=None, num_examples=None) -> dict[str, Any]:
+  """Measures the project's train step for `config` (see the module docstring); returns the JSON record."""
+  from resnet_jax import classifier  # pylint: disable=g-import-not-at-top
+  from resnet_jax import parallel  # pylint: disable=g-import-not-at-top
+  from resnet_jax import train  # pylint: disable=g-import-not-at-top
+  from resnet_jax.data import streaming  # pylint: disable=g-import-not-at-top
+
+  if feed not in FEEDS:
+    raise UserError(f"--feed {feed!r}: choose one of {', '.join(FEEDS)}")
+  if steps < 1 or warmup < 0:
+    raise UserError('--steps must be >= 1 and --warmup >= 0')
+  mesh = parallel.make_mesh()
+  devices = mesh.devices.size
+  facts = dataset_facts(config, image_shape, num_classes, num_examples) if synthetic else None
+  if feed == 'auto':
+    feed = facts['feed'] if synthetic else KNOWN_DATASETS.get(config.dataset.name, {}).get('feed', 'resident')
+
+  started = time.perf_counter()
+  if feed == 'fed':
+    # Streamed data: the model, optimizer and schedule come from build_experiment on a small synthetic stand-in
+    # of the split (its resident copy is not used); the batches are fed below.
+    stand_in = dict(facts or dataset_facts(config, image_shape, num_classes, num_examples))
+    stand_in['num_examples'] = max(config.batch_size, 2 * devices)
+    setup = synthetic_dataset(config, stand_in)
+  else:
+    setup = synthetic_dataset(config, facts) if synthetic else contextlib.nullcontext()
+  with setup:
+    exp = train.build_experiment(config, mesh)
+  setup_s = time.perf_counter() - started
+  state = train.init_train_state(exp.model, exp.tx, exp.image_shape, config.seed, mesh)
+  acc = jax.device_put(train.zero_accumulator(), parallel.replicated(mesh))
+  batch = config.batch_size
+
+  if feed == 'resident':
+    k = max(1, int(config.get('steps_per_dispatch', 1) or 1))
+    runner = train.make_resident_runner(exp)
+    arrays = exp.train_data.arrays
+    t0 = time.perf_counter()
+    traced = runner.trace(state, acc, arrays, k)
+    lowered = traced.lower()
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    call = lambda carry: compiled(carry[0], carry[1], arrays)
+  else:
+    k = 1
+    train_step = train.make_train_step(exp.model, exp.tx, streaming.StreamingTrainData.device_augment, config)
+
+    def fed_step(state, acc, batch):
+      step = state.step
+      state, metrics = train_step(state, batch)
+      return state, train.accumulate(acc, metrics, step)
+
+    replicated = parallel.replicated(mesh)
+    fed = jax.jit(fed_step, donate_argnums=(0, 1), out_shardings=(replicated, replicated))
+    if synthetic:
+      # Two device batches alternate (a new input buffer each step, as a prefetching pipeline delivers them).
+      rng = np.random.default_rng(config.seed)
+      host = [{'image': rng.integers(0, 256, (batch,) + tuple(exp.image_shape), dtype=np.uint8),
+               'label': rng.integers(0, exp.num_classes, (batch,), dtype=np.int32)} for _ in range(2)]
+      local = parallel.local_batch_slice(batch, mesh)
+      batches = [parallel.host_to_global({k_: v[local] for k_, v in b.items()}, mesh, batch) for b in host]
+      next_batch = lambda i: batches[i % 2]
+    else:
+      from resnet_jax.data import pipelines, sources  # pylint: disable=g-import-not-at-top
+      ds = config.dataset
+      stream = pipelines.make_train_data(config, mesh, sources.open_split(ds.name, ds.train_split,
+                                                                          ds.get('data_dir')))
+      if stream.kind != 'grain':
+        raise UserError("--feed fed without --synthetic needs a streamed dataset; use --feed resident")
+      next_batch = lambda i: next(stream)
+    t0 = time.perf_counter()
+    traced = fed.trace(state, acc, next_batch(0))
+    lowered = traced.lower()
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    counter = iter(range(10**12))
+    call = lambda carry: compiled(carry[0], carry[1], next_batch(next(counter)))
+
+  carry = (state, acc)
+  dispatches = max(1, math.ceil(steps / k))
+  carry, _ = _time_dispatches(call, carry, max(1, math.ceil(warmup / k)) if warmup else 0, sync_each=True)
+  carry, times = _time_dispatches(call, carry, dispatches, sync_each=True)
+  record: dict[str, Any] = {}
+  if pipelined:
+    carry, total = _time_dispatches(call, carry, dispatches, sync_each=False)
+    record['images_per_sec_pipelined'] = dispatches * k * batch / total
+  step_seconds = [t / k for t in times]
+  median = float(np.median(step_seconds))
+  summary = parallel.fetch(carry[1])
+  examples = float(summary['examples'])
+
+  flops = step_flops(compiled, traced.jaxpr.jaxpr, k, devices)
+  dtype = jnp.dtype(classifier.compute_dtype(config.model.get('dtype', 'auto'))).name
+  env = environment()
+  peak = peak_flops
+  peak_source = '--peak_flops' if peak_flops else None
+  if peak is None:
+    peak = peak_flops_per_device(env['device_kind'], dtype) if env['backend'] != 'cpu' else None
+    peak_source = f'PEAK_FLOPS[{env["device_kind"]!r}, {dtype}]' if peak else None
+  mfu = None
+  if peak and flops.get('flops_per_step'):
+    mfu = flops['flops_per_step'] / median / (peak * devices)
+
+  record.update({
+      'mode': 'train_step', 'model': config.model.name, 'dataset': config.dataset.name,
+      'synthetic': bool(synthetic), 'feed': feed, 'batch_size': batch, 'image_shape': list(exp.image_shape),
+      'compute_dtype': dtype, 'steps_per_dispatch': k,
+      'images_per_sec': batch / median, 'step_ms': 1e3 * median,
+      'step_ms_p10': 1e3 * _percentile(step_seconds, 10), 'step_ms_p90': 1e3 * _percentile(step_seconds, 90),
+      'timed_steps': dispatches * k, 'warmup_steps': warmup,
+      'compile_s': t2 - t0, 'lower_s': t1 - t0, 'xla_compile_s': t2 - t1, 'setup_s': setup_s,
+      **peak_memory(compiled), **flops,
+      'peak_flops_per_device': peak, 'peak_flops_source': peak_source, 'mfu': mfu,
+      'train_loss': float(summary['loss']) / examples if examples else None,
+      'nonfinite_steps': int(summary['nonfinite_steps']),
+      **env})
+  return record
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Input only.
+
+
+def benchmark_input(config, *, steps: int = 50, warmup: int = 3, synthetic: bool = True, feed: str = 'auto',
+                    worker_counts: Optional[Sequence[int]] = None, image_shape=None, num_classes=None,
+                    num_examples=None) -> dict[str, Any]:
+  """Throughput of the config's input pipeline alone (no model), via resnet_jax.data.throughput."""
+  from resnet_jax import parallel  # pylint: disable=g-import-not-at-top
+  from resnet_jax.data import throughput  # pylint: disable=g-import-not-at-top
+  facts = dataset_facts(config, image_shape, num_classes, num_examples)
+  if feed == 'auto':
+    feed = facts['feed']
+  mesh = parallel.make_mesh()
+  record: dict[str, Any] = {'mode': 'input_only', 'dataset': config.dataset.name, 'feed': feed,
+                            'synthetic': True, 'batch_size': config.batch_size}
+  if not synthetic:
+    record['note'] = 'input_only always measures synthetic data of the config\'s shapes'
+  if feed == 'resident':
+    result = throughput.device_augment_throughput(
+        num_examples=facts['num_examples'], image_shape=facts['image_shape'], batch_size=config.batch_size,
+        steps=steps, warmup=warmup, seed=int(config.seed), mesh=mesh)
+    record.update(images_per_sec=result['images_per_sec'], compile_s=result['compile_seconds'],
+                  image_shape=list(facts['image_shape']), details=result)
+  else:
+    inputs = config.get('input') or {}
+    get = lambda key, default: inputs.get(key, default) if inputs.get(key, default) is not None else default
+    workers = worker_counts if worker_counts is not None else sorted({0, max(1, (os.cpu_count() or 2) - 1)})
+    data_dir = None
+    if not synthetic and str(config.dataset.name).startswith('folder:'):
+      data_dir = config.dataset.name[len('folder:'):]
+    result = throughput.grain_imagenet_throughput(
+        worker_counts=tuple(workers), batch_size=config.batch_size, batches=steps,
+        image_size=int(get('image_size', 224)),
+        train_crop='inception' if get('train_crop', 'auto') == 'auto' else get('train_crop', 'inception'),
+        color_jitter=float(get('color_jitter', 0.0)), pca_lighting=float(get('pca_lighting', 0.0)),
+        num_threads=int(get('num_threads', 1)), data_dir=data_dir, mesh=mesh)
+    best = max(result['results'], key=lambda r: r['images_per_sec'])
+    record.update(images_per_sec=best['images_per_sec'], num_workers=best['num_workers'],
+                  compile_s=None, details=result)
+  record.update({'peak_memory_bytes': max_rss_bytes(), 'peak_memory_source': 'process max RSS', **environment()})
+  return record
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line.
+
+
+def _shape(text: str) -> tuple[int, ...]:
+  try:
+    shape = tuple(int(v) for v in text.replace('x', ',').split(','))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f'expected H,W,C such as 32,32,3, got {text!r}') from None
+  if len(shape) != 3 or min(shape) < 1:
+    raise argparse.ArgumentTypeError(f'expected H,W,C such as 32,32,3, got {text!r}')
+  return shape
+
+
+def make_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog='python -m resnet_jax.benchmark', description=__doc__.split('\n\n')[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog='Config fields are overridden with --config.a.b=value, as for resnet_jax.main.')
+  p.add_argument('--config', required=True, help='configs/F.py[:ARG]')
+  p.add_argument('--json', required=True, help='append one JSON line per run to this file ("-": stdout only)')
+  p.add_argument('--steps', type=int, default=20, help='timed train steps (whole dispatches; default 20)')
+  p.add_argument('--warmup', type=int, default=2, help='untimed steps after compiling (default 2)')
+  p.add_argument('--batch_size', type=int, default=None, help='global batch (default: config.batch_size)')
+  p.add_argument('--synthetic', action='store_true', help="random uint8 images of the config's shape")
+  p.add_argument('--input_only', action='store_true', help='measure only the input pipeline')
+  p.add_argument('--feed', choices=FEEDS, default='auto',
+                 help='resident: device-resident data + train.make_resident_runner; fed: one device batch per '
+                      'call (streamed datasets); auto: by dataset')
+  p.add_argument('--peak_flops', type=float, default=None, help='peak FLOP/s per device for mfu')
+  p.add_argument('--no_pipelined', action='store_true', help='skip the back-to-back (unsynchronised) timing')
+  p.add_argument('--compilation_cache', default=None,
+                 help='persistent compilation cache directory (jax_compilation_cache_dir); default '
+                      '$JAX_COMPILATION_CACHE_DIR or none')
+  p.add_argument('--image_shape', type=_shape, default=None, help='H,W,C for --synthetic on unknown datasets')
+  p.add_argument('--num_classes', type=int, default=None)
+  p.add_argument('--num_examples', type=int, default=None, help='synthetic training-split size')
+  p.add_argument('--workers', default=None, help='--input_only on streamed data: Grain worker counts, e.g. 0,1,3')
+  p.add_argument('--tag', default=None, help='free text stored in the record (e.g. an experiment name)')
+  return p
+
+
+def enable_compilation_cache(path: str) -> None:
+  """Persistent compilation cache for every compile of this process (call before the first compile)."""
+  os.makedirs(path, exist_ok=True)
+  jax.config.update('jax_compilation_cache_dir', os.path.abspath(path))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
+def run(argv: Sequence[str]) -> dict[str, Any]:
+  rest, overrides = config_lib.split_override_args(list(argv))
+  args = make_parser().parse_args(rest)
+  if args.compilation_cache:
+    enable_compilation_cache(args.compilation_cache)
+  config = config_lib.build_config(args.config, overrides)
+  if args.batch_size is not None:
+    if args.batch_size <= 0:
+      raise UserError(f'--batch_size must be positive, got {args.batch_size}')
+    config.batch_size = int(args.batch_size)
+  common = dict(synthetic=args.synthetic, feed=args.feed, image_shape=args.image_shape,
+                num_classes=args.num_classes, num_examples=args.num_examples)
+  if args.input_only:
+    workers = None if args.workers is None else [int(w) for w in args.workers.split(',')]
+    record = benchmark_input(config, steps=args.steps, warmup=args.warmup, worker_counts=workers, **common)
+  else:
+    record = benchmark_train(config, steps=args.steps, warmup=args.warmup, pipelined=not args.no_pipelined,
+                             peak_flops=args.peak_flops, **common)
+  record['argv'] = list(argv)
+  if args.tag is not None:
+    record['tag'] = args.tag
+  record['config'] = json.loads(config_lib.to_json(config))
+  line = json.dumps(record, sort_keys=True, default=str)
+  if args.json != '-':
+    directory = os.path.dirname(os.path.abspath(args.json))
+    os.makedirs(directory, exist_ok=True)
+    with open(args.json, 'a') as f:
+      f.write(line + '\n')
+  print(line)
+  return record
+
+
+def main() -> None:
+  try:
+    record = run(sys.argv[1:])
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  summary = {k: record.get(k) for k in ('mode', 'model', 'batch_size', 'images_per_sec', 'step_ms', 'compile_s',
+                                        'peak_memory_bytes', 'flops_per_step', 'mfu')}
+  print('summary: ' + ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
+                                for k, v in summary.items()), file=sys.stderr)
+
+
+if __name__ == '__main__':
+  main()
