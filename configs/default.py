@@ -38,6 +38,30 @@ def get_config():
   # fb.resnet.torch normalises before padding, so padding shows the mean colour; False pads with black.
   config.augment.pad_after_normalize = True
 
+  # Input pipeline options (resnet_jax.data.pipelines.input_options documents each). Small images use the
+  # device-resident path and `augment` above; large ones (ImageNet) stream through Grain with these.
+  config.input = ml_collections.ConfigDict()
+  config.input.device_max_bytes = 2 * 1024**3  # 'auto': splits up to this size stay on the devices
+  config.input.train_crop = 'auto'     # 'inception' | 'scale' (He et al. 2015) | 'pad_crop' | 'none'
+  config.input.image_size = 224
+  config.input.scale_range = (256, 480)
+  config.input.area_range = (0.08, 1.0)
+  config.input.aspect_range = (3 / 4, 4 / 3)
+  config.input.color_jitter = 0.0      # fb.resnet.torch: 0.4
+  config.input.pca_lighting = 0.0      # fb.resnet.torch: 0.1
+  config.input.interpolation = 'bilinear'
+  config.input.eval_crop_mode = 'auto'  # 'center' | 'ten' | 'none'
+  config.input.eval_resize = 256       # He et al. 2016 Table 5's 320 test: eval_resize=320, eval_crop=320
+  config.input.eval_crop = 224
+  config.input.num_workers = -1        # Grain worker processes (-1: CPU cores - 1, at most 16)
+  config.input.num_threads = 2
+  config.input.eval_num_workers = -1
+  config.input.prefetch = 2
+  config.input.corrupt_images = 'fail'  # or 'skip' (each skip is logged)
+  config.input.mean = ml_collections.config_dict.placeholder(tuple)
+  config.input.std = ml_collections.config_dict.placeholder(tuple)
+  config.input.stats_examples = 5000
+
   config.batch_size = 128            # global, over all devices and hosts
   config.eval_batch_size = 500       # global
   config.total_steps = 64_000

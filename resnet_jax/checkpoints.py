@@ -68,6 +68,17 @@ class Checkpointer:
     self.manager.close()
 
 
+def latest_step(workdir: str) -> Optional[int]:
+  """The newest complete checkpoint step in `workdir`, or None; reads only (no directory is created)."""
+  if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
+    return None
+  ckpt = Checkpointer(workdir, read_only=True)
+  try:
+    return ckpt.latest_step()
+  finally:
+    ckpt.close()
+
+
 @dataclasses.dataclass
 class LoadedCheckpoint:
   """What `load` returns: `model.apply(variables, images_uint8, train=False)` gives logits."""

@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax import parallel
+from resnet_jax.errors import UserError
 from resnet_jax.losses import cross_entropy
 from resnet_jax.data import pipelines
-from resnet_jax.data.sources import ExampleSource
 
 
 class Evaluator:
-  """Jitted masked evaluation of a Classifier over an ExampleSource."""
+  """Jitted masked evaluation of a Classifier over padded, masked global batches (pipelines.make_eval_batches).
+
+  Multi-view batches ('image' [B, views, H, W, C], e.g. ten-crop) are scored by the mean of the views' logits.
+  """
 
   def __init__(self, model, mesh: jax.sharding.Mesh):
     self.model = model
@@ -30,7 +33,7 @@ class Evaluator:
 
     @jax.jit
     def eval_step(variables, batch, totals):
-      logits = model.apply(variables, batch['image'], train=False)
+      logits = pipelines.apply_multi_view(lambda x: model.apply(variables, x, train=False), batch['image'])
       mask = batch['mask'].astype(jnp.float32)
       loss = cross_entropy(logits, batch['label'])
       correct = (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32)
@@ -41,17 +44,15 @@ class Evaluator:
     self._zeros = lambda: jax.device_put({'loss': jnp.float32(0), 'correct': jnp.float32(0),
                                           'count': jnp.float32(0)}, replicated)
 
-  def evaluate(self, variables, source: ExampleSource, global_batch: int,
-               limit: Optional[int] = None) -> dict[str, float]:
-    """Returns test_accuracy (fraction), test_error, test_loss and num_examples over the whole split."""
-    # Evaluation batches only need to split evenly over the devices: round up (padding is masked anyway).
-    devices = self.mesh.devices.size
-    global_batch = -(-global_batch // devices) * devices
+  def evaluate(self, variables, eval_data: Iterable[dict[str, jax.Array]]) -> dict[str, float]:
+    """Returns test_accuracy (fraction), test_error, test_loss and num_examples over one pass of eval_data."""
     totals = self._zeros()
-    for batch in pipelines.eval_batches(source, self.mesh, global_batch, limit):
+    for batch in eval_data:
       totals = self._eval_step(variables, batch, totals)
     totals = parallel.fetch(totals)
     count = float(totals['count'])
+    if count == 0:
+      raise UserError('the evaluation split is empty')
     accuracy = float(totals['correct']) / count
     return {'test_accuracy': accuracy, 'test_error': 1.0 - accuracy,
             'test_loss': float(totals['loss']) / count, 'num_examples': int(count)}
@@ -107,7 +108,8 @@ def evaluate_checkpoint(workdir: str, step: Optional[int] = None, config=None) -
   source = sources.open_split(ds.name, ds.eval_split, ds.get('data_dir'))
   mesh = parallel.make_mesh()
   variables = jax.device_put(loaded.variables, parallel.replicated(mesh))
-  result = Evaluator(loaded.model, mesh).evaluate(variables, source, config.eval_batch_size)
+  eval_data = pipelines.make_eval_batches(config, mesh, source)
+  result = Evaluator(loaded.model, mesh).evaluate(variables, eval_data)
   result = {'step': loaded.step, 'split': ds.eval_split, **result}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'eval_results.jsonl'), 'a') as f:

@@ -65,37 +65,53 @@ class Experiment:
   model: classifier.Classifier
   tx: optax.GradientTransformation
   schedule: optax.Schedule
-  train_data: pipelines.DeviceResidentData
-  augment: Callable[[jax.Array, jax.Array], jax.Array]
-  eval_source: sources.ExampleSource
-  image_shape: tuple[int, int, int]
-  num_classes: int
+  train_data: Any  # pipelines.DeviceResidentData (kind 'device') or streaming.StreamingTrainData ('grain')
+  eval_data: Any   # streaming.EvalData: padded, masked global batches
   steps_per_epoch: float
   total_steps: int
   log_every: int
   eval_every: int
   checkpoint_every: int
 
+  @property
+  def augment(self) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    return self.train_data.device_augment
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.train_data.image_shape)
+
+  @property
+  def num_classes(self) -> int:
+    return int(self.train_data.num_classes)
+
   def model_info(self) -> dict[str, Any]:
     """What `checkpoints.load` needs besides the config to rebuild the model."""
     return {'num_classes': self.num_classes, 'mean': self.model.mean, 'std': self.model.std,
             'image_shape': list(self.image_shape)}
 
+  def checkpoint_meta(self) -> dict[str, Any]:
+    meta = {'model': self.model_info(), 'config': self.config.to_dict()}
+    if self.train_data.kind == 'grain':
+      meta['data_state'] = self.train_data.get_state()
+    return meta
 
-def build_experiment(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Experiment:
-  """Validates the config against data, model and devices; loads the data. Compiles and writes nothing."""
+  def close(self) -> None:
+    if hasattr(self.train_data, 'close'):
+      self.train_data.close()
+
+
+def build_experiment(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, start_step: int = 0) -> Experiment:
+  """Validates the config against data, model and devices, then loads the data (device-resident sets) or
+  starts the input pipeline at `start_step` (streamed sets). Compiles and writes nothing."""
   config_lib.validate(config)
   parallel.check_batch_divisible(config.batch_size, mesh)
   if config.get('on_nonfinite', 'stop') not in NONFINITE_POLICIES:
     raise UserError(f"unknown config.on_nonfinite {config.on_nonfinite!r}; choose stop or skip")
+  pipelines.input_options(config)  # raises for unknown input options
   ds = config.dataset
   train_source = sources.open_split(ds.name, ds.train_split, ds.get('data_dir'))
   eval_source = sources.open_split(ds.name, ds.eval_split, ds.get('data_dir'))
-  if ds.pipeline not in ('auto', 'device'):
-    raise UserError(f"config.dataset.pipeline={ds.pipeline!r} is not available; use 'device' (small datasets)")
-  if train_source.image_shape is None:
-    raise UserError(f"{ds.name}: images vary in size, so they cannot be held on the device; "
-                    "use the streaming pipeline (config.dataset.pipeline='grain')")
 
   # Model options and the BN group size are checked before the data is loaded.
   group = classifier.bn_group_size(config)
@@ -117,19 +133,12 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh)
   eval_every = every('eval_every', total_steps)
   checkpoint_every = every('checkpoint_every', total_steps)
 
-  aug = config.augment
-  arrays = train_source.read_all()
-  mean, std = classifier.normalization_statistics(arrays['image'], aug.normalization)
-  model = classifier.model_from_config(config, train_source.num_classes, mean, std)
-  pad_value = model.channel_means() if aug.pad_after_normalize else np.zeros(arrays['image'].shape[-1])
-  augment = augment_lib.SmallImageAugment(crop_padding=int(aug.crop_padding), flip=bool(aug.flip),
-                                          pad_value=tuple(float(v) for v in pad_value))
-  train_data = pipelines.DeviceResidentData.from_arrays(arrays, mesh, config.batch_size, config.seed)
+  eval_data = pipelines.make_eval_batches(config, mesh, eval_source)
+  train_data = pipelines.make_train_data(config, mesh, train_source, start_step=start_step)
+  model = classifier.model_from_config(config, train_data.num_classes, train_data.mean, train_data.std)
   return Experiment(config=config, mesh=mesh, model=model, tx=tx, schedule=schedule, train_data=train_data,
-                    augment=augment, eval_source=eval_source, image_shape=tuple(train_source.image_shape),
-                    num_classes=train_source.num_classes, steps_per_epoch=steps_per_epoch,
-                    total_steps=total_steps, log_every=log_every, eval_every=eval_every,
-                    checkpoint_every=checkpoint_every)
+                    eval_data=eval_data, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                    log_every=log_every, eval_every=eval_every, checkpoint_every=checkpoint_every)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -236,6 +245,47 @@ def make_resident_runner(exp: Experiment) -> Callable:
   return run
 
 
+def make_streaming_runner(exp: Experiment) -> Callable:
+  """jit(run(state, acc, batch)): one train step on a batch fed from the host pipeline."""
+  train_step = make_train_step(exp.model, exp.tx, exp.augment, exp.config)
+  replicated = parallel.replicated(exp.mesh)
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1), out_shardings=(replicated, replicated))
+  def run(state, acc, batch):
+    step = state.step
+    state, metrics = train_step(state, batch)
+    return state, accumulate(acc, metrics, step)
+
+  return run
+
+
+class _Steps:
+  """Runs n train steps from the experiment's input, compiling ahead of time so compile time is reported."""
+
+  def __init__(self, exp: Experiment, on_compile: Callable[[float, int], None]):
+    self.exp = exp
+    self.on_compile = on_compile
+    self.resident = exp.train_data.kind == 'device'
+    self.runner = make_resident_runner(exp) if self.resident else make_streaming_runner(exp)
+    self.compiled: dict[int, Any] = {}
+
+  def _compile(self, key: int, *args) -> Any:
+    if key not in self.compiled:
+      started = time.perf_counter()
+      self.compiled[key] = self.runner.lower(*args).compile()
+      self.on_compile(time.perf_counter() - started, key)
+    return self.compiled[key]
+
+  def __call__(self, state: TrainState, acc, num_steps: int):
+    if self.resident:
+      arrays = self.exp.train_data.arrays
+      return self._compile(num_steps, state, acc, arrays, num_steps)(state, acc, arrays)
+    for _ in range(num_steps):
+      batch = next(self.exp.train_data)
+      state, acc = self._compile(1, state, acc, batch)(state, acc, batch)
+    return state, acc
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The loop.
 
@@ -310,9 +360,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Returns the final evaluation metrics.
   """
   mesh = parallel.make_mesh()
-  exp = build_experiment(config, mesh)
   check_same_run(config, workdir)
-  prepare_workdir(workdir)
+  exp = build_experiment(config, mesh, start_step=checkpoints.latest_step(workdir) or 0)
+  try:
+    prepare_workdir(workdir)
+    return _train_loop(exp, workdir)
+  finally:
+    exp.close()
+
+
+def _train_loop(exp: Experiment, workdir: str) -> dict[str, float]:
+  """The loop of train_and_evaluate, on a built experiment and a prepared workdir."""
+  config, mesh = exp.config, exp.mesh
 
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
@@ -322,7 +381,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state = None
   start_step = ckpt.latest_step()
   if start_step is not None:
-    state, _ = ckpt.restore(start_step, abstract_train_state(exp.model, exp.tx, exp.image_shape, mesh))
+    state, meta = ckpt.restore(start_step, abstract_train_state(exp.model, exp.tx, exp.image_shape, mesh))
+    if exp.train_data.kind == 'grain':
+      exp.train_data.set_state(meta.get('data_state', {'step': start_step}))
     logging.info('Resumed from step %d', start_step)
   else:
     state = init_train_state(exp.model, exp.tx, exp.image_shape, config.seed, mesh)
@@ -330,21 +391,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   writer = metrics_lib.MetricWriter(workdir, resume_step=start_step)
   progress = metrics_lib.Progress(exp.total_steps, start_step)
-  runner = make_resident_runner(exp)
-  compiled: dict[int, Any] = {}
+  def on_compile(seconds: float, num_steps: int) -> None:
+    progress.message(f'compiled the train step ({num_steps} step{"s" * (num_steps > 1)} per dispatch) in '
+                     f'{seconds:.1f}s')
+    writer.write(step, {'compile_s': seconds})
+    progress.restart_clock()
 
-  def run(state, acc, num_steps):
-    """Runs `num_steps` steps; compiles ahead of time on first use so compile time is reported apart."""
-    if num_steps not in compiled:
-      started = time.perf_counter()
-      compiled[num_steps] = runner.lower(state, acc, exp.train_data.arrays, num_steps).compile()
-      seconds = time.perf_counter() - started
-      progress.message(f'compiled the train step ({num_steps} step{"s" * (num_steps > 1)} per dispatch) in '
-                       f'{seconds:.1f}s')
-      writer.write(int(state.step), {'compile_s': seconds})
-      progress.restart_clock()
-    return compiled[num_steps](state, acc, exp.train_data.arrays)
-
+  run = _Steps(exp, on_compile)
   evaluator = evaluate.Evaluator(exp.model, mesh)
   steps_per_dispatch = max(1, int(config.get('steps_per_dispatch', 1)))
   acc = jax.device_put(zero_accumulator(), parallel.replicated(mesh))
@@ -354,7 +407,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     progress.message(f'{workdir}: training already finished at step {start_step}; evaluating')
 
   def run_eval(step):
-    result = evaluator.evaluate(state.variables, exp.eval_source, config.eval_batch_size)
+    result = evaluator.evaluate(state.variables, exp.eval_data)
     writer.write(step, result)
     progress.message(f"step {step}: test_accuracy {result['test_accuracy']:.4f} "
                      f"(error {100 * result['test_error']:.2f}%), test_loss {result['test_loss']:.4f}")
@@ -395,8 +448,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         eval_metrics = run_eval(step)
         writer.plot_curves()
       if ckpt_due or stop_now:
-        ckpt.save(step, state, {'model': exp.model_info(), 'config': config.to_dict()},
-                  metrics=eval_metrics if eval_due else None)
+        ckpt.save(step, state, exp.checkpoint_meta(), metrics=eval_metrics if eval_due else None)
         last_saved = step
       if stop_now and step < exp.total_steps:
         progress.message(f'SIGTERM: saved a checkpoint at step {step} in {workdir}; rerun the same command to resume')
@@ -406,7 +458,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if not eval_metrics:
     eval_metrics = run_eval(step)
   if last_saved != step:
-    ckpt.save(step, state, {'model': exp.model_info(), 'config': config.to_dict()}, metrics=eval_metrics)
+    ckpt.save(step, state, exp.checkpoint_meta(), metrics=eval_metrics)
   ckpt.wait()
   writer.plot_curves()
   writer.close()

@@ -1,0 +1,52 @@
+"""The streamed (Grain) input inside train_and_evaluate: ImageNet-style JPEG folders of varying sizes, inception
+crops on the host, exact resume of the input position from the checkpoint, ten-crop evaluation."""
+
+import json
+import os
+
+import jax
+import numpy as np
+
+from resnet_jax import checkpoints
+from resnet_jax import config as config_lib
+from resnet_jax import evaluate
+from resnet_jax import train
+from resnet_jax.data import testing
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(root, **overrides):
+  base = {'dataset.name': f'folder:{root}', 'dataset.pipeline': 'grain', 'model.name': 'resnet18',
+          'model.stage_widths': '(8,8,8,8)', 'batch_size': '8', 'eval_batch_size': '10', 'total_steps': '6',
+          'schedule.boundaries_epochs': 'None', 'log_every_steps': '3', 'eval_every_steps': '6',
+          'checkpoint_every_steps': '3', 'input.image_size': '32', 'input.eval_resize': '36',
+          'input.eval_crop': '32', 'input.eval_crop_mode': 'ten', 'input.num_workers': '0'}
+  base.update(overrides)
+  return config_lib.build_config(os.path.join(REPO, 'configs', 'quickstart.py'), list(base.items()))
+
+
+def _flat(tree):
+  return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
+
+
+def test_streamed_training_resumes_exactly_and_evaluates_ten_crops(tmp_path):
+  root = tmp_path / 'images'
+  testing.write_image_folder(str(root), classes=('a', 'b', 'c'), per_class=8, splits=('train', 'test'),
+                             sizes=((40, 52), (52, 40)), fmt='JPEG')
+  straight = str(tmp_path / 'straight')
+  result = train.train_and_evaluate(_config(root), straight)
+  assert result['num_examples'] == 24
+
+  interrupted = str(tmp_path / 'interrupted')
+  train.train_and_evaluate(_config(root, total_steps='3', eval_every_steps='3'), interrupted)
+  meta = checkpoints.Checkpointer(interrupted, read_only=True).restore_meta(3)
+  assert meta['data_state']['step'] == 3  # the input position is in the checkpoint
+  train.train_and_evaluate(_config(root), interrupted)
+  a, b = checkpoints.load(straight), checkpoints.load(interrupted)
+  np.testing.assert_array_equal(_flat(a.variables), _flat(b.variables))
+
+  evaluated = evaluate.evaluate_checkpoint(straight)
+  assert evaluated['test_accuracy'] == result['test_accuracy'] and evaluated['num_examples'] == 24
+  lines = [json.loads(l) for l in open(os.path.join(straight, 'metrics.jsonl'))]
+  assert [l['step'] for l in lines if 'train_loss' in l] == [3, 6]
