@@ -24,22 +24,12 @@ Recipes (base: configs/default.py):
     Nesterov momentum 0.9.
 """
 
-import dataclasses
-from typing import Any, Optional
-
 from configs import default
+from configs import _rows as rows
 
 
-@dataclasses.dataclass(frozen=True)
-class Row:
-  model: str
-  source: str
-  published_error: Optional[float]   # %, test error as the paper reports it (None: figure only / "fail")
-  recipe: str = 'he2016'
-  dataset: str = 'cifar10'
-  options: tuple = ()                # create_model options: (('shortcut', 'exclusive_gate'), ...)
-  overrides: tuple = ()              # other config fields: (('batch_size', 64), ...)
-  note: str = ''
+def Row(model, source, published_error, recipe='he2016', dataset='cifar10', **kw) -> rows.Row:  # pylint: disable=invalid-name
+  return rows.Row(model, source, published_error, recipe, dataset, **kw)
 
 
 def _he2015(model, error, **kw):
@@ -49,7 +39,7 @@ def _he2015(model, error, **kw):
 _T1 = 'He et al. 2016, Table 1 (ResNet-110, shortcut variant on all units)'
 _T2 = 'He et al. 2016, Table 2 (activation order {})'
 
-ROWS: dict[str, Row] = {
+ROWS: dict[str, rows.Row] = {
     # He et al. 2015, Table 6 (CIFAR-10, option A shortcuts). ResNet-110: best of 5 runs, mean 6.61 +- 0.16.
     'resnet20': _he2015('cifar_resnet20', 8.75),
     'resnet32': _he2015('cifar_resnet32', 7.51),
@@ -173,28 +163,15 @@ def _apply_recipe(config, recipe: str) -> None:
 
 
 def get_config(row: str = 'preact_resnet164'):
-  if row not in ROWS:
-    raise KeyError(f"{row!r}; rows: {', '.join(sorted(ROWS))}")
-  spec = ROWS[row]
+  spec = rows.lookup(ROWS, row)
   config = default.get_config()
-  config.model.name = spec.model
-  config.dataset.name = spec.dataset
   # The papers' 2-GPU runs computed BN statistics per GPU: 64 examples of the batch of 128.
   config.batch_norm.mode = 'ghost'
   config.batch_norm.group_size = 64
   _apply_recipe(config, spec.recipe)
   if spec.recipe == 'he2015' and spec.model in ('cifar_resnet110', 'cifar_resnet1202'):
     config.schedule.warmup = 'constant'  # "0.01 to warm up ... about 400 iterations"
-  with config.model.unlocked():
-    for key, value in spec.options:
-      config.model[key] = value
-  for key, value in spec.overrides:
-    config[key] = value
+  rows.apply_row(config, row, spec)
   if config.batch_norm.mode == 'ghost' and config.batch_size < 128:
     config.batch_norm.group_size = config.batch_size // 2  # still two "GPUs"
-  config.paper = dict(row=row, source=spec.source, published_error=spec.published_error, note=spec.note)
   return config
-
-
-def rows() -> dict[str, Row]:
-  return dict(ROWS)
