@@ -2,8 +2,12 @@
 order and shortcut variant forward + backward, ghost BatchNorm, gates, initialisation.
 
 Networks are CIFAR-style with few, narrow units (8x8 inputs), and run op-by-op where that is cheaper than a
-compilation; the same widths everywhere let JAX reuse its per-primitive compilations between tests.
+compilation; the same widths everywhere let JAX reuse its per-primitive compilations between tests. The
+scan == unrolled comparison needs three jitted gradient compilations: they run on a background thread (XLA
+compiles without holding the GIL) while the other tests run.
 """
+
+from concurrent.futures import ThreadPoolExecutor
 
 import flax.linen as nn
 import jax
@@ -32,10 +36,11 @@ def tree_close(a, b, rtol=1e-5, atol=1e-6):
 
 
 def loss_and_grads(model, variables, x=X, y=Y, rng=None, **kw):
+  # 'rbg' keys: same semantics, but XLA:CPU compiles their bit generator much faster than threefry's.
+  rng = jax.random.key(7, impl="rbg") if rng is None else rng
   def loss(params):
     logits, updates = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
-                                  mutable=["batch_stats"], rngs={"dropout": rng if rng is not None else
-                                                                 jax.random.key(7)}, **kw)
+                                  mutable=["batch_stats"], rngs={"dropout": rng}, **kw)
     logp = jax.nn.log_softmax(logits)
     return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1)), (logits, updates)
   (l, (logits, updates)), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
@@ -60,8 +65,7 @@ def _conv(h, kernel, stride):
 
 
 @pytest.mark.parametrize("name", ["cifar_preact_resnet20", "cifar_preact_resnet164"])
-@pytest.mark.parametrize("train", [False, True])
-def test_preact_net_with_zero_branches_is_its_shortcut_path(name, train):
+def test_preact_net_with_zero_branches_is_its_shortcut_path(name):
   # He et al. 2016 §3: with full pre-activation units and identity shortcuts the signal propagates directly
   # from any unit to any other. Zero the last conv of every branch: the output must be stem -> shortcut path
   # (the shared BN-ReLU and option A / projection of shape-changing units) -> final BN-ReLU -> head.
@@ -71,20 +75,20 @@ def test_preact_net_with_zero_branches_is_its_shortcut_path(name, train):
   last = "conv2" if name == "cifar_preact_resnet20" else "conv3"
   params = {k: ({**v, last: {"kernel": jnp.zeros_like(v[last]["kernel"])}} if last in v else v)
             for k, v in params.items()}
-  got = model.apply({"params": params, "batch_stats": stats}, X, train=train, mutable=["batch_stats"])[0]
-
-  h = _conv(X, params["stem_conv"]["kernel"], 1)
-  for u in describe_units(model):
-    p, s = params[f"stage{u.stage}_unit{u.position}"], stats.get(f"stage{u.stage}_unit{u.position}")
-    if u.preact == "shared":
-      h = jax.nn.relu(_bn(h, p["bn1"], s["bn1"], train))
-    if "proj_conv" in p:  # resnet-1k-layers: bare 1x1 conv projection on the pre-activated input
-      h = _conv(h, p["proj_conv"]["kernel"], u.stride)
-    elif u.changes_shape:  # option A
-      h = jnp.pad(h[:, ::u.stride, ::u.stride], ((0, 0), (0, 0), (0, 0), (0, u.out_features - h.shape[-1])))
-  h = jax.nn.relu(_bn(h, params["final_bn"], stats["final_bn"], train))
-  want = h.mean((1, 2)) @ params["head"]["kernel"] + params["head"]["bias"]
-  np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+  for train in (False, True):
+    got = model.apply({"params": params, "batch_stats": stats}, X, train=train, mutable=["batch_stats"])[0]
+    h = _conv(X, params["stem_conv"]["kernel"], 1)
+    for u in describe_units(model):
+      p, s = params[f"stage{u.stage}_unit{u.position}"], stats.get(f"stage{u.stage}_unit{u.position}")
+      if u.preact == "shared":
+        h = jax.nn.relu(_bn(h, p["bn1"], s["bn1"], train))
+      if "proj_conv" in p:  # resnet-1k-layers: bare 1x1 conv projection on the pre-activated input
+        h = _conv(h, p["proj_conv"]["kernel"], u.stride)
+      elif u.changes_shape:  # option A
+        h = jnp.pad(h[:, ::u.stride, ::u.stride], ((0, 0), (0, 0), (0, 0), (0, u.out_features - h.shape[-1])))
+    h = jax.nn.relu(_bn(h, params["final_bn"], stats["final_bn"], train))
+    want = h.mean((1, 2)) @ params["head"]["kernel"] + params["head"]["bias"]
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
   if name == "cifar_preact_resnet164":
     assert all(f"stage{s}_unit1" in params and "proj_conv" in params[f"stage{s}_unit1"] for s in (1, 2, 3))
 
@@ -102,11 +106,10 @@ def test_survival_probabilities_follow_the_linear_rule():
 def test_stochastic_depth_with_p_last_one_is_the_deterministic_model():
   base = tiny()
   variables = random_variables(base, X.shape)
-  want = loss_and_grads(base, variables)
-  for mode in ("batch", "example"):
-    got = loss_and_grads(tiny(survival_prob_last=1.0, stochastic_depth_mode=mode), variables,
-                         rng=jax.random.key(3))
-    tree_close(got, want, rtol=0, atol=0)
+  tree_close(loss_and_grads(tiny(survival_prob_last=1.0), variables, rng=jax.random.key(3)),
+             loss_and_grads(base, variables), rtol=0, atol=0)
+  train = lambda m: m.apply(variables, X, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(3)})
+  tree_close(train(tiny(survival_prob_last=1.0, stochastic_depth_mode="example")), train(base), rtol=0, atol=0)
 
 
 def test_stochastic_depth_scales_branches_by_p_l_at_test_time():
@@ -138,34 +141,41 @@ def test_stochastic_depth_training_is_random_reproducible_and_per_batch_or_per_e
 # --------------------------------------------------------------------------------------------- scan == unrolled
 
 
-# One unrolled reference, compiled once, for the scanned models with and without remat. The config covers what
-# scanning must carry per unit: different parameters, BatchNorm statistics, stochastic-depth masks (drawn once
-# per call, per example here) and runtime gates; pre-activation bottlenecks with projections in first units.
-SCAN_CONFIG = dict(stage_sizes=(2, 3, 2), stage_widths=WIDTHS, survival_prob_last=0.5,
+# The config covers what scanning must carry per unit: different parameters, BatchNorm statistics,
+# stochastic-depth masks (drawn once per call, per example here) and runtime gates; the unscanned first units
+# are pre-activation bottlenecks with projections.
+SCAN_CONFIG = dict(stage_sizes=(1, 3, 2), stage_widths=WIDTHS, survival_prob_last=0.5,
                    stochastic_depth_mode="example")
 
 
-@pytest.fixture(scope="module")
-def unrolled_reference():
-  model = create_model("cifar_preact_resnet164", **SCAN_CONFIG)
-  variables = random_variables(model, X.shape)
-  gates = jnp.asarray(np.linspace(0, 1, model.num_units, dtype=np.float32))
-  results = jax.jit(lambda v: loss_and_grads(model, v, branch_gates=gates))(variables)
-  return model, variables, gates, results
+def _scan_runs():
+  unrolled = create_model("cifar_preact_resnet164", **SCAN_CONFIG)
+  variables = random_variables(unrolled, X.shape)
+  gates = jnp.asarray(np.linspace(0, 1, unrolled.num_units, dtype=np.float32))
+  run = lambda model, v: jax.jit(lambda v: loss_and_grads(model, v, branch_gates=gates))(v)
+  out = {"unrolled": (unrolled, variables, run(unrolled, variables))}
+  for remat in (False, True):
+    scanned = create_model("cifar_preact_resnet164", scan_units=True, remat=remat, **SCAN_CONFIG)
+    scanned_vars = scan_variables(variables, unrolled)
+    out[remat] = (scanned, scanned_vars, run(scanned, scanned_vars))
+  return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def scan_runs():
+  with ThreadPoolExecutor(1) as pool:
+    yield pool.submit(_scan_runs)
 
 
 @pytest.mark.parametrize("remat", [False, True])
-def test_scan_equals_unrolled_forward_and_gradients(unrolled_reference, remat):
-  unrolled, variables, gates, (l_u, logits_u, updates_u, grads_u) = unrolled_reference
-  scanned = create_model("cifar_preact_resnet164", scan_units=True, remat=remat, **SCAN_CONFIG)
-  scanned_vars = scan_variables(variables, unrolled)
+def test_scan_equals_unrolled_forward_and_gradients(scan_runs, remat):
+  runs = scan_runs.result()
+  unrolled, variables, (l_u, logits_u, updates_u, grads_u) = runs["unrolled"]
+  scanned, scanned_vars, (l_s, logits_s, updates_s, grads_s) = runs[remat]
   # The layouts convert both ways and match what the scanned model creates.
   assert jax.tree_util.tree_structure(scanned_vars) == jax.tree_util.tree_structure(
       jax.eval_shape(lambda: scanned.init(jax.random.key(0), X)))
   tree_close(unscan_variables(scanned_vars, unrolled), variables, rtol=0, atol=0)
-
-  l_s, logits_s, updates_s, grads_s = jax.jit(lambda v: loss_and_grads(scanned, v, branch_gates=gates))(
-      scanned_vars)
   np.testing.assert_allclose(l_s, l_u, rtol=1e-6)
   np.testing.assert_allclose(logits_s, logits_u, rtol=1e-5, atol=1e-6)
   tree_close(unscan_variables({"params": grads_s}, unrolled)["params"], grads_u)
@@ -187,19 +197,19 @@ def test_remat_unrolled_does_not_change_gradients():
 
 # --------------------------------------------------------------------------------------------- all variants run
 
+# Each activation order (He et al. 2016 Fig. 4 (a)-(e)), unit kind, shortcut variant (He et al. 2016 Table 1 /
+# Fig. 2) and shortcut type (He et al. 2015 A/B/C) appears at least once; combined to keep the suite short.
 VARIANTS = [
-    # He et al. 2016 Fig. 4 orders (a)-(e) over the three unit kinds
-    dict(unit_order="original", block="basic"), dict(unit_order="bn_after_add", block="basic"),
-    dict(unit_order="relu_before_add", block="single"), dict(unit_order="relu_preact", block="basic"),
-    dict(unit_order="full_preact", block="single"),
-    dict(name="cifar_resnet164", unit_order="bn_after_add"), dict(name="cifar_resnet164", unit_order="relu_preact"),
-    dict(name="cifar_preact_resnet164", unit_order="full_preact", cardinality=2, base_width=32),
-    dict(name="cifar_resnet164", unit_order="relu_before_add", shortcut_type="A", stride_on="3x3"),
-    # He et al. 2016 Table 1 shortcut variants, and He et al. 2015 options B / C
-    dict(shortcut="scaling", shortcut_scale=0.5, scale_residual=True), dict(shortcut="exclusive_gate"),
-    dict(shortcut="shortcut_gate", gate_bias_init=0.0), dict(shortcut="conv1x1"),
-    dict(shortcut="dropout", shortcut_dropout_rate=0.5), dict(shortcut="none"),
-    dict(shortcut="exclusive_gate", unit_order="full_preact"), dict(shortcut_type="B"), dict(shortcut_type="C"),
+    dict(unit_order="original", block="basic", shortcut="exclusive_gate"),
+    dict(unit_order="bn_after_add", block="basic", shortcut="scaling", shortcut_scale=0.5, scale_residual=True),
+    dict(unit_order="relu_before_add", block="single", shortcut="shortcut_gate", gate_bias_init=0.0),
+    dict(unit_order="relu_preact", block="basic", shortcut="dropout", shortcut_dropout_rate=0.5),
+    dict(unit_order="full_preact", block="single", shortcut="conv1x1"),
+    dict(unit_order="full_preact", block="basic", shortcut_type="B"),
+    dict(unit_order="original", block="single", shortcut="none"),
+    dict(name="cifar_resnet164", unit_order="bn_after_add", shortcut_type="C", stride_on="3x3", cardinality=2,
+         base_width=32),
+    dict(name="cifar_preact_resnet164", unit_order="relu_preact", shortcut_type="A", shortcut="exclusive_gate"),
 ]
 
 

@@ -1,21 +1,23 @@
 """Every registry name: exact parameter count (from jax.eval_shape, no compute) and a forward pass.
 
-Speed: one `jax.eval_shape` of `model.init` per name gives both the count and the shapes of the variables, which
-`fill_variables` fills with NumPy (no PRNG compilation). Residual nets run op-by-op (JAX caches each primitive's
-compilation, so nets of the same widths share them: ResNet-101 after ResNet-50 costs little); the deepest nets
-run with scan_units=True (same parameters, stacked; one compiled unit per stage); DenseNets, whose layers all
-differ in shape, run jitted. CIFAR nets run on 8x8 inputs (the smallest size they support), ImageNet nets on
-32x32 (every stage >= 1x1).
+Speed (the suite runs on 2 CPU cores): one `jax.eval_shape` of `model.init` per name gives both the count and the
+shapes of the variables, which `fill_variables` fills with NumPy (no PRNG compilation). Residual nets run
+op-by-op: JAX caches each primitive's compilation, so nets of the same widths share them (ResNet-101 after
+ResNet-50 costs little). The 1000-unit nets run with scan_units=True (one compiled unit per stage). DenseNets,
+whose layers all differ in shape, are compile-bound: they are jitted on a background thread (XLA compiles
+without holding the GIL) while the residual nets run on the main thread. CIFAR nets run on 8x8 inputs (the
+smallest size they support), ImageNet nets on 32x32 (every stage >= 1x1).
 """
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax.models import DenseNet, count_params, create_model, list_models
+from resnet_jax.models import count_params, create_model, list_models
 from resnet_jax.models.testing import abstract_variables, fill_variables, random_variables
 
 # Trainable parameters (BatchNorm running statistics excluded).
@@ -66,18 +68,53 @@ def test_every_registry_name_has_an_expected_count():
   assert set(list_models()) == set(EXPECTED)
 
 
-@pytest.mark.parametrize("name", list_models())
-def test_registry_model_count_and_forward(name):
-  model = create_model(name, scan_units=True) if name in SCANNED else create_model(name)
+RESIDUAL = [n for n in list_models() if not n.startswith("densenet")]
+DENSE = [n for n in list_models() if n.startswith("densenet")]
+
+
+def _count(shapes):
+  return sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(shapes["params"]))
+
+
+def _input(model):
   shape = (1, 32, 32, 3) if model.num_classes == 1000 else (1, 8, 8, 3)
-  shapes = abstract_variables(model, shape)
-  assert set(shapes) == {"params", "batch_stats"}
-  assert sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(shapes["params"])) == EXPECTED[name]
-  x = jnp.asarray(np.random.default_rng(0).standard_normal(shape, dtype=np.float32))
-  apply = jax.jit(model.apply) if isinstance(model, DenseNet) else model.apply
-  logits = apply(fill_variables(shapes), x)
+  return jnp.asarray(np.random.default_rng(0).standard_normal(shape, dtype=np.float32))
+
+
+def _check_logits(model, logits):
   assert logits.shape == (1, model.num_classes) and logits.dtype == jnp.float32
   assert bool(jnp.all(jnp.isfinite(logits)))
+
+
+def _densenet_run(name):
+  model = create_model(name)
+  x = _input(model)
+  shapes = abstract_variables(model, x.shape)
+  return model, shapes, jax.jit(model.apply)(fill_variables(shapes), x)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def densenet_runs():
+  with ThreadPoolExecutor(1) as pool:
+    yield {name: pool.submit(_densenet_run, name) for name in DENSE}
+
+
+@pytest.mark.parametrize("name", RESIDUAL)
+def test_residual_net_count_and_forward(name):
+  model = create_model(name, scan_units=True) if name in SCANNED else create_model(name)
+  x = _input(model)
+  shapes = abstract_variables(model, x.shape)
+  assert set(shapes) == {"params", "batch_stats"}
+  assert _count(shapes) == EXPECTED[name]
+  _check_logits(model, model.apply(fill_variables(shapes), x))
+
+
+@pytest.mark.parametrize("name", DENSE)
+def test_densenet_count_and_forward(name, densenet_runs):
+  model, shapes, logits = densenet_runs[name].result()
+  assert set(shapes) == {"params", "batch_stats"}
+  assert _count(shapes) == EXPECTED[name]
+  _check_logits(model, logits)
 
 
 def test_quickstart_model_on_8x8_grey_digits():
@@ -125,7 +162,7 @@ def test_densenet_matches_a_concatenating_reference():
   # Huang et al. 2017 §3 written out with concatenation: stem conv; per block, layers BN-ReLU-1x1 (4k)-BN-ReLU-3x3
   # (k) whose outputs are concatenated; transitions BN-ReLU-1x1 (floor(theta * c))-2x2 average pool; BN-ReLU,
   # global pool, FC.
-  model = create_model("densenet_bc_100_12", depth=16, growth_rate=4)  # 2 layers per block
+  model = create_model("densenet_bc_100_12", depth=16, growth_rate=4)  # 2 layers per block (depth 4 + 6 * 2)
   x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 8, 8, 3), dtype=np.float32))
   variables = random_variables(model, x.shape)
   p, s = variables["params"], variables["batch_stats"]
@@ -143,4 +180,4 @@ def test_densenet_matches_a_concatenating_reference():
       assert h.shape[-1] == (8 + 8) // 2 if b == 1 else True
       h = jax.lax.reduce_window(h, 0.0, jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID") / 4
   want = bn(h, "final_bn").mean((1, 2)) @ p["head"]["kernel"] + p["head"]["bias"]
-  np.testing.assert_allclose(model.apply(variables, x), want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(jax.jit(model.apply)(variables, x), want, rtol=1e-5, atol=1e-5)
