@@ -1,0 +1,178 @@
+r"""Analyses of a trained run (Veit et al. 2016), from the command line.
+
+  python -m resnet_jax.analysis --workdir runs/resnet110 [--study lesion,paths] [--limit 2000]
+
+lesion: the test accuracy with each residual unit removed (Fig. 3 / 4) and with k random units removed
+  (Fig. 5(a)); paths: the path-length distribution and the input-gradient magnitude per path length
+  (Fig. 6). Results go to WORKDIR/analysis/{lesion,paths}.json and .png, and a summary is printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+import numpy as np
+
+from resnet_jax.errors import UserError
+
+flags.DEFINE_string('workdir', None, 'A run directory with checkpoints (from python -m resnet_jax.main).')
+flags.DEFINE_integer('step', None, 'Checkpoint step (default: latest).')
+flags.DEFINE_list('study', ['lesion', 'paths'], 'Which analyses: lesion, paths.')
+flags.DEFINE_integer('limit', 2000, 'Evaluation examples to use (from the config\'s eval split).')
+flags.DEFINE_list('remove', ['1', '2', '5', '10', '20'], 'Numbers of random units removed (Fig. 5(a)).')
+flags.DEFINE_integer('samples', 10, 'Random draws per number of removed units / per path length.')
+flags.DEFINE_integer('seed', 0, 'Seed of the random draws.')
+FLAGS = flags.FLAGS
+
+STUDIES = ('lesion', 'paths')
+
+
+def eval_images(config, limit: int) -> tuple[np.ndarray, np.ndarray]:
+  """Up to `limit` examples of the run's eval split as the model takes them (uint8, centre-cropped)."""
+  from resnet_jax import parallel  # pylint: disable=g-import-not-at-top
+  from resnet_jax.data import pipelines, sources  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  config = config.copy_and_resolve_references()
+  if config.input.get('eval_crop_mode') == 'ten':
+    config.input.eval_crop_mode = 'center'  # one view per example
+  ds = config.dataset
+  source = sources.open_split(ds.name, ds.eval_split, ds.get('data_dir'))
+  mesh = parallel.make_mesh(jax.local_devices()[:1])
+  images, labels = [], []
+  for batch in pipelines.make_eval_batches(config, mesh, source, limit=limit):
+    mask = np.asarray(batch['mask'])
+    images.append(np.asarray(batch['image'])[mask])
+    labels.append(np.asarray(batch['label'])[mask])
+  return np.concatenate(images), np.concatenate(labels)
+
+
+def lesion_study(run, images, labels, remove, samples, seed) -> dict:
+  from resnet_jax.analysis import lesion  # pylint: disable=g-import-not-at-top
+  from resnet_jax.models import num_residual_units  # pylint: disable=g-import-not-at-top
+  single = lesion.single_unit_lesions(run.model, run.variables, images, labels)
+  n = num_residual_units(run.model)
+  ks = sorted({k for k in remove if 0 < k <= n})
+  random = lesion.random_unit_lesions(run.model, run.variables, images, labels, ks, num_samples=samples,
+                                      seed=seed) if ks else {}
+  return {
+      'baseline_error': 1.0 - single.baseline_accuracy,
+      'units': [{'index': u.index, 'stage': u.stage, 'position': u.position, 'changes_shape': u.changes_shape,
+                 'error': 1.0 - float(a)} for u, a in zip(single.units, single.accuracies)],
+      'random_removal': {str(k): {'mean_error': float(1 - v.mean()), 'std_error': float(v.std()),
+                                  'errors': [float(1 - a) for a in v]} for k, v in random.items()},
+  }
+
+
+def path_study(run, images, labels, samples, seed) -> dict:
+  from resnet_jax.analysis import paths  # pylint: disable=g-import-not-at-top
+  result = paths.gradient_magnitude_by_path_length(run.model, run.variables, images, labels,
+                                                   samples_per_length=samples, seed=seed)
+  return {'lengths': result.lengths.tolist(), 'distribution': result.distribution.tolist(),
+          'mean_grad_norm': result.mean_grad_norm.tolist(), 'std_grad_norm': result.std_grad_norm.tolist(),
+          'total_gradient': result.total_gradient.tolist(), 'samples_per_length': samples}
+
+
+def plot_lesion(result: dict, path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, (ax_unit, ax_k) = plt.subplots(1, 2, figsize=(11, 3.8))
+  errors = [100 * u['error'] for u in result['units']]
+  colors = ['tab:red' if u['changes_shape'] else 'tab:blue' for u in result['units']]
+  ax_unit.bar(range(len(errors)), errors, color=colors)
+  ax_unit.axhline(100 * result['baseline_error'], color='k', linestyle='--', linewidth=1, label='no unit removed')
+  ax_unit.set_xlabel('removed unit (red: changes shape)')
+  ax_unit.set_ylabel('test error (%)')
+  ax_unit.legend()
+  ks = sorted(int(k) for k in result['random_removal'])
+  if ks:
+    means = [100 * result['random_removal'][str(k)]['mean_error'] for k in ks]
+    stds = [100 * result['random_removal'][str(k)]['std_error'] for k in ks]
+    ax_k.errorbar(ks, means, yerr=stds, marker='o', capsize=3)
+  ax_k.set_xlabel('units removed at random')
+  ax_k.set_ylabel('test error (%)')
+  for ax in (ax_unit, ax_k):
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_paths(result: dict, path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+  lengths = result['lengths']
+  for ax, key, label in zip(axes, ('distribution', 'mean_grad_norm', 'total_gradient'),
+                            ('fraction of paths', 'gradient magnitude per path', 'total gradient (normalised)')):
+    ax.plot(lengths, result[key], marker='.')
+    ax.set_xlabel('path length (residual units)')
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+  axes[1].set_yscale('log')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def analyze(workdir: str, studies=STUDIES, step=None, limit: int = 2000, remove=(1, 2, 5, 10, 20),
+            samples: int = 10, seed: int = 0) -> dict:
+  """Runs the studies on a checkpoint of `workdir`; writes WORKDIR/analysis/<study>.json and .png."""
+  from resnet_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  unknown = [s for s in studies if s not in STUDIES]
+  if unknown:
+    raise UserError(f"unknown study {unknown[0]!r}; choose from {', '.join(STUDIES)}")
+  run = checkpoints.load(workdir, step=step)
+  if not hasattr(run.model.backbone, 'describe_units'):
+    raise UserError(f"{run.config.model.name} has no residual units to analyse (DenseNet)")
+  images, labels = eval_images(run.config, limit)
+  out_dir = os.path.join(workdir, 'analysis')
+  os.makedirs(out_dir, exist_ok=True)
+  results = {}
+  if 'lesion' in studies:
+    results['lesion'] = lesion_study(run, images, labels, remove, samples, seed)
+    plot_lesion(results['lesion'], os.path.join(out_dir, 'lesion.png'))
+  if 'paths' in studies:
+    results['paths'] = path_study(run, images, labels, samples, seed)
+    plot_paths(results['paths'], os.path.join(out_dir, 'paths.png'))
+  for name, result in results.items():
+    with open(os.path.join(out_dir, f'{name}.json'), 'w') as f:
+      json.dump({'step': run.step, 'num_examples': int(len(labels)), **result}, f, indent=1)
+  return results
+
+
+def main(argv):
+  if len(argv) > 1:
+    print(f"error: unexpected arguments {' '.join(argv[1:])}", file=sys.stderr)
+    sys.exit(2)
+  try:
+    if not FLAGS.workdir:
+      raise UserError('--workdir is required')
+    results = analyze(FLAGS.workdir, FLAGS.study, FLAGS.step, FLAGS.limit, [int(k) for k in FLAGS.remove],
+                      FLAGS.samples, FLAGS.seed)
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  if 'lesion' in results:
+    lesion = results['lesion']
+    print(f"no unit removed: test error {100 * lesion['baseline_error']:.2f}%")
+    for unit in lesion['units']:
+      mark = '  (changes shape)' if unit['changes_shape'] else ''
+      print(f"  remove stage {unit['stage']} unit {unit['position']:>3}: {100 * unit['error']:6.2f}%{mark}")
+    for k, v in lesion['random_removal'].items():
+      print(f"  remove {k:>3} random units: {100 * v['mean_error']:6.2f}% +- {100 * v['std_error']:.2f}")
+  if 'paths' in results:
+    paths = results['paths']
+    peak = int(np.argmax(paths['total_gradient']))
+    print(f"gradient: most of it through paths of length ~{paths['lengths'][peak]} "
+          f"(of {paths['lengths'][-1]} units)")
+  print(f'results in {os.path.join(FLAGS.workdir, "analysis")}')
+
+
+if __name__ == '__main__':
+  app.run(main)
