@@ -73,3 +73,15 @@ def test_lesion_errors():
     lesion.single_unit_lesions(MODEL, {}, IMAGES, LABELS[:3])
   with pytest.raises(UserError, match="out of range"):
     lesion.lesion_accuracy(MODEL, {}, IMAGES, LABELS, removed=[9])
+
+
+def test_lesions_of_a_checkpoint_classifier(variables):
+  # A loaded checkpoint's model is a Classifier (normalisation + backbone); it passes branch_gates through.
+  from resnet_jax.classifier import Classifier
+  wrapped = Classifier(backbone=MODEL, mean=(0.5, 0.5, 0.5), std=(2.0, 2.0, 2.0))
+  wrapped_vars = {"params": {"backbone": variables["params"]}, "batch_stats": {"backbone": variables["batch_stats"]}}
+  raw = IMAGES * 2.0 + 0.5  # what the Classifier normalises back to IMAGES
+  result = lesion.single_unit_lesions(wrapped, wrapped_vars, raw, LABELS)
+  direct = lesion.single_unit_lesions(MODEL, variables, IMAGES, LABELS)
+  assert result.baseline_accuracy == pytest.approx(direct.baseline_accuracy)
+  np.testing.assert_allclose(result.accuracies, direct.accuracies)

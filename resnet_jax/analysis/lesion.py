@@ -17,13 +17,13 @@ the `Classifier` of a loaded checkpoint (images: raw pixels, as it takes them).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from resnet_jax.analysis._cache import per_model
 from resnet_jax.errors import UserError
 from resnet_jax.models import describe_units, num_residual_units
 from resnet_jax.models.resnet import UnitInfo
@@ -52,7 +52,7 @@ def _check_data(images, labels):
   return images, labels
 
 
-@functools.lru_cache(maxsize=16)  # models are hashable by value: repeated analyses reuse the compilation
+@per_model
 def _correct_fn(model):
   def correct(variables, x, y, mask, gates):
     logits = model.apply(variables, x, train=False, branch_gates=gates)

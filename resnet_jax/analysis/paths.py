@@ -15,7 +15,6 @@ layers of the 110-layer CIFAR net). The selection is done with the model's runti
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Optional, Sequence
 
@@ -23,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from resnet_jax.analysis._cache import per_model
 from resnet_jax.errors import UserError
 from resnet_jax.models import num_residual_units, residual_backbone
 
@@ -57,7 +57,7 @@ class PathGradientResult:
     return t / t.sum() if t.sum() > 0 else t
 
 
-@functools.lru_cache(maxsize=16)  # models are hashable by value: repeated analyses reuse the compilation
+@per_model
 def _grad_norm_fn(model):
   def mean_input_grad_norm(variables, x, y, branch_grad_gates, shortcut_grad_gates):
     def loss(x):
