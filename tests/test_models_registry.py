@@ -47,7 +47,8 @@ def test_unknown_option_lists_valid_options():
     dict(unit_order="preact"), dict(shortcut="gate"), dict(shortcut_type="D"), dict(stride_on="2x2"),
     dict(block="bottleneck"), dict(bn_group_size=0), dict(survival_prob_last=0.0), dict(survival_prob_last=1.5),
     dict(stochastic_depth_mode="layer"), dict(shortcut_dropout_rate=1.0), dict(lesioned_units=(99,)),
-    dict(dtype="float33"), dict(stage_sizes=(1, 1)), dict(cardinality=4), dict(stem="deep"),
+    dict(dtype="float33"), dict(stage_sizes=(1, 1)), dict(cardinality=4), dict(stem="deep"), dict(stage_sizes=3),
+    dict(stage_widths=("a", 2, 3)),
 ])
 def test_invalid_option_values_raise_user_error(overrides):
   with pytest.raises(UserError):

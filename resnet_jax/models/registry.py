@@ -171,7 +171,10 @@ def create_model(name: str, *, num_classes: Optional[int] = None, **overrides: A
       kwargs[key] = canonical_dtype(kwargs[key])
   for key in ("stage_sizes", "stage_widths", "lesioned_units"):
     if key in kwargs:
-      kwargs[key] = tuple(int(v) for v in kwargs[key])
+      try:
+        kwargs[key] = tuple(int(v) for v in kwargs[key])
+      except (TypeError, ValueError) as e:
+        raise UserError(f"{key} must be a sequence of ints, got {kwargs[key]!r}") from e
   model = entry.cls(**kwargs)
   model.check_options()
   return model
