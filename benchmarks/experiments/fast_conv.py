@@ -1,0 +1,139 @@
+"""Experiment (proposed for resnet_jax/models/layers.py): convolutions that XLA:CPU runs on its fast paths.
+
+Two measured problems of XLA:CPU (jax 0.10.2), both invisible on GPU/TPU:
+
+1. `xla::cpu::ConvCanonicalization` (the pass that transposes a convolution into the NHWC/HWIO/NHWC form its
+   Eigen/YNNPACK kernels need) walks only the ENTRY computation. The backward convolutions JAX emits (input
+   gradient: reversed kernel with in/out swapped, `01oi`; kernel gradient: batch and feature swapped) are not
+   in that form, so inside any while loop -- `lax.scan` over steps (config.steps_per_dispatch > 1) or over
+   units (model.scan_units) -- they fall back to XLA's naive elemental convolution loop: ~8x slower steps.
+2. At the top level the kernel-gradient convolutions are canonicalised by transposing both activations
+   (x -> C,H,W,B and dy -> H,W,B,C) every step: ~15-20% of a ResNet-50 step on CPU.
+
+`conv_general_dilated` below is a drop-in for `lax.conv_general_dilated` (flax `nn.Conv(conv_general_dilated=...)`)
+for NHWC inputs and HWIO kernels:
+  * 1x1 convolutions (no padding, no dilation, one group) are a strided slice + `dot_general`: forward, input
+    gradient and kernel gradient are then plain matrix products (no transposes, no convolution emitter);
+  * other convolutions get a custom VJP whose two backward convolutions are written in canonical
+    NHWC/HWIO/NHWC form (the kernel is flipped and transposed explicitly; for the kernel gradient, the
+    activations are transposed explicitly), so they stay on the fast path inside loops too.
+Numerics: the same sums in a different association order (float32 rounding differences only).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _is_nhwc(dimension_numbers) -> bool:
+  if dimension_numbers is None:
+    return False
+  if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
+    return (tuple(dimension_numbers.lhs_spec) == (0, 3, 1, 2) and tuple(dimension_numbers.rhs_spec) == (3, 2, 0, 1)
+            and tuple(dimension_numbers.out_spec) == (0, 3, 1, 2))
+  return tuple(dimension_numbers) == NHWC
+
+
+def _pads(padding, x_shape, k_shape, strides):
+  if isinstance(padding, str):
+    return lax.padtype_to_pads(x_shape[1:3], k_shape[:2], strides, padding)
+  return [tuple(p) for p in padding]
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
+                         preferred_element_type=None):
+  """`lax.conv_general_dilated` with CPU-friendly backward passes (see the module docstring)."""
+  ones = (1, 1)
+  simple = (_is_nhwc(dimension_numbers) and lhs.ndim == 4 and batch_group_count == 1
+            and tuple(lhs_dilation or ones) == ones and tuple(rhs_dilation or ones) == ones)
+  if not simple:
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                    dimension_numbers, feature_group_count, batch_group_count, precision,
+                                    preferred_element_type)
+  strides = tuple(int(s) for s in window_strides)
+  pads = tuple(tuple(int(v) for v in p) for p in _pads(padding, lhs.shape, rhs.shape, strides))
+  if rhs.shape[:2] == (1, 1) and feature_group_count == 1 and pads == ((0, 0), (0, 0)):
+    x = lhs[:, ::strides[0], ::strides[1], :] if strides != ones else lhs
+    return lax.dot_general(x, rhs.reshape(rhs.shape[2:]), (((3,), (0,)), ((), ())), precision=precision,
+                           preferred_element_type=preferred_element_type)
+  if feature_group_count != 1:
+    return lax.conv_general_dilated(lhs, rhs, strides, pads, dimension_numbers=NHWC,
+                                    feature_group_count=feature_group_count, precision=precision,
+                                    preferred_element_type=preferred_element_type)
+  return _canonical_conv(lhs, rhs, strides, pads, precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _canonical_conv(x, w, strides, pads, precision):
+  return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=NHWC, precision=precision)
+
+
+def _canonical_conv_fwd(x, w, strides, pads, precision):
+  return _canonical_conv(x, w, strides, pads, precision), (x, w)
+
+
+def _canonical_conv_bwd(strides, pads, precision, residuals, dy):
+  x, w = residuals
+  kh, kw = w.shape[:2]
+  dx = dw = None
+  # Input gradient: dy dilated by the stride, convolved with the flipped kernel, in/out swapped (HWIO).
+  w_t = jnp.swapaxes(w[::-1, ::-1], 2, 3)
+  dx_pads = []
+  for axis, k in ((1, kh), (2, kw)):
+    s, (lo, _) = strides[axis - 1], pads[axis - 1]
+    n, m = x.shape[axis], dy.shape[axis]
+    dx_pads.append((k - 1 - lo, n - 1 - (m - 1) * s + lo))
+  dx = lax.conv_general_dilated(dy, w_t, (1, 1), dx_pads, lhs_dilation=strides, dimension_numbers=NHWC,
+                                precision=precision).astype(x.dtype)
+  # Kernel gradient: dw[i, j, c, o] = sum_{b, p, q} x_pad[b, p*s + i, q*s + j, c] dy[b, p, q, o], a convolution
+  # of x^T (C as batch, B as feature) with dy^T (H, W, B, O) dilated by the stride, in canonical form.
+  xt = jnp.transpose(x, (3, 1, 2, 0))         # C, H, W, B
+  dyt = jnp.transpose(dy, (1, 2, 0, 3))       # H', W', B, O
+  dw_pads = []
+  for axis, k in ((1, kh), (2, kw)):
+    s, (lo, _) = strides[axis - 1], pads[axis - 1]
+    n, m = x.shape[axis], dy.shape[axis]
+    dw_pads.append((lo, k + (m - 1) * s - n - lo))
+  # Negative high padding crops x (rows no output position reaches).
+  crop = [min(0, hi) for _, hi in dw_pads]
+  if any(crop):
+    xt = xt[:, :x.shape[1] + crop[0], :x.shape[2] + crop[1], :]
+    dw_pads = [(lo, max(0, hi)) for lo, hi in dw_pads]
+  dw = lax.conv_general_dilated(xt, dyt, (1, 1), dw_pads, rhs_dilation=strides, dimension_numbers=NHWC,
+                                precision=precision)  # C, kh, kw, O
+  dw = jnp.transpose(dw, (1, 2, 0, 3)).astype(w.dtype)
+  return dx, dw
+
+
+_canonical_conv.defvjp(_canonical_conv_fwd, _canonical_conv_bwd)
+
+
+class Conv(nn.Conv):
+  """flax `nn.Conv` using `conv_general_dilated` above (same name, parameters and initialisation)."""
+  conv_general_dilated: Any = conv_general_dilated
+
+
+class _LinenWithFastConv:
+  def __getattr__(self, name):
+    return Conv if name == 'Conv' else getattr(nn, name)
+
+
+def patch_layer_factory():
+  """Makes every conv of the resnet_jax zoo use `conv_general_dilated` (for experiments; returns an undo)."""
+  from resnet_jax.models import layers  # pylint: disable=g-import-not-at-top
+  original = layers.nn
+  layers.nn = _LinenWithFastConv()
+
+  def undo():
+    layers.nn = original
+  return undo
