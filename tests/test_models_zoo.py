@@ -95,8 +95,9 @@ def _densenet_run(name):
 
 @pytest.fixture(scope="module", autouse=True)
 def densenet_runs():
-  with ThreadPoolExecutor(1) as pool:
-    yield {name: pool.submit(_densenet_run, name) for name in DENSE}
+  pool = ThreadPoolExecutor(1)
+  yield {name: pool.submit(_densenet_run, name) for name in DENSE}
+  pool.shutdown(wait=True, cancel_futures=True)  # a run that selected no DenseNet test skips what has not started
 
 
 @pytest.mark.parametrize("name", RESIDUAL)
