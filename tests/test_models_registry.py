@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 
 from resnet_jax.errors import UserError
-from resnet_jax.models import (DenseNet, ResNet, count_params, create_model, describe_units, list_models,
+from resnet_jax.models import (DenseNet, ResNet, create_model, describe_units, list_models,
                                model_options, num_residual_units)
 
 REQUIRED = {

@@ -43,10 +43,7 @@ Shortcut type, He et al. 2015 §3.3 / Table 3 (`shortcut_type`), for the shortcu
 
 from __future__ import annotations
 
-from typing import Optional
-
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from resnet_jax.models import layers as L
