@@ -48,5 +48,9 @@ def test_streamed_training_resumes_exactly_and_evaluates_ten_crops(tmp_path):
 
   evaluated = evaluate.evaluate_checkpoint(straight)
   assert evaluated['test_accuracy'] == result['test_accuracy'] and evaluated['num_examples'] == 24
+  # A larger test crop than the training crop (He et al. 2016 Table 5: train 224, test 320).
+  larger = evaluate.evaluate_checkpoint(straight, config=_config(root, **{
+      'input.eval_resize': '48', 'input.eval_crop': '48', 'input.eval_crop_mode': 'center'}))
+  assert larger['num_examples'] == 24 and 0.0 <= larger['test_accuracy'] <= 1.0
   lines = [json.loads(l) for l in open(os.path.join(straight, 'metrics.jsonl'))]
   assert [l['step'] for l in lines if 'train_loss' in l] == [3, 6]
