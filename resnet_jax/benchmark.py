@@ -33,9 +33,10 @@ Fields of the JSON object:
                       the compiled step's memory_analysis() (arguments + outputs - donated aliases + temporaries,
                       per device). `peak_memory_source` says which; `max_rss_bytes` is the process's max RSS.
   flops_per_step      XLA cost analysis of the compiled step, per step and summed over devices. XLA counts a
-                      while-loop body once, so for programs with loops (steps_per_dispatch > 1, scanned units)
-                      the count is scaled by the trip counts, taken from the step's jaxpr (conv/dot FLOPs with
-                      and without loop multiplicity; `flops_source` says what was done).
+                      while-loop body once: with steps_per_dispatch > 1 that body is one step; for loops inside
+                      a step (model.scan_units) the step's convolution + matmul FLOPs are counted from its jaxpr
+                      instead (trip counts included; within a few % of XLA's count of the unrolled model).
+                      `flops_source` says which; `xla_flops_per_dispatch_per_device` keeps XLA's raw count.
   mfu                 flops_per_step * steps/s / (peak FLOP/s per device * devices). Peaks: `PEAK_FLOPS` by
                       device kind and compute dtype, or --peak_flops (per device). null when unknown (CPU).
   device_kind, device_count, backend, jax_version, commit, config, date, argv, xla_flags, ...
@@ -179,12 +180,15 @@ def step_flops(compiled, jaxpr, steps_per_dispatch: int, device_count: int) -> d
     return out
   total = xla * device_count
   if once and with_loops > once and total < 0.7 * with_loops:
-    # XLA counted each loop body once: the steps scan's body is one step; loops inside a step (scanned units)
-    # are scaled by their trip counts.
-    factor = with_loops / once / steps_per_dispatch
-    source = 'xla cost_analysis' if abs(factor - 1) < 1e-9 else (
-        f'xla cost_analysis x {factor:.3f} (trip counts of the loops inside a step, from the jaxpr)')
-    out.update(flops_per_step=total * factor, flops_source=source)
+    # XLA counted each loop body once. The steps scan's body is one step, so with no other loop XLA's count is
+    # the step's. Loops inside a step (scanned units) cannot be scaled reliably from outside (XLA counts the
+    # convolutions of a loop body differently from the unrolled ones), so the step's conv + dot FLOPs from the
+    # jaxpr are used: within a few % of XLA's count of the unrolled model (which adds elementwise work).
+    if abs(with_loops / once / steps_per_dispatch - 1) < 1e-9:
+      out.update(flops_per_step=total, flops_source='xla cost_analysis')
+    else:
+      out.update(flops_per_step=with_loops / steps_per_dispatch,
+                 flops_source='jaxpr conv+dot FLOPs (loops inside the step; XLA counts loop bodies once)')
   else:
     out.update(flops_per_step=total / steps_per_dispatch, flops_source='xla cost_analysis')
   return out
@@ -349,6 +353,30 @@ def _time_dispatches(call, carry, count: int, sync_each: bool):
   return carry, (times if sync_each else time.perf_counter() - start)
 
 
+def _streaming_runner(train, exp, device_augment):
+  """jit(run(state, acc, batch)) for batches fed from a host pipeline: train.make_streaming_runner where the
+  project has it, else the same composition of train.make_train_step and train.accumulate."""
+  if hasattr(train, 'make_streaming_runner'):
+    import dataclasses  # pylint: disable=g-import-not-at-top
+    import types  # pylint: disable=g-import-not-at-top
+    data = types.SimpleNamespace(kind='grain', device_augment=device_augment, image_shape=exp.image_shape,
+                                 num_classes=exp.num_classes)
+    try:
+      return train.make_streaming_runner(dataclasses.replace(exp, train_data=data))
+    except TypeError:  # Experiment without a train_data field
+      pass
+  from resnet_jax import parallel  # pylint: disable=g-import-not-at-top
+  train_step = train.make_train_step(exp.model, exp.tx, device_augment, exp.config)
+  replicated = parallel.replicated(exp.mesh)
+
+  def run(state, acc, batch):
+    step = state.step
+    state, metrics = train_step(state, batch)
+    return state, train.accumulate(acc, metrics, step)
+
+  return jax.jit(run, donate_argnums=(0, 1), out_shardings=(replicated, replicated))
+
+
 def benchmark_train(config, *, steps: int = 20, warmup: int = 2, synthetic: bool = True, feed: str = 'auto',
                     pipelined: bool = True, peak_flops: Optional[float] = None, image_shape=None,
                     num_classes=None, num_examples=None) -> dict[str, Any]:
@@ -364,25 +392,29 @@ def benchmark_train(config, *, steps: int = 20, warmup: int = 2, synthetic: bool
     raise UserError('--steps must be >= 1 and --warmup >= 0')
   mesh = parallel.make_mesh()
   devices = mesh.devices.size
+  batch = config.batch_size
   facts = dataset_facts(config, image_shape, num_classes, num_examples) if synthetic else None
   if feed == 'auto':
-    feed = facts['feed'] if synthetic else KNOWN_DATASETS.get(config.dataset.name, {}).get('feed', 'resident')
+    feed = facts['feed'] if synthetic else None  # real input: whatever build_experiment chose (below)
 
   started = time.perf_counter()
-  if feed == 'fed':
-    # Streamed data: the model, optimizer and schedule come from build_experiment on a small synthetic stand-in
-    # of the split (its resident copy is not used); the batches are fed below.
-    stand_in = dict(facts or dataset_facts(config, image_shape, num_classes, num_examples))
-    stand_in['num_examples'] = max(config.batch_size, 2 * devices)
+  if feed == 'fed' and synthetic:
+    # Streamed data, synthetic: the model, optimizer and schedule come from build_experiment on a small
+    # synthetic stand-in of the split (its resident copy is not used); device batches are fed below.
+    stand_in = dict(facts, num_examples=max(batch, 2 * devices))
     setup = synthetic_dataset(config, stand_in)
   else:
     setup = synthetic_dataset(config, facts) if synthetic else contextlib.nullcontext()
   with setup:
     exp = train.build_experiment(config, mesh)
   setup_s = time.perf_counter() - started
+  streamed = getattr(exp.train_data, 'kind', 'device') == 'grain'
+  if feed is None:
+    feed = 'fed' if streamed else 'resident'
+  if feed == 'resident' and streamed:
+    raise UserError(f"{config.dataset.name} is streamed (Grain), not device-resident; use --feed fed or auto")
   state = train.init_train_state(exp.model, exp.tx, exp.image_shape, config.seed, mesh)
   acc = jax.device_put(train.zero_accumulator(), parallel.replicated(mesh))
-  batch = config.batch_size
 
   if feed == 'resident':
     k = max(1, int(config.get('steps_per_dispatch', 1) or 1))
@@ -397,15 +429,7 @@ def benchmark_train(config, *, steps: int = 20, warmup: int = 2, synthetic: bool
     call = lambda carry: compiled(carry[0], carry[1], arrays)
   else:
     k = 1
-    train_step = train.make_train_step(exp.model, exp.tx, streaming.StreamingTrainData.device_augment, config)
-
-    def fed_step(state, acc, batch):
-      step = state.step
-      state, metrics = train_step(state, batch)
-      return state, train.accumulate(acc, metrics, step)
-
-    replicated = parallel.replicated(mesh)
-    fed = jax.jit(fed_step, donate_argnums=(0, 1), out_shardings=(replicated, replicated))
+    fed = _streaming_runner(train, exp, streaming.StreamingTrainData.device_augment)
     if synthetic:
       # Two device batches alternate (a new input buffer each step, as a prefetching pipeline delivers them).
       rng = np.random.default_rng(config.seed)
@@ -414,21 +438,18 @@ def benchmark_train(config, *, steps: int = 20, warmup: int = 2, synthetic: bool
       local = parallel.local_batch_slice(batch, mesh)
       batches = [parallel.host_to_global({k_: v[local] for k_, v in b.items()}, mesh, batch) for b in host]
       next_batch = lambda i: batches[i % 2]
+    elif streamed:
+      next_batch = lambda i: next(exp.train_data)
     else:
-      from resnet_jax.data import pipelines, sources  # pylint: disable=g-import-not-at-top
-      ds = config.dataset
-      stream = pipelines.make_train_data(config, mesh, sources.open_split(ds.name, ds.train_split,
-                                                                          ds.get('data_dir')))
-      if stream.kind != 'grain':
-        raise UserError("--feed fed without --synthetic needs a streamed dataset; use --feed resident")
-      next_batch = lambda i: next(stream)
+      raise UserError(f"--feed fed needs --synthetic or a streamed dataset; {config.dataset.name} is "
+                      "device-resident (use --feed resident)")
     t0 = time.perf_counter()
     traced = fed.trace(state, acc, next_batch(0))
     lowered = traced.lower()
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
-    counter = iter(range(10**12))
+    counter = iter(range(1, 10**12))
     call = lambda carry: compiled(carry[0], carry[1], next_batch(next(counter)))
 
   carry = (state, acc)

@@ -5,6 +5,7 @@ changes proposed to files outside benchmarks/; nothing here is used by resnet_ja
 
 PATCHES (comma-separated):
   fast_conv    resnet_jax.models.layers convolutions via benchmarks/experiments/fast_conv.py
+  no_donate    train.make_resident_runner's jit without donate_argnums (to measure what donation buys)
 """
 
 import os
@@ -18,8 +19,29 @@ def apply(patches):
     if name == 'fast_conv':
       import fast_conv  # pylint: disable=g-import-not-at-top
       fast_conv.patch_layer_factory()
+    elif name == 'no_donate':
+      _no_donate()
     else:
       raise SystemExit(f'unknown patch {name!r}')
+
+
+def _no_donate():
+  import jax  # pylint: disable=g-import-not-at-top
+  from resnet_jax import train  # pylint: disable=g-import-not-at-top
+  original = train.make_resident_runner
+
+  def make_resident_runner(exp):
+    real_jit = jax.jit
+
+    def jit(*args, **kwargs):
+      kwargs.pop('donate_argnums', None)
+      return real_jit(*args, **kwargs)
+    jax.jit = jit
+    try:
+      return original(exp)
+    finally:
+      jax.jit = real_jit
+  train.make_resident_runner = make_resident_runner
 
 
 if __name__ == '__main__':
