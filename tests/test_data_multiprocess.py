@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, xla_flags
 from resnet_jax.data import testing
 
 WORKER = r'''
@@ -88,7 +88,7 @@ def test_two_processes_read_disjoint_shards_that_cover_the_split(tmp_path, devic
   port = _free_port()
   procs = []
   for process_id in range(2):
-    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}',
+    env = dict(os.environ, XLA_FLAGS=xla_flags(devices_per_process),
                JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1')
     procs.append(subprocess.Popen([sys.executable, str(script), str(port), str(process_id), str(tmp_path),
                                    str(tmp_path / f'report{process_id}.json')], cwd=REPO, env=env,

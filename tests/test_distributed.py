@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, run_python
+from conftest import REPO, run_python, xla_flags
 from resnet_jax import checkpoints
 from resnet_jax.models import create_model
 
@@ -58,7 +58,7 @@ def test_same_parameters_on_1_device_8_devices_and_2_processes(tmp_path):
           '--config.log_every_steps=3', '--config.checkpoint_every_steps=3', '--workdir', str(tmp_path / 'two_by_two')]
   procs = []
   for process_id in range(2):
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu',
+    env = dict(os.environ, XLA_FLAGS=xla_flags(2), JAX_PLATFORMS='cpu',
                JAX_COORDINATOR_ADDRESS=f'localhost:{port}', JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(process_id))
     procs.append(subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True))
@@ -80,12 +80,12 @@ def test_same_parameters_on_1_device_8_devices_and_2_processes(tmp_path):
 
 
 def test_sigterm_saves_and_the_resumed_run_equals_the_uninterrupted_one(tmp_path):
-  steps = 400
+  steps = 120
   _train_cli(tmp_path / 'straight', steps)
   workdir = tmp_path / 'preempted'
   args = [sys.executable, '-m', 'resnet_jax.main', *TINY, f'--config.total_steps={steps}',
           '--config.log_every_steps=50', '--config.checkpoint_every_steps=1000', '--workdir', str(workdir)]
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1', JAX_PLATFORMS='cpu',
+  env = dict(os.environ, XLA_FLAGS=xla_flags(1), JAX_PLATFORMS='cpu',
              PYTHONUNBUFFERED='1')
   proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   seen = ''

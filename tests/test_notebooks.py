@@ -23,7 +23,8 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     source = source.replace("os.path.abspath('runs/notebook_quickstart')", repr(str(tmp_path / 'run')))
     source = source.replace('EPOCHS = 20', 'EPOCHS = 1')
     source = source.replace("[('total_epochs', str(EPOCHS))]",
-                            "[('total_epochs', str(EPOCHS)), ('schedule.boundaries_epochs', 'None')]")
+                            "[('total_epochs', str(EPOCHS)), ('schedule.boundaries_epochs', 'None'), "
+                            "('model.stage_widths', '(8,8,8)')]")
     exec(compile(source, 'notebook', 'exec'), namespace)  # pylint: disable=exec-used
   assert shown and shown[0].endswith('curves.png')
   assert 0.0 <= namespace['result']['test_accuracy'] <= 1.0

@@ -83,11 +83,10 @@ def test_eval_mode_reports_the_final_accuracy(trained):
   assert record['test_accuracy'] == evaluated['test_accuracy']
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path):
+def test_resumed_run_equals_uninterrupted_run(trained, tmp_path):
   """6 steps, stop, then resume to 12, gives the parameters of 12 steps in one go (bitwise on CPU)."""
-  straight = str(tmp_path / 'straight')
+  straight, _ = trained
   split = str(tmp_path / 'split')
-  train.train_and_evaluate(tiny_config(), straight)
   train.train_and_evaluate(tiny_config(total_steps='6', eval_every_steps='6'), split)
   train.train_and_evaluate(tiny_config(), split)
   a, b = checkpoints.load(straight), checkpoints.load(split)
