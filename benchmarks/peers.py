@@ -10,8 +10,7 @@ softmax cross-entropy; SGD momentum 0.9 with coupled L2 weight decay 1e-4 (added
 the step jitted (or torch.compiled) with the training state donated; the loss and the accuracy count computed in
 the step and left on the device.
 
-  resnet_jax   resnet_jax.train's own step (`make_train_step` + `accumulate`, i.e. what the train loop runs for a
-               fed batch) on `create_model('resnet50')` built from configs/default.py.
+  resnet_jax   resnet_jax.train's own step (`make_streaming_runner`: what the train loop runs for a fed batch) on `create_model('resnet50')` built from configs/default.py.
   haiku        dm-haiku `hk.nets.ResNet50` (the JAX peer; runs anywhere: `pip install dm-haiku`), optax SGD with
                the same chain, bf16 through haiku's jmp mixed-precision policy (BatchNorm kept float32, as haiku's
                ImageNet example does).
@@ -93,13 +92,9 @@ def make_resnet_jax(batch: dict[str, np.ndarray], dtype: str, model_name: str = 
   model = classifier.model_from_config(config, NUM_CLASSES, MEAN, STD)
   tx = optim.make_optimizer(config, optim.make_schedule(config, 1000.0, int(config.total_steps)))
 
-  class _Exp:  # the fields train.make_streaming_runner / the fallback read
-    pass
-  exp = _Exp()
-  exp.model, exp.tx, exp.config, exp.mesh = model, tx, config, mesh
-  exp.image_shape, exp.num_classes = tuple(batch['image'].shape[1:]), NUM_CLASSES
-  run = _resnet_jax_runner(train, exp, streaming.StreamingTrainData.device_augment)
-  state = train.init_train_state(model, tx, exp.image_shape, 0, mesh)
+  # The train loop's own step for a fed batch (augmentation on the host; on the device only the cast).
+  run = train.make_streaming_runner(model, tx, streaming.StreamingTrainData.device_augment, config, mesh)
+  state = train.init_train_state(model, tx, tuple(batch['image'].shape[1:]), 0, mesh)
   acc = jax.device_put(train.zero_accumulator(), parallel.replicated(mesh))
   device_batch = jax.device_put(batch, parallel.batch_sharding(mesh))
   started = time.perf_counter()
@@ -118,26 +113,6 @@ def make_resnet_jax(batch: dict[str, np.ndarray], dtype: str, model_name: str = 
 
   return step, compile_s, {'xla_flops_per_step': flops, 'loss': loss,
                            'params': int(sum(x.size for x in jax.tree.leaves(state.params)))}
-
-
-def _resnet_jax_runner(train, exp, device_augment):
-  """train.make_streaming_runner when the project has it, else the same composition (jit + donation)."""
-  if hasattr(train, 'make_streaming_runner'):
-    import types  # pylint: disable=g-import-not-at-top
-    exp.train_data = types.SimpleNamespace(kind='grain', device_augment=device_augment,
-                                           image_shape=exp.image_shape, num_classes=exp.num_classes)
-    exp.augment = device_augment
-    return train.make_streaming_runner(exp)
-  from resnet_jax import parallel  # pylint: disable=g-import-not-at-top
-  train_step = train.make_train_step(exp.model, exp.tx, device_augment, exp.config)
-  replicated = parallel.replicated(exp.mesh)
-
-  def run(state, acc, batch):
-    step = state.step
-    state, metrics = train_step(state, batch)
-    return state, train.accumulate(acc, metrics, step)
-
-  return jax.jit(run, donate_argnums=(0, 1), out_shardings=(replicated, replicated))
 
 
 def make_haiku(batch: dict[str, np.ndarray], dtype: str):

@@ -63,6 +63,7 @@ import numpy as np
 
 from resnet_jax import config as config_lib
 from resnet_jax.errors import UserError
+from resnet_jax.models import counting
 
 # ----------------------------------------------------------------------------------------------------------
 # Device peaks (dense, no sparsity), FLOP/s per JAX device. Sources: /work/shared/reference/performance_anchors.md
@@ -118,43 +119,6 @@ def peak_flops_per_device(device_kind: str, dtype_name: str) -> Optional[float]:
 # FLOPs.
 
 
-def _sub_jaxprs(value):
-  if hasattr(value, 'eqns'):
-    yield value
-  elif hasattr(value, 'jaxpr') and hasattr(value, 'consts'):
-    yield value.jaxpr
-  elif isinstance(value, (tuple, list)):
-    for v in value:
-      yield from _sub_jaxprs(v)
-
-
-def jaxpr_conv_dot_flops(jaxpr, loops: bool = True) -> int:
-  """2 x multiply-adds of every convolution and dot product of a jaxpr, sub-jaxprs included.
-
-  loops=True multiplies scan bodies by their length (the work done); loops=False counts every loop body once,
-  as XLA's HloCostAnalysis does for while loops. `cond` counts its largest branch; `while` counts once.
-  """
-  total = 0
-  for eqn in jaxpr.eqns:
-    name = eqn.primitive.name
-    if name == 'conv_general_dilated':
-      rhs = eqn.invars[1].aval.shape
-      out = eqn.outvars[0].aval.shape
-      rhs_spec = eqn.params['dimension_numbers'].rhs_spec  # (out_feature, in_feature, *spatial)
-      per_output = rhs[rhs_spec[1]] * math.prod(rhs[d] for d in rhs_spec[2:])
-      total += 2 * math.prod(out) * per_output // max(1, eqn.params.get('batch_group_count', 1))
-    elif name == 'dot_general':
-      lhs, rhs = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
-      (_, rc), (_, rb) = eqn.params['dimension_numbers']
-      total += 2 * math.prod(lhs) * math.prod(rhs[d] for d in range(len(rhs)) if d not in rc and d not in rb)
-    elif name == 'cond':
-      total += max((jaxpr_conv_dot_flops(j, loops) for j in _sub_jaxprs(eqn.params['branches'])), default=0)
-    else:
-      inner = sum(jaxpr_conv_dot_flops(j, loops) for v in eqn.params.values() for j in _sub_jaxprs(v))
-      total += inner * (int(eqn.params['length']) if loops and name == 'scan' else 1)
-  return total
-
-
 def _cost_flops(compiled) -> Optional[float]:
   try:
     cost = compiled.cost_analysis()
@@ -170,8 +134,8 @@ def _cost_flops(compiled) -> Optional[float]:
 def step_flops(compiled, jaxpr, steps_per_dispatch: int, device_count: int) -> dict[str, Any]:
   """FLOPs of one train step summed over devices (see the module docstring), with how they were obtained."""
   xla = _cost_flops(compiled)  # per device, per dispatch, loop bodies once
-  with_loops = jaxpr_conv_dot_flops(jaxpr, loops=True)   # global, per dispatch
-  once = jaxpr_conv_dot_flops(jaxpr, loops=False)
+  with_loops = 2 * counting.jaxpr_macs(jaxpr, loop_trips=True)   # global, per dispatch
+  once = 2 * counting.jaxpr_macs(jaxpr, loop_trips=False)
   out = {'xla_flops_per_dispatch_per_device': xla,
          'jaxpr_conv_dot_flops_per_step': with_loops / steps_per_dispatch}
   if xla is None:
@@ -353,30 +317,6 @@ def _time_dispatches(call, carry, count: int, sync_each: bool):
   return carry, (times if sync_each else time.perf_counter() - start)
 
 
-def _streaming_runner(train, exp, device_augment):
-  """jit(run(state, acc, batch)) for batches fed from a host pipeline: train.make_streaming_runner where the
-  project has it, else the same composition of train.make_train_step and train.accumulate."""
-  if hasattr(train, 'make_streaming_runner'):
-    import dataclasses  # pylint: disable=g-import-not-at-top
-    import types  # pylint: disable=g-import-not-at-top
-    data = types.SimpleNamespace(kind='grain', device_augment=device_augment, image_shape=exp.image_shape,
-                                 num_classes=exp.num_classes)
-    try:
-      return train.make_streaming_runner(dataclasses.replace(exp, train_data=data))
-    except TypeError:  # Experiment without a train_data field
-      pass
-  from resnet_jax import parallel  # pylint: disable=g-import-not-at-top
-  train_step = train.make_train_step(exp.model, exp.tx, device_augment, exp.config)
-  replicated = parallel.replicated(exp.mesh)
-
-  def run(state, acc, batch):
-    step = state.step
-    state, metrics = train_step(state, batch)
-    return state, train.accumulate(acc, metrics, step)
-
-  return jax.jit(run, donate_argnums=(0, 1), out_shardings=(replicated, replicated))
-
-
 def benchmark_train(config, *, steps: int = 20, warmup: int = 2, synthetic: bool = True, feed: str = 'auto',
                     pipelined: bool = True, peak_flops: Optional[float] = None, image_shape=None,
                     num_classes=None, num_examples=None) -> dict[str, Any]:
@@ -429,7 +369,9 @@ def benchmark_train(config, *, steps: int = 20, warmup: int = 2, synthetic: bool
     call = lambda carry: compiled(carry[0], carry[1], arrays)
   else:
     k = 1
-    fed = _streaming_runner(train, exp, streaming.StreamingTrainData.device_augment)
+    # The streamed input's on-device part (a cast: crops and flips happen on the host), whatever the stand-in.
+    fed = train.make_streaming_runner(exp.model, exp.tx, streaming.StreamingTrainData.device_augment,
+                                      exp.config, exp.mesh)
     if synthetic:
       # Two device batches alternate (a new input buffer each step, as a prefetching pipeline delivers them).
       rng = np.random.default_rng(config.seed)

@@ -249,10 +249,13 @@ def make_resident_runner(exp: Experiment) -> Callable:
   return run
 
 
-def make_streaming_runner(exp: Experiment) -> Callable:
-  """jit(run(state, acc, batch)): one train step on a batch fed from the host pipeline."""
-  train_step = make_train_step(exp.model, exp.tx, exp.augment, exp.config)
-  replicated = parallel.replicated(exp.mesh)
+def make_streaming_runner(model, tx, augment, config, mesh: jax.sharding.Mesh) -> Callable:
+  """jit(run(state, acc, batch)): one train step on a batch fed from the host pipeline.
+
+  Built from parts rather than an Experiment so that benchmarks can run the very same step on synthetic
+  batches (`augment` is the on-device part of the input's augmentation)."""
+  train_step = make_train_step(model, tx, augment, config)
+  replicated = parallel.replicated(mesh)
 
   @functools.partial(jax.jit, donate_argnums=(0, 1), out_shardings=(replicated, replicated))
   def run(state, acc, batch):
@@ -270,7 +273,8 @@ class _Steps:
     self.exp = exp
     self.on_compile = on_compile
     self.resident = exp.train_data.kind == 'device'
-    self.runner = make_resident_runner(exp) if self.resident else make_streaming_runner(exp)
+    self.runner = (make_resident_runner(exp) if self.resident else
+                   make_streaming_runner(exp.model, exp.tx, exp.augment, exp.config, exp.mesh))
     self.compiled: dict[int, Any] = {}
 
   def _compile(self, key: int, *args) -> Any:

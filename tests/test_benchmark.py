@@ -14,6 +14,7 @@ import pytest
 from conftest import run_python
 from resnet_jax import benchmark
 from resnet_jax import config as config_lib
+from resnet_jax.models import counting
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICKSTART = os.path.join(REPO, 'configs', 'quickstart.py')
@@ -87,8 +88,8 @@ def test_jaxpr_flops_count_scan_trips_and_loop_handling():
   def looped(x):
     return jax.lax.scan(lambda c, _: (c @ w, None), x, None, length=5)[0]
   jaxpr = jax.make_jaxpr(looped)(x).jaxpr
-  assert benchmark.jaxpr_conv_dot_flops(jaxpr) == 5 * 2 * 4 * 8 * 8
-  assert benchmark.jaxpr_conv_dot_flops(jaxpr, loops=False) == 2 * 4 * 8 * 8
+  assert counting.jaxpr_macs(jaxpr) == 5 * 4 * 8 * 8
+  assert counting.jaxpr_macs(jaxpr, loop_trips=False) == 4 * 8 * 8
   compiled = jax.jit(looped).lower(x).compile()
   flops = benchmark.step_flops(compiled, jaxpr, steps_per_dispatch=1, device_count=1)
   assert flops['xla_flops_per_dispatch_per_device'] == pytest.approx(2 * 4 * 8 * 8, rel=0.05)  # body once

@@ -1,31 +1,30 @@
-r"""`python -m resnet_jax.benchmark` with experimental patches of other modules applied first (measurements for
-changes proposed to files outside benchmarks/; nothing here is used by resnet_jax itself).
+r"""`python -m resnet_jax.benchmark` with a change to resnet_jax undone or applied first: the "before" side of a
+before/after measurement of an optimisation (nothing here is used by resnet_jax itself).
 
-  PATCHES=fast_conv python benchmarks/experiments/patched_benchmark.py --config ... --json ...
+  PATCHES=lax_conv python benchmarks/experiments/patched_benchmark.py --config ... --json ...
 
 PATCHES (comma-separated):
-  fast_conv    resnet_jax.models.layers convolutions via benchmarks/experiments/fast_conv.py
-  no_donate    train.make_resident_runner's jit without donate_argnums (to measure what donation buys)
+  lax_conv     every convolution of the zoo through plain flax nn.Conv / lax.conv_general_dilated, i.e. without
+               resnet_jax.models.conv's CPU rewrite
+  no_donate    train.make_resident_runner's jit without donate_argnums (what buffer donation buys)
 """
 
 import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import types
 
 
-def apply(patches):
-  for name in [p.strip() for p in patches.split(',') if p.strip()]:
-    if name == 'fast_conv':
-      import fast_conv  # pylint: disable=g-import-not-at-top
-      fast_conv.patch_layer_factory()
-    elif name == 'no_donate':
-      _no_donate()
-    else:
-      raise SystemExit(f'unknown patch {name!r}')
+def lax_conv():
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from resnet_jax.models import layers  # pylint: disable=g-import-not-at-top
+  original = layers.conv_lib
+  layers.conv_lib = types.SimpleNamespace(Conv=nn.Conv)
+
+  def undo():
+    layers.conv_lib = original
+  return undo
 
 
-def _no_donate():
+def no_donate():
   import jax  # pylint: disable=g-import-not-at-top
   from resnet_jax import train  # pylint: disable=g-import-not-at-top
   original = train.make_resident_runner
@@ -42,6 +41,20 @@ def _no_donate():
     finally:
       jax.jit = real_jit
   train.make_resident_runner = make_resident_runner
+
+  def undo():
+    train.make_resident_runner = original
+  return undo
+
+
+PATCHES = {'lax_conv': lax_conv, 'no_donate': no_donate}
+
+
+def apply(names: str):
+  for name in [p.strip() for p in names.split(',') if p.strip()]:
+    if name not in PATCHES:
+      raise SystemExit(f'unknown patch {name!r}; choose from {", ".join(PATCHES)}')
+    PATCHES[name]()
 
 
 if __name__ == '__main__':

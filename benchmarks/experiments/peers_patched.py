@@ -1,7 +1,7 @@
-r"""benchmarks/peers.py plus resnet_jax variants with experimental patches (see patched_benchmark.py), all in
-the same interleaved run:
+r"""benchmarks/peers.py plus resnet_jax variants with a patch of patched_benchmark.py applied, all in the same
+interleaved run (before/after of an optimisation, beside the peers):
 
-  python benchmarks/experiments/peers_patched.py --impls resnet_jax,resnet_jax+fast_conv,haiku --batch_size 8
+  python benchmarks/experiments/peers_patched.py --impls resnet_jax,resnet_jax+lax_conv,haiku --batch_size 8
 """
 
 import os
@@ -11,7 +11,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
-import fast_conv  # pylint: disable=g-import-not-at-top,wrong-import-position
+import patched_benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
 import peers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -25,7 +25,8 @@ def _patched(make, patch):
   return build
 
 
-peers.IMPLEMENTATIONS['resnet_jax+fast_conv'] = _patched(peers.make_resnet_jax, fast_conv.patch_layer_factory)
+for _name, _patch in patched_benchmark.PATCHES.items():
+  peers.IMPLEMENTATIONS[f'resnet_jax+{_name}'] = _patched(peers.make_resnet_jax, _patch)
 
 if __name__ == '__main__':
   peers.main()

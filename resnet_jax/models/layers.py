@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax.errors import UserError
+from resnet_jax.models import conv as conv_lib
 
 Array = jax.Array
 Dtype = Any
@@ -150,7 +151,7 @@ class LayerFactory:
 
   Convolutions: no bias, He normal fan_out init, torch-style symmetric padding k//2 (so a stride-2 3x3 conv
   samples the same positions as the stride-2 1x1 projection and option A's subsampling), `groups` ->
-  `feature_group_count` (ResNeXt).
+  `feature_group_count` (ResNeXt); `conv_lib.Conv`, which keeps XLA:CPU's backward convolutions on its fast path.
   """
 
   train: bool = False
@@ -163,7 +164,7 @@ class LayerFactory:
   def conv(self, features: int, kernel_size: int, stride: int = 1, groups: int = 1, *, name: Optional[str] = None,
            zero_init: bool = False) -> nn.Conv:
     pad = kernel_size // 2
-    return nn.Conv(
+    return conv_lib.Conv(
         features, (kernel_size, kernel_size), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
         feature_group_count=groups, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=nn.initializers.zeros if zero_init else he_normal_fan_out, name=name)
@@ -177,7 +178,7 @@ class LayerFactory:
   def gate(self, features: int, stride: int, bias_init: float, *, name: str) -> nn.Conv:
     """The 1x1 conv of a shortcut gate g(x) = sigmoid(W x + b) (He et al. 2016 Fig. 2(c)/(d)); b starts at
     `bias_init`. Has a bias (it is the b of the formula) and no BatchNorm."""
-    return nn.Conv(
+    return conv_lib.Conv(
         features, (1, 1), strides=(stride, stride), padding="VALID", use_bias=True, dtype=self.dtype,
         param_dtype=self.param_dtype, kernel_init=he_normal_fan_out,
         bias_init=nn.initializers.constant(bias_init), name=name)
