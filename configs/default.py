@@ -111,4 +111,7 @@ def get_config():
   config.on_nonfinite = 'stop'
   # Train steps run per dispatch from the host (lax.scan) when the data is device-resident.
   config.steps_per_dispatch = 1
+  # Persistent XLA compilation cache (e.g. ~/.cache/resnet_jax/xla), shared by runs: a resumed or repeated run
+  # loads its compiled steps instead of compiling them. '' = none (JAX_COMPILATION_CACHE_DIR still applies).
+  config.compilation_cache_dir = ''
   return config

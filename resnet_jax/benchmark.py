@@ -520,19 +520,12 @@ def make_parser() -> argparse.ArgumentParser:
   return p
 
 
-def enable_compilation_cache(path: str) -> None:
-  """Persistent compilation cache for every compile of this process (call before the first compile)."""
-  os.makedirs(path, exist_ok=True)
-  jax.config.update('jax_compilation_cache_dir', os.path.abspath(path))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
-
-
 def run(argv: Sequence[str]) -> dict[str, Any]:
   rest, overrides = config_lib.split_override_args(list(argv))
   args = make_parser().parse_args(rest)
   if args.compilation_cache:
-    enable_compilation_cache(args.compilation_cache)
+    from resnet_jax import train  # pylint: disable=g-import-not-at-top
+    train.enable_compilation_cache(args.compilation_cache)
   config = config_lib.build_config(args.config, overrides)
   if args.batch_size is not None:
     if args.batch_size <= 0:

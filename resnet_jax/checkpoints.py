@@ -15,6 +15,7 @@ import dataclasses
 import os
 from typing import Any, Mapping, Optional
 
+from absl import logging as absl_logging
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -40,7 +41,14 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
         enable_async_checkpointing=not read_only, read_only=read_only, create=not read_only)
-    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=('state', 'meta'))
+    # A read-only manager logs a warning that it is read-only; for evaluation and `load` that is the intent.
+    verbosity = absl_logging.get_verbosity()
+    if read_only:
+      absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+      self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=('state', 'meta'))
+    finally:
+      absl_logging.set_verbosity(verbosity)
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()

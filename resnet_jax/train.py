@@ -362,6 +362,20 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
                       "another run, or the same config to resume this one")
 
 
+def enable_compilation_cache(path: str) -> None:
+  """Persistent XLA compilation cache for every later compile of this process: a resumed or repeated run loads
+  its compiled steps instead of compiling them (every entry, however quick to compile)."""
+  path = os.path.abspath(os.path.expanduser(path))
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"config.compilation_cache_dir {path!r} cannot be created ({e.strerror}); choose a writable "
+                    "directory, or '' for no cache") from None
+  jax.config.update('jax_compilation_cache_dir', path)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains and evaluates per `config`, resuming from the latest checkpoint in `workdir` if there is one.
 
@@ -369,6 +383,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   mesh = parallel.make_mesh()
   check_same_run(config, workdir)
+  if config.get('compilation_cache_dir'):
+    enable_compilation_cache(config.compilation_cache_dir)
   exp = build_experiment(config, mesh, start_step=checkpoints.latest_step(workdir) or 0)
   try:
     prepare_workdir(workdir)

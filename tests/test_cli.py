@@ -14,9 +14,12 @@ QUICK = ['--config', 'configs/quickstart.py', '--config.total_steps=10', '--conf
 
 def test_cli_trains_resumes_and_evaluates(tmp_path):
   workdir = str(tmp_path / 'quick')
-  first = run_python(['-m', 'resnet_jax.main', *QUICK, '--workdir', workdir], devices=2)
+  cache = tmp_path / 'xla_cache'
+  first = run_python(['-m', 'resnet_jax.main', *QUICK, '--workdir', workdir,
+                      f'--config.compilation_cache_dir={cache}'], devices=2)
   assert first.returncode == 0, first.stderr[-3000:]
   assert 'step 10/10' in first.stderr and 'img/s' in first.stderr and 'ETA' in first.stderr
+  assert len(os.listdir(cache)) >= 2  # the persistent cache holds the compiled init and train step
   lines = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
   final = [l for l in lines if 'test_accuracy' in l][-1]
 
@@ -26,6 +29,7 @@ def test_cli_trains_resumes_and_evaluates(tmp_path):
 
   evaluated = run_python(['-m', 'resnet_jax.main', '--workdir', workdir, '--mode', 'eval'], devices=1)
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  assert 'read only' not in evaluated.stderr  # no Orbax warning about the read-only manager evaluation uses
   assert f"test_accuracy {final['test_accuracy']:.4f}" in evaluated.stdout
 
 

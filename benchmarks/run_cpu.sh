@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# CPU benchmark suite (project issue #6): the before/after measurements behind each CPU optimisation and the
+# CPU targets, every comparison interleaved in one invocation (shared machines: only ratios are meaningful).
+# Writes benchmarks/results/cpu_<name>.jsonl (JSON Lines) and cpu_run.log. ~20 min on 2 cores.
+#
+#   bash benchmarks/run_cpu.sh
+#   ONLY="dispatch preact1001" bash benchmarks/run_cpu.sh
+#
+# The peers comparison needs `pip install dm-haiku` (never a dependency of resnet_jax).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python}
+OUT=benchmarks/results
+mkdir -p "$OUT"
+LOG="$OUT/cpu_run.log"
+ONLY=${ONLY:-"peers dispatch donation preact1001 input"}
+PATCHED="RUNNER=benchmarks/experiments/patched_benchmark.py"
+
+want() { [[ " $ONLY " == *" $1 "* ]]; }
+run() { echo "+ $*" | tee -a "$LOG"; "$@" 2>&1 | tee -a "$LOG" | grep -vE '^\{' || true; }
+
+if want peers; then
+  # ResNet-50 train step, batch 8 at 224, float32: resnet_jax vs the same without models/conv.py vs haiku.
+  run "$PY" benchmarks/experiments/peers_patched.py --impls resnet_jax,resnet_jax+lax_conv,haiku \
+      --batch_size 8 --image_size 224 --rounds 4 --steps 2 --json "$OUT/cpu_peers_resnet50.jsonl"
+fi
+if want dispatch; then
+  # CIFAR ResNet-20, batch 128, device-resident input: 1 vs 8 steps per dispatch (lax.scan over steps), with
+  # and without models/conv.py (XLA:CPU's backward convolutions inside a loop).
+  run "$PY" benchmarks/compare.py --rounds 2 --json "$OUT/cpu_cifar_resnet20_dispatch.jsonl" \
+      --common "--config configs/default.py --config.model.name=cifar_resnet20 --synthetic --steps 16 --warmup 8" \
+      --variant "k1::--config.steps_per_dispatch=1" \
+      --variant "k8::--config.steps_per_dispatch=8" \
+      --variant "k1_lax_conv:$PATCHED PATCHES=lax_conv:--config.steps_per_dispatch=1"
+  # Plain lax convolutions inside the steps scan fall off XLA:CPU's fast path: one dispatch of 8 steps only.
+  run timeout 900 env PATCHES=lax_conv "$PY" benchmarks/experiments/patched_benchmark.py --config configs/default.py \
+      --config.model.name=cifar_resnet20 --synthetic --config.steps_per_dispatch=8 --steps 8 --warmup 0 \
+      --no_pipelined --tag k8_lax_conv --json "$OUT/cpu_cifar_resnet20_dispatch.jsonl"
+fi
+if want donation; then
+  run "$PY" benchmarks/compare.py --rounds 2 --json "$OUT/cpu_cifar_resnet20_donation.jsonl" \
+      --common "--config configs/default.py --config.model.name=cifar_resnet20 --synthetic --steps 16 --warmup 8 --config.steps_per_dispatch=8" \
+      --variant "donated::" \
+      --variant "no_donate:$PATCHED PATCHES=no_donate:"
+fi
+if want preact1001; then
+  # Pre-activation ResNet-1001 (issue target: compile <= 60 s on 2 cores with scanned units), batch 16.
+  run "$PY" benchmarks/compare.py --rounds 1 --json "$OUT/cpu_cifar_preact_resnet1001.jsonl" \
+      --common "--config configs/cifar.py:preact_resnet1001 --synthetic --batch_size 16 --steps 2 --warmup 1 --no_pipelined --config.model.scan_units=True" \
+      --variant "scan::" \
+      --variant "scan_remat::--config.model.remat=True"
+fi
+if want input; then
+  # Input pipelines alone: device-resident CIFAR augmentation; Grain ImageNet (synthetic JPEGs) per worker count.
+  run "$PY" -m resnet_jax.benchmark --config configs/default.py --input_only --steps 200 --json "$OUT/cpu_input.jsonl"
+  run "$PY" -m resnet_jax.benchmark --config configs/imagenet.py --input_only --batch_size 64 --steps 8 \
+      --workers 0,1,2 --json "$OUT/cpu_input.jsonl"
+fi
+echo "results in $OUT/cpu_*.jsonl; log $LOG"
