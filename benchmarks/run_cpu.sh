@@ -47,7 +47,7 @@ fi
 if want preact1001; then
   # Pre-activation ResNet-1001 (issue target: compile <= 60 s on 2 cores with scanned units), batch 16.
   run "$PY" benchmarks/compare.py --rounds 1 --json "$OUT/cpu_cifar_preact_resnet1001.jsonl" \
-      --common "--config configs/cifar.py:preact_resnet1001 --synthetic --batch_size 16 --steps 2 --warmup 1 --no_pipelined --config.model.scan_units=True" \
+      --common "--config configs/cifar.py:preact_resnet1001 --synthetic --batch_size 16 --steps 2 --warmup 1 --no_pipelined --config.model.scan_units=True --config.batch_norm.group_size=16" \
       --variant "scan::" \
       --variant "scan_remat::--config.model.remat=True"
 fi
