@@ -14,7 +14,7 @@ PY=${PYTHON:-python}
 OUT=benchmarks/results
 mkdir -p "$OUT"
 LOG="$OUT/cpu_run.log"
-ONLY=${ONLY:-"peers dispatch donation preact1001 input"}
+ONLY=${ONLY:-"peers dispatch donation preact1001 cache input"}
 PATCHED="RUNNER=benchmarks/experiments/patched_benchmark.py"
 
 want() { [[ " $ONLY " == *" $1 "* ]]; }
@@ -50,6 +50,16 @@ if want preact1001; then
       --common "--config configs/cifar.py:preact_resnet1001 --synthetic --batch_size 16 --steps 2 --warmup 1 --no_pipelined --config.model.scan_units=True --config.batch_norm.group_size=16" \
       --variant "scan::" \
       --variant "scan_remat::--config.model.remat=True"
+fi
+if want cache; then
+  # Compile time with a cold, then a warm persistent compilation cache (config.compilation_cache_dir in training).
+  COLD=$(mktemp -d)
+  for ROUND in cold warm; do
+    run "$PY" -m resnet_jax.benchmark --config configs/cifar.py:preact_resnet1001 --synthetic --batch_size 16 \
+        --config.batch_norm.group_size=16 --config.model.scan_units=True --steps 1 --warmup 0 --no_pipelined \
+        --compilation_cache "$COLD" --tag "cache_$ROUND" --json "$OUT/cpu_compile_cache.jsonl"
+  done
+  rm -rf "$COLD"
 fi
 if want input; then
   # Input pipelines alone: device-resident CIFAR augmentation; Grain ImageNet (synthetic JPEGs) per worker count.
