@@ -76,3 +76,16 @@ def test_pointwise_convolutions_become_matrix_products_on_cpu():
                                                                 dimension_numbers=NHWC))(x, w)
   names = {e.primitive.name for e in jaxpr.jaxpr.eqns}
   assert 'dot_general' in names and 'conv_general_dilated' not in names
+
+
+def test_bfloat16_gradients_keep_their_dtypes_and_match_lax():
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(2, 8, 8, 4)), jnp.bfloat16)
+  w = jnp.asarray(rng.normal(size=(3, 3, 4, 6)), jnp.bfloat16)
+  dy = jnp.asarray(rng.normal(size=(2, 4, 4, 6)), jnp.bfloat16)
+  padding = ((1, 1), (1, 1))
+  ref = jax.grad(_loss(lax.conv_general_dilated, 3, 2, padding, 1), (0, 1))(x, w, dy)
+  got = jax.grad(_loss(conv.conv_general_dilated, 3, 2, padding, 1), (0, 1))(x, w, dy)
+  for g, r in zip(got, ref):
+    assert g.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.float32(g), np.float32(r), rtol=0.05, atol=0.25)

@@ -69,7 +69,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     x = lhs[:, ::strides[0], ::strides[1], :] if strides != ones else lhs
     return lax.dot_general(x, rhs.reshape(rhs.shape[2:]), (((3,), (0,)), ((), ())), precision=precision,
                            preferred_element_type=preferred_element_type)
-  if feature_group_count != 1:
+  if feature_group_count != 1 or preferred_element_type is not None:
     return lax.conv_general_dilated(lhs, rhs, strides, pads, dimension_numbers=NHWC,
                                     feature_group_count=feature_group_count, precision=precision,
                                     preferred_element_type=preferred_element_type)
