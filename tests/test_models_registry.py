@@ -41,6 +41,8 @@ def test_unknown_option_lists_valid_options():
   with pytest.raises(UserError, match="growth_rate"):
     create_model("densenet_bc_100_12", unit_order="full_preact")
   assert "gate_bias_init" in model_options("cifar_resnet110")
+  with pytest.raises(UserError, match="did you mean shortcut\\?"):
+    create_model("cifar_resnet20", shortcutt="A")
 
 
 @pytest.mark.parametrize("overrides", [

@@ -160,7 +160,9 @@ def create_model(name: str, *, num_classes: Optional[int] = None, **overrides: A
   valid = _option_names(entry.cls)
   unknown = sorted(set(overrides) - valid)
   if unknown:
-    raise UserError(f"unknown option(s) {unknown} for model {name!r}; valid options: {sorted(valid)}")
+    close = sorted({m for u in unknown for m in difflib.get_close_matches(u, valid, n=1)})
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise UserError(f"unknown option(s) {unknown} for model {name!r}; {hint}valid options: {sorted(valid)}")
   kwargs = dict(entry.defaults)
   if entry.stages_for_block is not None and "block" in overrides and "stage_sizes" not in overrides:
     kwargs["stage_sizes"] = entry.stages_for_block(overrides["block"])
