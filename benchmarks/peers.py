@@ -26,11 +26,8 @@ invocation is appended to --json.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import math
 import os
-import platform
 import sys
 import time
 from typing import Any, Callable, Optional

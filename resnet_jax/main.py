@@ -12,7 +12,6 @@ dataset, model name) print one `error:` line and exit with status 2 before anyth
 
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import app

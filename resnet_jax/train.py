@@ -17,7 +17,7 @@ import json
 import os
 import signal
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from absl import logging
 import flax
@@ -34,7 +34,6 @@ from resnet_jax import evaluate
 from resnet_jax import metrics as metrics_lib
 from resnet_jax import optim
 from resnet_jax import parallel
-from resnet_jax.data import augment as augment_lib
 from resnet_jax.data import pipelines
 from resnet_jax.data import sources
 from resnet_jax.errors import UserError

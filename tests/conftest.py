@@ -28,8 +28,6 @@ TFDS_DATA_DIR = tempfile.mkdtemp(prefix='resnet_jax_tfds_')
 os.environ['TFDS_DATA_DIR'] = TFDS_DATA_DIR
 atexit.register(shutil.rmtree, TFDS_DATA_DIR, ignore_errors=True)
 
-import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
