@@ -14,7 +14,7 @@ PY=${PYTHON:-python}
 OUT=benchmarks/results
 mkdir -p "$OUT"
 LOG="$OUT/cpu_run.log"
-ONLY=${ONLY:-"peers dispatch donation preact1001 cache input"}
+ONLY=${ONLY:-"peers dispatch donation preact1001 cache flags input"}
 PATCHED="RUNNER=benchmarks/experiments/patched_benchmark.py"
 
 want() { [[ " $ONLY " == *" $1 "* ]]; }
@@ -60,6 +60,14 @@ if want cache; then
         --compilation_cache "$COLD" --tag "cache_$ROUND" --json "$OUT/cpu_compile_cache.jsonl"
   done
   rm -rf "$COLD"
+fi
+if want flags; then
+  # XLA:CPU flags that might help (none did at jax 0.10.2: all within +1.5..+5.6% step time; none is set).
+  run "$PY" benchmarks/compare.py --rounds 1 --json "$OUT/cpu_xla_flags.jsonl" \
+      --common "--config configs/default.py --config.model.name=cifar_resnet20 --synthetic --steps 8 --warmup 4 --no_pipelined" \
+      --variant "base::" --variant "onednn:XLA_FLAGS=--xla_cpu_use_onednn=true:" \
+      --variant "conc_sched:XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=true:" \
+      --variant "xnnpack:XLA_FLAGS=--xla_cpu_use_xnnpack=true:"
 fi
 if want input; then
   # Input pipelines alone: device-resident CIFAR augmentation; Grain ImageNet (synthetic JPEGs) per worker count.
