@@ -38,14 +38,14 @@ class Checkpointer:
       sign = 1.0 if best_mode == 'max' else -1.0
       policies.append(checkpoint_managers.BestN(
           get_metric_fn=lambda m: sign * float(m[best_metric]), n=1, keep_checkpoints_without_metrics=False))
-    options = ocp.CheckpointManagerOptions(
-        preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
-        enable_async_checkpointing=not read_only, read_only=read_only, create=not read_only)
-    # A read-only manager logs a warning that it is read-only; for evaluation and `load` that is the intent.
+    # A read-only manager logs warnings that it is read-only; for evaluation and `load` that is the intent.
     verbosity = absl_logging.get_verbosity()
     if read_only:
       absl_logging.set_verbosity(absl_logging.ERROR)
     try:
+      options = ocp.CheckpointManagerOptions(
+          preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+          enable_async_checkpointing=not read_only, read_only=read_only, create=not read_only)
       self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=('state', 'meta'))
     finally:
       absl_logging.set_verbosity(verbosity)

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from resnet_jax import config as config_lib
 from resnet_jax.errors import UserError
@@ -104,4 +105,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  logging.set_verbosity(logging.WARNING)  # Orbax's per-restore INFO lines are not for the terminal
   app.run(main, flags_parser=_parse_flags)

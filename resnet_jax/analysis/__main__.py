@@ -15,6 +15,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 import numpy as np
 
 from resnet_jax.errors import UserError
@@ -175,4 +176,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  logging.set_verbosity(logging.WARNING)  # Orbax's per-restore INFO lines are not for the terminal
   app.run(main)
