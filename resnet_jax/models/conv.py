@@ -7,7 +7,8 @@ every convolution layout natively):
    kernels need) walks only the ENTRY computation. The backward convolutions JAX emits (input gradient: reversed
    kernel with in/out swapped; kernel gradient: batch and feature swapped) are not in that form, so inside any
    while loop -- `lax.scan` over steps (config.steps_per_dispatch > 1) or over units (model.scan_units) -- they
-   fall back to XLA's naive elemental convolution loop (~8x slower steps).
+   fall back to XLA's naive elemental convolution loop (CIFAR ResNet-20, 8 steps per dispatch: 31.5x slower
+   steps; benchmarks/results/cpu_cifar_resnet20_dispatch.jsonl).
 2. At the top level the kernel-gradient convolutions are canonicalised by transposing both activations every
    step: ~15-20% of a ResNet-50 step on CPU.
 
@@ -17,8 +18,9 @@ So on CPU, for NHWC inputs and HWIO kernels:
   * other ungrouped convolutions get a custom VJP whose two backward convolutions are written in canonical
     NHWC/HWIO/NHWC form (kernel flipped and transposed explicitly; for the kernel gradient the activations are
     transposed explicitly), so they stay on the fast path inside loops too.
-Measured side by side (benchmarks/peers.py, ResNet-50 batch 8 at 224, 2-core CPU, one run): train step 2.72 s
-with this module vs 4.28 s with plain `lax.conv_general_dilated` (0.64x); the haiku peer 4.37 s.
+Grouped convolutions (ResNeXt) keep lax's form. Measured side by side (benchmarks/results/cpu_peers_resnet50.jsonl:
+ResNet-50 batch 8 at 224, 2-core CPU, one interleaved run): train step 2.57 s with this module vs 4.06 s with
+plain `lax.conv_general_dilated` (0.63x); the haiku peer 4.15 s.
 Numerics: the same sums in another association order (float32 rounding differences only; tested against lax).
 On other backends `conv_general_dilated` is `lax.conv_general_dilated` unchanged.
 """
