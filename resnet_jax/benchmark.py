@@ -14,8 +14,8 @@ What is measured (nothing is re-implemented: the step is `resnet_jax.train`'s):
   * Device-resident input (digits, CIFAR, ...; `--feed resident`): `train.build_experiment` +
     `train.make_resident_runner`, i.e. the very function the train loop dispatches: `config.steps_per_dispatch`
     steps (lax.scan) per call, batch gathered and augmented on the device, state and metrics donated.
-  * Streamed input (ImageNet; `--feed fed`): `train.make_train_step` + `train.accumulate` jitted with donation,
-    fed one already-augmented uint8 batch per call (what Grain delivers; the host pipeline itself is measured
+  * Streamed input (ImageNet; `--feed fed`): `train.make_streaming_runner`, the train loop's jitted step for
+    streamed data (state and metrics donated), fed one already-augmented uint8 batch per call (what Grain delivers; the host pipeline itself is measured
     by `--input_only`).
   * `--synthetic`: random uint8 images of the config's image shape replace the dataset (no download needed);
     the dataset's image shape, class count and size come from a table of known datasets (or
