@@ -124,3 +124,16 @@ def test_bad_config_is_one_clear_error_before_compiling(overrides, message):
   from resnet_jax import parallel  # pylint: disable=g-import-not-at-top
   with pytest.raises(UserError, match=message):
     train.build_experiment(tiny_config(**overrides), parallel.make_mesh())
+
+
+def test_several_steps_per_dispatch_compile_two_programs_and_match_one_step(trained, tmp_path):
+  """steps_per_dispatch=4, logs every 5 and checkpoints every 6 steps: stretches of 4, 1, 1, 4, 2 steps run as
+  two compiled programs (4 steps, 1 step), not one per stretch length, with the parameters of one step per
+  dispatch."""
+  workdir = str(tmp_path / 'k4')
+  train.train_and_evaluate(tiny_config(steps_per_dispatch='4', log_every_steps='5'), workdir)
+  lines = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert len([l for l in lines if 'compile_s' in l]) == 2
+  assert [l['step'] for l in lines if 'train_loss' in l] == [5, 10, 12]
+  a, b = checkpoints.load(trained[0]), checkpoints.load(workdir)
+  np.testing.assert_allclose(_flat(a.variables), _flat(b.variables), rtol=1e-4, atol=1e-5)
