@@ -28,7 +28,7 @@ import tempfile
 import numpy as np
 
 FIELDS = ('step_ms', 'images_per_sec', 'images_per_sec_pipelined', 'compile_s', 'lower_s', 'xla_compile_s',
-          'peak_memory_bytes', 'flops_per_step')
+          'peak_memory_bytes', 'flops_per_step', 'xla_bytes_accessed_per_dispatch_per_device')
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -37,6 +37,10 @@ Fields of the JSON object:
                       a step (model.scan_units) the step's convolution + matmul FLOPs are counted from its jaxpr
                       instead (trip counts included; within a few % of XLA's count of the unrolled model).
                       `flops_source` says which; `xla_flops_per_dispatch_per_device` keeps XLA's raw count.
+  xla_bytes_accessed_per_dispatch_per_device  XLA's estimate of the bytes the step reads and writes (loop bodies
+                      once): the figure a memory-bound change (BatchNorm, ReLU, additions) moves
+  profile_*           with --profile DIR: device time per step by XLA operation from a jax.profiler trace of a
+                      few extra steps (the trace itself is in DIR, for TensorBoard / Perfetto)
   mfu                 flops_per_step * steps/s / (peak FLOP/s per device * devices). Peaks: `PEAK_FLOPS` by
                       device kind and compute dtype, or --peak_flops (per device). null when unknown (CPU).
   device_kind, device_count, backend, jax_version, commit, config, date, argv, xla_flags, ...
@@ -119,24 +123,28 @@ def peak_flops_per_device(device_kind: str, dtype_name: str) -> Optional[float]:
 # FLOPs.
 
 
-def _cost_flops(compiled) -> Optional[float]:
+def _cost(compiled, key: str) -> Optional[float]:
+  """One figure of XLA's cost analysis of the compiled program ('flops', 'bytes accessed'), per device."""
   try:
     cost = compiled.cost_analysis()
   except Exception:  # pylint: disable=broad-except  (not every backend implements it)
     return None
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else None
-  if not cost or 'flops' not in cost:
+  if not cost or key not in cost:
     return None
-  return float(cost['flops'])
+  return float(cost[key])
 
 
 def step_flops(compiled, jaxpr, steps_per_dispatch: int, device_count: int) -> dict[str, Any]:
   """FLOPs of one train step summed over devices (see the module docstring), with how they were obtained."""
-  xla = _cost_flops(compiled)  # per device, per dispatch, loop bodies once
+  xla = _cost(compiled, 'flops')  # per device, per dispatch, loop bodies once
   with_loops = 2 * counting.jaxpr_macs(jaxpr, loop_trips=True)   # global, per dispatch
   once = 2 * counting.jaxpr_macs(jaxpr, loop_trips=False)
   out = {'xla_flops_per_dispatch_per_device': xla,
+         # XLA's estimate of the memory traffic (each operation's operands and outputs; loop bodies once): the
+         # figure that moves when a memory-bound step (BatchNorm, ReLU, additions) reads and writes less.
+         'xla_bytes_accessed_per_dispatch_per_device': _cost(compiled, 'bytes accessed'),
          'jaxpr_conv_dot_flops_per_step': with_loops / steps_per_dispatch}
   if xla is None:
     out.update(flops_per_step=with_loops / steps_per_dispatch or None,
@@ -322,9 +330,53 @@ def _time_dispatches(call, carry, count: int, sync_each: bool):
   return carry, (times if sync_each else time.perf_counter() - start)
 
 
+PROFILE_DISPATCHES = 3
+
+
+def profile_summary(trace_dir: str, steps: int, top: int = 12) -> dict[str, Any]:
+  """Device time per step by XLA operation, from the jax.profiler trace in `trace_dir` (`steps` train steps).
+
+  Accelerators: the kernels on the device planes' stream lines, each attributed to its HLO operation (a fusion,
+  a cuDNN convolution custom-call, ...). CPU: the host's XLA thunks. Returns the busy time per step, the time per
+  step by kind of operation (the HLO name without its numeric suffix: 'loop_fusion', 'input_reduce_fusion',
+  'cudnn-conv', ...) and the `top` operations."""
+  import glob  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  from jax.profiler import ProfileData  # pylint: disable=g-import-not-at-top
+  files = sorted(glob.glob(os.path.join(trace_dir, '**', '*.xplane.pb'), recursive=True), key=os.path.getmtime)
+  if not files:
+    return {'profile_error': f'no .xplane.pb under {trace_dir}'}
+  data = ProfileData.from_file(files[-1])
+  planes = list(data.planes)
+  device_planes = [p for p in planes if p.name.startswith('/device:') and 'CUSTOM' not in p.name]
+  by_op: dict[str, float] = {}
+  kernels = 0
+  for plane in device_planes or [p for p in planes if p.name.startswith('/host:CPU')]:
+    for line in plane.lines:
+      if device_planes and not line.name.startswith('Stream'):
+        continue  # derived lines ('XLA Ops', 'XLA Modules', ...) repeat the stream's kernels
+      for event in line.events:
+        stats = dict(event.stats or ())
+        op = stats.get('hlo_op') or (event.name if device_planes else None)
+        if op is None:
+          continue
+        by_op[str(op)] = by_op.get(str(op), 0.0) + event.duration_ns / 1e6
+        kernels += 1
+  if not by_op:
+    return {'profile_error': 'no XLA operations found in the trace', 'profile_planes': [p.name for p in planes]}
+  by_kind: dict[str, float] = {}
+  for op, ms in by_op.items():
+    kind = re.sub(r'(\.\d+)+$', '', op)
+    by_kind[kind] = by_kind.get(kind, 0.0) + ms
+  per_step = lambda table, n: [[k, round(v / steps, 4)] for k, v in sorted(table.items(), key=lambda kv: -kv[1])[:n]]
+  return {'profile_dir': trace_dir, 'profile_busy_ms_per_step': sum(by_op.values()) / steps,
+          'profile_kernels_per_step': kernels / steps, 'profile_ms_per_step_by_kind': per_step(by_kind, 20),
+          'profile_top_ops_ms_per_step': per_step(by_op, top)}
+
+
 def benchmark_train(config, *, steps: int = 20, warmup: int = 2, synthetic: bool = True, feed: str = 'auto',
                     pipelined: bool = True, peak_flops: Optional[float] = None, image_shape=None,
-                    num_classes=None, num_examples=None) -> dict[str, Any]:
+                    num_classes=None, num_examples=None, profile_dir: Optional[str] = None) -> dict[str, Any]:
   """Measures the project's train step for `config` (see the module docstring); returns the JSON record."""
   from resnet_jax import classifier  # pylint: disable=g-import-not-at-top
   from resnet_jax import parallel  # pylint: disable=g-import-not-at-top
@@ -407,6 +459,11 @@ def benchmark_train(config, *, steps: int = 20, warmup: int = 2, synthetic: bool
   if pipelined:
     carry, total = _time_dispatches(call, carry, dispatches, sync_each=False)
     record['images_per_sec_pipelined'] = dispatches * k * batch / total
+  if profile_dir:
+    # A few more dispatches under the profiler, after the timing (the trace costs time; it is not in the numbers).
+    with jax.profiler.trace(profile_dir):
+      carry, _ = _time_dispatches(call, carry, PROFILE_DISPATCHES, sync_each=True)
+    record.update(profile_summary(profile_dir, PROFILE_DISPATCHES * k))
   step_seconds = [t / k for t in times]
   median = float(np.median(step_seconds))
   summary = parallel.fetch(carry[1])
@@ -521,6 +578,9 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument('--num_classes', type=int, default=None)
   p.add_argument('--num_examples', type=int, default=None, help='synthetic training-split size')
   p.add_argument('--workers', default=None, help='--input_only on streamed data: Grain worker counts, e.g. 0,1,3')
+  p.add_argument('--profile', default=None, metavar='DIR',
+                 help='after timing, trace a few steps with jax.profiler into DIR (TensorBoard / Perfetto) and add '
+                      'the device time per step by XLA operation to the record (profile_* fields)')
   p.add_argument('--tag', default=None, help='free text stored in the record (e.g. an experiment name)')
   return p
 
@@ -543,7 +603,7 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     record = benchmark_input(config, steps=args.steps, warmup=args.warmup, worker_counts=workers, **common)
   else:
     record = benchmark_train(config, steps=args.steps, warmup=args.warmup, pipelined=not args.no_pipelined,
-                             peak_flops=args.peak_flops, **common)
+                             peak_flops=args.peak_flops, profile_dir=args.profile, **common)
   record['argv'] = list(argv)
   if args.tag is not None:
     record['tag'] = args.tag

@@ -8,6 +8,7 @@ compiles without holding the GIL) while the other tests run.
 """
 
 from concurrent.futures import ThreadPoolExecutor
+import functools
 
 import flax.linen as nn
 import jax
@@ -383,3 +384,45 @@ def test_initialisation_and_zero_init_last_bn():
   pv = jax.jit(lambda k: pre.init(k, X))(key)["params"]
   assert np.all(pv["stage2_unit1"]["conv2"]["kernel"] == 0) and np.any(pv["stage2_unit1"]["conv1"]["kernel"] != 0)
   assert count_params(pre) == count_params(create_model("cifar_preact_resnet20", stage_sizes=(1, 1, 1)))
+
+
+@pytest.mark.parametrize("group,relu,offset", [(6, False, 0.0), (2, True, 0.0), (3, True, 40.0)])
+def test_bn_hand_written_gradient_equals_autodiff(group, relu, offset):
+  # layers.batch_norm_train's gradient is written out (two passes over the activations); it must equal autodiff
+  # of the plain arithmetic for x, scale and bias, including the cotangents of the returned mean and variance
+  # and the fused ReLU. offset: batch means far from 0, with the running mean (the shift) near them.
+  from resnet_jax.models.layers import batch_norm_train
+  from resnet_jax.models.testing import batch_norm_train_reference
+  rs = np.random.default_rng(group)
+  x = jnp.asarray(rs.standard_normal((6, 3, 2, 5)) * rs.uniform(0.5, 3, 5) + offset, jnp.float32)
+  scale = jnp.asarray(rs.uniform(0.5, 2, 5), jnp.float32)
+  bias = jnp.asarray(rs.standard_normal(5), jnp.float32)
+  shift = jnp.full((5,), offset - 0.5, jnp.float32)
+  w_y, w_m, w_v = (jnp.asarray(rs.standard_normal(s), jnp.float32) for s in (x.shape, (6 // group, 5),
+                                                                             (6 // group, 5)))
+
+  def loss(fn, x, scale, bias):
+    y, m, v = fn(x, scale, bias, shift, group, 1e-3, relu, jnp.float32)
+    return jnp.sum(y * w_y) + jnp.sum(m * w_m) + jnp.sum(v * w_v)
+
+  got = jax.grad(functools.partial(loss, batch_norm_train), argnums=(0, 1, 2))(x, scale, bias)
+  want = jax.grad(functools.partial(loss, batch_norm_train_reference), argnums=(0, 1, 2))(x, scale, bias)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=2e-4, atol=2e-4)
+  for g, w in zip(batch_norm_train(x, scale, bias, shift, group, 1e-3, relu, jnp.float32),
+                  batch_norm_train_reference(x, scale, bias, shift, group, 1e-3, relu, jnp.float32)):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_bn_relu_is_relu_of_bn_in_training_and_evaluation():
+  x = jnp.asarray(np.random.default_rng(3).standard_normal((4, 3, 3, 6)), jnp.float32)
+  for train in (True, False):
+    bn, bn_relu = BatchNorm(use_running_average=not train), BatchNorm(use_running_average=not train, relu=True)
+    rs = np.random.default_rng(4)
+    variables = {"params": {"scale": jnp.asarray(rs.uniform(0.5, 2, 6), jnp.float32),
+                            "bias": jnp.asarray(rs.standard_normal(6), jnp.float32)},
+                 "batch_stats": {"mean": jnp.asarray(rs.standard_normal(6), jnp.float32),
+                                 "var": jnp.asarray(rs.uniform(0.5, 2, 6), jnp.float32)}}
+    plain = bn.apply(variables, x, mutable=["batch_stats"])[0]
+    fused = bn_relu.apply(variables, x, mutable=["batch_stats"])[0]
+    np.testing.assert_allclose(fused, jax.nn.relu(plain), rtol=1e-6, atol=1e-6)

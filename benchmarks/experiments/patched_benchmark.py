@@ -7,6 +7,10 @@ PATCHES (comma-separated):
   lax_conv     every convolution of the zoo through plain flax nn.Conv / lax.conv_general_dilated, i.e. without
                resnet_jax.models.conv's CPU rewrite
   no_donate    train.make_resident_runner's jit without donate_argnums (what buffer donation buys)
+  autodiff_bn  BatchNorm's training arithmetic as plain two-pass statistics differentiated by JAX
+               (models.testing.batch_norm_train_reference), i.e. without layers.batch_norm_train's written-out
+               gradient and fused ReLU
+  two_pass_bn  layers.batch_norm_train with two-pass statistics (E[(x - E[x])^2]) instead of one pass
 """
 
 import os
@@ -47,7 +51,27 @@ def no_donate():
   return undo
 
 
-PATCHES = {'lax_conv': lax_conv, 'no_donate': no_donate}
+def autodiff_bn():
+  from resnet_jax.models import layers  # pylint: disable=g-import-not-at-top
+  from resnet_jax.models import testing  # pylint: disable=g-import-not-at-top
+  original = layers.batch_norm_train
+  layers.batch_norm_train = testing.batch_norm_train_reference
+
+  def undo():
+    layers.batch_norm_train = original
+  return undo
+
+
+def two_pass_bn():
+  from resnet_jax.models import layers  # pylint: disable=g-import-not-at-top
+  layers._TWO_PASS_STATS = True  # pylint: disable=protected-access
+
+  def undo():
+    layers._TWO_PASS_STATS = False  # pylint: disable=protected-access
+  return undo
+
+
+PATCHES = {'lax_conv': lax_conv, 'no_donate': no_donate, 'autodiff_bn': autodiff_bn, 'two_pass_bn': two_pass_bn}
 
 
 def apply(names: str):

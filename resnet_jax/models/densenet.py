@@ -95,17 +95,17 @@ class DenseNet(nn.Module):
         prefix = f"block{b + 1}_layer{i + 1}"
         y = buffer[..., :c]
         if self.bottleneck:
-          y = nn.relu(fac.norm(name=f"{prefix}_bn1")(y))
+          y = fac.norm(name=f"{prefix}_bn1", relu=True)(y)
           y = drop(fac.conv(self.bottleneck_factor * k, 1, name=f"{prefix}_conv1")(y))
-        y = nn.relu(fac.norm(name=f"{prefix}_bn2")(y))
+        y = fac.norm(name=f"{prefix}_bn2", relu=True)(y)
         y = drop(fac.conv(k, 3, name=f"{prefix}_conv2")(y))
         buffer = jax.lax.dynamic_update_slice_in_dim(buffer, y.astype(buffer.dtype), c, axis=-1)
         c += k
       x = buffer
       if b < self.num_blocks - 1:
         features = int(self.compression * x.shape[-1])
-        x = nn.relu(fac.norm(name=f"transition{b + 1}_bn")(x))
+        x = fac.norm(name=f"transition{b + 1}_bn", relu=True)(x)
         x = drop(fac.conv(features, 1, name=f"transition{b + 1}_conv")(x))
         x = nn.avg_pool(x, (2, 2), strides=(2, 2))
-    x = nn.relu(fac.norm(name="final_bn")(x))
+    x = fac.norm(name="final_bn", relu=True)(x)
     return L.classifier(x, self.num_classes, param_dtype)

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, Optional
 
@@ -73,8 +74,95 @@ def canonical_dtype(dtype) -> jnp.dtype:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _grouped(x: Array, group: int) -> Array:
+  """(B, ..., C) -> (B/group, group, ..., C): ghost-batch groups on a leading axis (group == B: one group)."""
+  return x.reshape((x.shape[0] // group, group) + x.shape[1:])
+
+
+# Statistics of a batch in ONE pass over it: E[d] and E[d^2] of d = x - shift, var = E[d^2] - E[d]^2, in float32.
+# Both sums read x once (XLA fuses them into one reduction); the textbook two-pass E[(x - E[x])^2] reads it twice.
+# The shift is the running mean (a per-channel constant, no gradient): E[d] stays small next to the spread once the
+# running mean tracks the batches, so the subtraction loses no precision. At initialisation the shift is 0, which
+# is flax's default `use_fast_variance` arithmetic; float32 sums of conv outputs lose nothing noticeable there.
+_TWO_PASS_STATS = False
+
+
+def _bn_statistics(xg: Array, shift: Array, axes: tuple[int, ...]) -> tuple[Array, Array]:
+  xf = xg.astype(jnp.float32)
+  if _TWO_PASS_STATS:
+    mean = jnp.mean(xf, axis=axes, keepdims=True)
+    return mean, jnp.mean(jnp.square(xf - mean), axis=axes, keepdims=True)
+  d = xf - shift
+  m1 = jnp.mean(d, axis=axes, keepdims=True)
+  m2 = jnp.mean(jnp.square(d), axis=axes, keepdims=True)
+  return m1 + shift, jnp.maximum(m2 - jnp.square(m1), 0.0)
+
+
+def _bn_train_forward(x, scale, bias, shift, group, epsilon, relu, dtype):
+  xg = _grouped(x, group)
+  axes = tuple(range(1, xg.ndim - 1))
+  mean, var = _bn_statistics(xg, shift, axes)
+  rstd = jax.lax.rsqrt(var + epsilon)
+  y = (xg.astype(jnp.float32) - mean) * (rstd * scale) + bias
+  if relu:
+    y = jnp.maximum(y, 0.0)
+  features = x.shape[-1]
+  outputs = (y.astype(dtype).reshape(x.shape), mean.reshape(-1, features), var.reshape(-1, features))
+  return outputs, (x, scale, bias, mean, rstd)
+
+
+def _bn_train_backward(group, epsilon, relu, dtype, residuals, cotangents):
+  """The gradient of batch normalisation in two passes over the activations: one fused reduction for
+  sum(dy) and sum(dy * x_hat) per channel (and group), one elementwise pass for dx:
+
+    dx = scale * rstd / n * (n * dy - sum(dy) - x_hat * sum(dy * x_hat))  [+ the terms of the returned mean and
+                                                                           variance, for completeness]
+
+  Differentiating the forward arithmetic instead gives XLA more reductions and float32 intermediates to keep.
+  With `relu`, the ReLU's mask is recomputed from x (which this gradient reads anyway) rather than kept."""
+  del epsilon, dtype
+  dy, dmean, dvar = cotangents
+  x, scale, bias, mean, rstd = residuals
+  xg = _grouped(x, group).astype(jnp.float32)
+  dyg = _grouped(dy, group).astype(jnp.float32)
+  axes = tuple(range(1, xg.ndim - 1))
+  n = math.prod(xg.shape[a] for a in axes)
+  x_hat = (xg - mean) * rstd
+  if relu:
+    dyg = jnp.where(x_hat * scale + bias > 0, dyg, 0.0)
+  sum_dy = jnp.sum(dyg, axis=axes, keepdims=True)
+  sum_dy_xhat = jnp.sum(dyg * x_hat, axis=axes, keepdims=True)
+  dmean = dmean.reshape(mean.shape)
+  dvar = dvar.reshape(mean.shape)
+  dx = (scale * rstd / n) * (n * dyg - sum_dy - x_hat * sum_dy_xhat) + (dmean + 2.0 * dvar * (xg - mean)) / n
+  features = x.shape[-1]
+  dscale = jnp.sum(sum_dy_xhat.reshape(-1, features), axis=0)
+  dbias = jnp.sum(sum_dy.reshape(-1, features), axis=0)
+  return dx.astype(x.dtype).reshape(x.shape), dscale, dbias, jnp.zeros((features,), jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def batch_norm_train(x: Array, scale: Array, bias: Array, shift: Array, group: int, epsilon: float, relu: bool,
+                     dtype) -> tuple[Array, Array, Array]:
+  """Training-mode batch normalisation (Ioffe & Szegedy 2015), optionally followed by a ReLU.
+
+  Args: x (B, ..., C) in any float dtype; scale, bias, shift (C,) float32 (shift: see `_bn_statistics`; it
+  changes rounding only); group: examples per statistics group (B: whole batch); epsilon; relu; dtype of y.
+  Returns (y, mean, var): y like x in `dtype`; mean and biased variance (B/group, C) float32, per group.
+  Statistics and arithmetic are float32. The gradient is written out (`_bn_train_backward`): one reduction
+  pass and one elementwise pass over the activations, where autodiff of the forward arithmetic takes more.
+  """
+  return _bn_train_forward(x, scale, bias, shift, group, epsilon, relu, dtype)[0]
+
+
+batch_norm_train.defvjp(
+    lambda x, scale, bias, shift, group, epsilon, relu, dtype: _bn_train_forward(
+        x, scale, bias, shift, group, epsilon, relu, dtype),
+    _bn_train_backward)
+
+
 class BatchNorm(nn.Module):
-  """Batch normalisation over all axes but the last, statistics in float32, optional ghost batches.
+  """Batch normalisation over all axes but the last, statistics in float32, optional ghost batches and ReLU.
 
   Same variables as `flax.linen.BatchNorm` ('params': scale, bias; 'batch_stats': mean, var) and the same
   conventions: `momentum` weights the old running average (0.9 == torch momentum 0.1), the running variance is
@@ -90,6 +178,9 @@ class BatchNorm(nn.Module):
       BatchNorm (He et al. 2015/2016 trained CIFAR with 64 examples per GPU, ImageNet with 32). Implemented by
       reshaping (B, ...) to (B/G, G, ...); the running averages move towards the mean over groups of the group
       statistics. G must divide the batch size.
+    relu: apply a ReLU to the output: the papers' BN-ReLU pairs as one operation, whose gradient recomputes the
+      ReLU's mask from the input instead of keeping the normalised tensor (one activation-sized buffer and
+      pass less per pair).
     dtype: output dtype (the compute dtype). Statistics and normalisation arithmetic are float32.
     param_dtype: dtype of scale and bias.
     scale_init: initialiser of gamma (ones; zeros for a zero-initialised last BN).
@@ -99,6 +190,7 @@ class BatchNorm(nn.Module):
   momentum: float = 0.9
   epsilon: float = 1e-5
   group_size: Optional[int] = None
+  relu: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   scale_init: Callable = nn.initializers.ones
@@ -111,11 +203,12 @@ class BatchNorm(nn.Module):
     ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
     scale = self.param("scale", self.scale_init, (features,), self.param_dtype).astype(jnp.float32)
     bias = self.param("bias", self.bias_init, (features,), self.param_dtype).astype(jnp.float32)
-    xf = x.astype(jnp.float32)
 
     if self.use_running_average:
       mul = scale * jax.lax.rsqrt(ra_var.value + self.epsilon)
-      y = (xf - ra_mean.value) * mul + bias
+      y = (x.astype(jnp.float32) - ra_mean.value) * mul + bias
+      if self.relu:
+        y = jnp.maximum(y, 0.0)
       return y.astype(self.dtype)
 
     batch = x.shape[0]
@@ -124,20 +217,12 @@ class BatchNorm(nn.Module):
       raise UserError(
           f"bn_group_size={self.group_size} does not divide the batch size {batch} this BatchNorm sees; "
           "use a group size that divides the (per-call) batch, or bn_group_size=None for whole-batch statistics")
-    xg = xf.reshape((batch // group, group) + x.shape[1:])
-    axes = tuple(range(1, xg.ndim - 1))
-    mean = jnp.mean(xg, axis=axes, keepdims=True)
-    centered = xg - mean
-    var = jnp.mean(jnp.square(centered), axis=axes, keepdims=True)  # two-pass: stable for large means
-    y = centered * (scale * jax.lax.rsqrt(var + self.epsilon)) + bias
-    y = y.reshape(x.shape)
-
+    y, mean, var = batch_norm_train(x, scale, bias, jax.lax.stop_gradient(ra_mean.value), group,
+                                    float(self.epsilon), bool(self.relu), jnp.dtype(self.dtype))
     if not self.is_initializing():
-      group_mean = jnp.mean(mean.reshape(-1, features), axis=0)
-      group_var = jnp.mean(var.reshape(-1, features), axis=0)
-      ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * group_mean
-      ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * group_var
-    return y.astype(self.dtype)
+      ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * jnp.mean(mean, axis=0)
+      ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * jnp.mean(var, axis=0)
+    return y
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -169,10 +254,11 @@ class LayerFactory:
         feature_group_count=groups, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=nn.initializers.zeros if zero_init else he_normal_fan_out, name=name)
 
-  def norm(self, *, name: Optional[str] = None, zero_init: bool = False) -> BatchNorm:
+  def norm(self, *, name: Optional[str] = None, zero_init: bool = False, relu: bool = False) -> BatchNorm:
+    """BatchNorm, or BN-ReLU with `relu` (one fused operation; see `BatchNorm.relu`)."""
     return BatchNorm(
         use_running_average=not self.train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-        group_size=self.bn_group_size, dtype=self.dtype, param_dtype=self.param_dtype,
+        group_size=self.bn_group_size, relu=relu, dtype=self.dtype, param_dtype=self.param_dtype,
         scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones, name=name)
 
   def gate(self, features: int, stride: int, bias_init: float, *, name: str) -> nn.Conv:

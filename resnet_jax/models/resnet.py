@@ -290,14 +290,12 @@ class ResNet(nn.Module):
     x = x.astype(dtype)
     if self.stem == "imagenet":
       x = fac.conv(self.stem_features, 7, 2, name="stem_conv")(x)
-      x = nn.relu(fac.norm(name="stem_bn")(x))
+      x = fac.norm(name="stem_bn", relu=True)(x)
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     else:
       x = fac.conv(self.stem_features, 3, 1, name="stem_conv")(x)
       if self.unit_order != "full_preact":
-        x = fac.norm(name="stem_bn")(x)
-        if self.unit_order not in U.PREACT_ORDERS:
-          x = nn.relu(x)
+        x = fac.norm(name="stem_bn", relu=self.unit_order not in U.PREACT_ORDERS)(x)
 
     # Stages.
     projection_norm = (self.unit_order != "full_preact") if self.projection_norm is None else self.projection_norm
@@ -327,7 +325,7 @@ class ResNet(nn.Module):
               x, *per_unit(first.index + j))
 
     if self.unit_order == "full_preact":
-      x = nn.relu(fac.norm(name="final_bn")(x))
+      x = fac.norm(name="final_bn", relu=True)(x)
     elif self.unit_order == "relu_preact":
       x = nn.relu(x)
     return L.classifier(x, self.num_classes, param_dtype)

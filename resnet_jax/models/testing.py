@@ -61,3 +61,18 @@ def fill_variables(shapes, seed: int = 0):
 def random_variables(model, input_shape: Sequence[int], seed: int = 0, dtype=jnp.float32):
   """`fill_variables(abstract_variables(model, input_shape))`."""
   return fill_variables(abstract_variables(model, input_shape, dtype), seed)
+
+
+def batch_norm_train_reference(x, scale, bias, shift, group, epsilon, relu, dtype):
+  """`layers.batch_norm_train` written plainly (two-pass statistics, gradient by autodiff): the oracle its
+  hand-written gradient is tested against, and the "before" of its benchmark (benchmarks/experiments)."""
+  del shift  # changes rounding only
+  xg = x.reshape((x.shape[0] // group, group) + x.shape[1:]).astype(jnp.float32)
+  axes = tuple(range(1, xg.ndim - 1))
+  mean = jnp.mean(xg, axis=axes, keepdims=True)
+  var = jnp.mean(jnp.square(xg - mean), axis=axes, keepdims=True)
+  y = (xg - mean) * (scale * jax.lax.rsqrt(var + epsilon)) + bias
+  if relu:
+    y = jax.nn.relu(y)
+  features = x.shape[-1]
+  return y.astype(dtype).reshape(x.shape), mean.reshape(-1, features), var.reshape(-1, features)

@@ -129,7 +129,7 @@ class ResidualUnit(nn.Module):
     branch_in = shortcut_in = x
     if order in PREACT_ORDERS and self.preact != "none":
       if order == "full_preact":
-        pre = nn.relu(fac.norm(name="bn1")(x))
+        pre = fac.norm(name="bn1", relu=True)(x)
       else:
         pre = nn.relu(x)
       branch_in = pre
@@ -144,14 +144,13 @@ class ResidualUnit(nn.Module):
       last = i == len(specs) - 1
       if order == "full_preact":
         if i > 0:
-          y = nn.relu(fac.norm(name=f"bn{i + 1}")(y))
+          y = fac.norm(name=f"bn{i + 1}", relu=True)(y)
         y = fac.conv(features, kernel, stride, groups, name=f"conv{i + 1}", zero_init=last and zero_last_conv)(y)
         continue
       y = fac.conv(features, kernel, stride, groups, name=f"conv{i + 1}", zero_init=last and zero_last_conv)(y)
-      if not (last and order == "bn_after_add"):
-        y = fac.norm(name=f"bn{i + 1}", zero_init=last and self.zero_init_last and not zero_last_conv)(y)
-      if not last or order == "relu_before_add":
-        y = nn.relu(y)
+      if not (last and order == "bn_after_add"):  # (b) normalises after the addition
+        y = fac.norm(name=f"bn{i + 1}", zero_init=last and self.zero_init_last and not zero_last_conv,
+                     relu=not last or order == "relu_before_add")(y)
 
     # Shortcut.
     h = None
@@ -190,7 +189,7 @@ class ResidualUnit(nn.Module):
     if order == "original":
       out = nn.relu(out)
     elif order == "bn_after_add":
-      out = nn.relu(fac.norm(name="bn_out")(out))
+      out = fac.norm(name="bn_out", relu=True)(out)
     return out
 
 
