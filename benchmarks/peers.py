@@ -97,7 +97,7 @@ def make_resnet_jax(batch: dict[str, np.ndarray], dtype: str, model_name: str = 
   started = time.perf_counter()
   compiled = run.lower(state, acc, device_batch).compile()
   compile_s = time.perf_counter() - started
-  flops = benchmark._cost_flops(compiled)  # pylint: disable=protected-access
+  flops = benchmark._cost(compiled, 'flops')  # pylint: disable=protected-access
   carry = [state, acc]
 
   def step():

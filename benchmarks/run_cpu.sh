@@ -76,20 +76,19 @@ if want input; then
       --workers 0,1,2 --json "$OUT/cpu_input.jsonl"
 fi
 if want bn; then
-  # BatchNorm and ReLU: layers.batch_norm_train (one-pass statistics, written-out gradient, fused ReLU) and
-  # layers.relu (gradient from its output) vs the implementation before them (plain two-pass BatchNorm
-  # differentiated by JAX + jax.nn.relu) and vs each change alone. Step time, peak memory, XLA's bytes accessed.
+  # BatchNorm: layers.batch_norm_train (one-pass statistics, written-out gradient, fused ReLU) vs the
+  # implementation before it (plain two-pass BatchNorm differentiated by JAX) and vs two-pass statistics. Step
+  # time, peak memory and XLA's bytes-accessed estimate.
   run "$PY" benchmarks/compare.py --rounds 2 --json "$OUT/cpu_batchnorm.jsonl" \
       --common "--config configs/default.py --config.model.name=cifar_resnet20 --synthetic --steps 8 --warmup 4 --no_pipelined" \
       --variant "now::" \
-      --variant "before:$PATCHED PATCHES=autodiff_bn,jax_relu:" \
-      --variant "two_pass_bn:$PATCHED PATCHES=two_pass_bn:" \
-      --variant "jax_relu:$PATCHED PATCHES=jax_relu:"
+      --variant "before:$PATCHED PATCHES=autodiff_bn:" \
+      --variant "two_pass_bn:$PATCHED PATCHES=two_pass_bn:"
   run "$PY" benchmarks/compare.py --rounds 1 --json "$OUT/cpu_batchnorm.jsonl" \
       --common "--config configs/cifar.py:preact_resnet1001 --synthetic --batch_size 16 --steps 2 --warmup 1 --no_pipelined --config.model.scan_units=True --config.batch_norm.group_size=16" \
       --variant "preact1001_now::" \
-      --variant "preact1001_before:$PATCHED PATCHES=autodiff_bn,jax_relu:"
-  run "$PY" benchmarks/experiments/peers_patched.py --impls resnet_jax,resnet_jax+autodiff_bn+jax_relu \
+      --variant "preact1001_before:$PATCHED PATCHES=autodiff_bn:"
+  run "$PY" benchmarks/experiments/peers_patched.py --impls resnet_jax,resnet_jax+autodiff_bn \
       --batch_size 8 --image_size 224 --rounds 3 --steps 2 --json "$OUT/cpu_batchnorm_resnet50.jsonl"
 fi
 echo "results in $OUT/cpu_*.jsonl; log $LOG"

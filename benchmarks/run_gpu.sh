@@ -20,7 +20,7 @@ OUT=benchmarks/results
 CACHE=${JAX_CACHE:-/tmp/resnet_jax_jax_cache}
 mkdir -p "$OUT"
 LOG="$OUT/${GPU}_run_gpu.log"
-ONLY=${ONLY:-"resnet50 resnet50_fp32 cifar20 cifar110 preact1001 input peers cache"}
+ONLY=${ONLY:-"resnet50 bn resnet50_fp32 cifar20 cifar110 preact1001 input peers cache"}
 # An ImageNet config if the project has one; otherwise the CIFAR base config switched to ImageNet shapes.
 if [[ -f configs/imagenet.py ]]; then
   IMAGENET=(--config configs/imagenet.py)
@@ -35,12 +35,28 @@ run() { echo "+ $*" | tee -a "$LOG"; "$@" 2>&1 | tee -a "$LOG" | grep -E '^(summ
 nvidia-smi | tee -a "$LOG" || true
 
 if want resnet50; then
-  # ResNet-50, batch 256, bf16, fed batches (what the Grain pipeline delivers), 224x224.
+  # ResNet-50, batch 256, bf16, fed batches (what the Grain pipeline delivers), 224x224, BatchNorm over the whole
+  # batch (the peers' workload; the recipe's ghost BN of 32 costs about the same). --profile adds the device
+  # time per XLA operation (convolutions vs BatchNorm/ReLU fusions) to the record.
   run "${BENCH[@]}" "${IMAGENET[@]}" --config.model.name=resnet50 --config.model.dtype=auto \
-      --batch_size 256 --steps 50 --warmup 10 --json "$OUT/${GPU}_resnet50_bs256_bf16.jsonl"
+      --config.batch_norm.mode=global --batch_size 256 --steps 50 --warmup 10 --profile /tmp/resnet_jax_profile_r50 \
+      --json "$OUT/${GPU}_resnet50_bs256_bf16.jsonl"
   # Same with remat off/on is not needed for ResNet-50 at 256 (fits easily); larger batch for throughput:
   run "${BENCH[@]}" "${IMAGENET[@]}" --config.model.name=resnet50 --config.model.dtype=auto \
       --batch_size 512 --steps 30 --warmup 10 --json "$OUT/${GPU}_resnet50_bs512_bf16.jsonl"
+fi
+if want bn; then
+  # Before/after of layers.batch_norm_train (written-out BatchNorm gradient, one-pass statistics, fused BN-ReLU)
+  # vs plain two-pass BatchNorm differentiated by JAX, with profiles.
+  PATCHED=("$PY" benchmarks/experiments/patched_benchmark.py --synthetic --compilation_cache "$CACHE")
+  for PATCH in "" autodiff_bn; do
+    run env PATCHES=$PATCH "${PATCHED[@]}" "${IMAGENET[@]}" --config.model.name=resnet50 \
+        --config.batch_norm.mode=global --batch_size 256 --steps 30 --warmup 5 --profile "/tmp/resnet_jax_bn${PATCH:+_before}" \
+        --tag "resnet50_bn${PATCH:+_before}" --json "$OUT/${GPU}_batchnorm.jsonl"
+    run env PATCHES=$PATCH "${PATCHED[@]}" --config configs/default.py --config.steps_per_dispatch=20 --steps 100 \
+        --warmup 20 --profile "/tmp/resnet_jax_bn110${PATCH:+_before}" --tag "cifar_resnet110_bn${PATCH:+_before}" \
+        --json "$OUT/${GPU}_batchnorm.jsonl"
+  done
 fi
 if want resnet50_fp32; then
   run "${BENCH[@]}" "${IMAGENET[@]}" --config.model.name=resnet50 --config.model.dtype=float32 \

@@ -32,7 +32,7 @@ def test_cli_appends_one_json_line_with_every_field(tmp_path):
   out = tmp_path / 'bench.jsonl'
   args = ['-m', 'resnet_jax.benchmark', '--config', 'configs/quickstart.py', '--json', str(out), '--synthetic',
           '--steps', '4', '--warmup', '1', '--batch_size', '16', '--peak_flops', '1e12', '--tag', 'ci', *TINY,
-          '--config.steps_per_dispatch=2']
+          '--config.steps_per_dispatch=2', '--profile', str(tmp_path / 'trace')]
   result = run_python(args, devices=1, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   lines = out.read_text().splitlines()
@@ -54,6 +54,13 @@ def test_cli_appends_one_json_line_with_every_field(tmp_path):
   assert 0.3 < record['flops_per_step'] / record['jaxpr_conv_dot_flops_per_step'] < 3
   assert record['commit'] is None or len(record['commit']) == 40
   assert 'summary:' in result.stderr
+  _positive(record, 'xla_bytes_accessed_per_dispatch_per_device')
+  # --profile: a trace on disk and the device (here: host) time per step by XLA operation, convolutions among them.
+  assert list((tmp_path / 'trace').rglob('*.xplane.pb')) and record['profile_dir'] == str(tmp_path / 'trace')
+  _positive(record, 'profile_busy_ms_per_step')
+  kinds = dict(record['profile_ms_per_step_by_kind'])
+  assert any('conv' in kind or 'dot' in kind for kind in kinds), kinds
+  assert len(record['profile_top_ops_ms_per_step']) <= 12
 
 
 def test_bad_config_is_one_error_line(tmp_path):
@@ -108,3 +115,24 @@ def test_peak_table_matches_device_kinds():
   assert benchmark.peak_flops_per_device('TPU v4', 'float32') == 275e12
   assert benchmark.peak_flops_per_device('TPU v5 lite', 'bfloat16') == 197e12
   assert benchmark.peak_flops_per_device('cpu', 'float32') is None
+
+
+def test_peers_cli_times_resnet_jax_beside_the_installed_peers(tmp_path):
+  # benchmarks/peers.py (issue 6): the same ResNet-50 step in each implementation, interleaved, one JSON line.
+  # haiku is timed where installed (`pip install -e ".[peers]"`), else reported as skipped; torchvision needs CUDA.
+  out = tmp_path / 'peers.jsonl'
+  result = run_python(['benchmarks/peers.py', '--impls', 'resnet_jax,haiku,torchvision', '--batch_size', '2',
+                       '--image_size', '32', '--rounds', '2', '--steps', '1', '--warmup', '0', '--json', str(out)],
+                      timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  record = json.loads(out.read_text())
+  assert 'torchvision' in record['skipped']
+  ours = record['results']['resnet_jax']
+  assert ours['params'] == 25_557_032 and ours['timed_steps'] == 2 and math.isfinite(ours['final_mean_loss'])
+  _positive(ours, 'step_ms_median')
+  if 'haiku' in record['results']:
+    assert record['results']['haiku']['params'] == ours['params']
+    assert record['ratios_step_time']['resnet_jax/haiku'] > 0
+    assert 'ratio resnet_jax/haiku step time' in result.stdout
+  else:
+    assert 'haiku' in record['skipped']

@@ -427,10 +427,3 @@ def test_bn_relu_is_relu_of_bn_in_training_and_evaluation():
     fused = bn_relu.apply(variables, x, mutable=["batch_stats"])[0]
     np.testing.assert_allclose(fused, jax.nn.relu(plain), rtol=1e-6, atol=1e-6)
 
-
-def test_relu_gradient_from_output_equals_jax_relu():
-  from resnet_jax.models.layers import relu
-  x = jnp.asarray(np.random.default_rng(5).standard_normal((3, 7)), jnp.float32)
-  g = jnp.asarray(np.random.default_rng(6).standard_normal((3, 7)), jnp.float32)
-  np.testing.assert_array_equal(relu(x), jax.nn.relu(x))
-  np.testing.assert_array_equal(jax.vjp(relu, x)[1](g)[0], jax.vjp(jax.nn.relu, x)[1](g)[0])

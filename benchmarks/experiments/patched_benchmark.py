@@ -11,7 +11,6 @@ PATCHES (comma-separated):
                (models.testing.batch_norm_train_reference), i.e. without layers.batch_norm_train's written-out
                gradient and fused ReLU
   two_pass_bn  layers.batch_norm_train with two-pass statistics (E[(x - E[x])^2]) instead of one pass
-  jax_relu     jax.nn.relu (gradient from its input) in place of layers.relu (gradient from its output)
 """
 
 import os
@@ -72,19 +71,7 @@ def two_pass_bn():
   return undo
 
 
-def jax_relu():
-  import jax  # pylint: disable=g-import-not-at-top
-  from resnet_jax.models import layers  # pylint: disable=g-import-not-at-top
-  original = layers.relu
-  layers.relu = jax.nn.relu
-
-  def undo():
-    layers.relu = original
-  return undo
-
-
-PATCHES = {'lax_conv': lax_conv, 'no_donate': no_donate, 'autodiff_bn': autodiff_bn, 'two_pass_bn': two_pass_bn,
-           'jax_relu': jax_relu}
+PATCHES = {'lax_conv': lax_conv, 'no_donate': no_donate, 'autodiff_bn': autodiff_bn, 'two_pass_bn': two_pass_bn}
 
 
 def apply(names: str):

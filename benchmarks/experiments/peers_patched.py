@@ -2,7 +2,7 @@ r"""benchmarks/peers.py plus resnet_jax variants with a patch of patched_benchma
 interleaved run (before/after of an optimisation, beside the peers):
 
   python benchmarks/experiments/peers_patched.py --impls resnet_jax,resnet_jax+lax_conv,haiku --batch_size 8
-  python benchmarks/experiments/peers_patched.py --impls resnet_jax,resnet_jax+autodiff_bn+jax_relu --batch_size 8
+  python benchmarks/experiments/peers_patched.py --impls resnet_jax,resnet_jax+autodiff_bn --batch_size 8
 """
 
 import os

@@ -10,7 +10,6 @@
   group size (the per-GPU BatchNorm of the papers' multi-GPU training) and an optional fused ReLU. Its training
   arithmetic, `batch_norm_train`, has a written-out gradient: BatchNorm and ReLU move most of the bytes of a
   ResNet step (the convolutions do most of the arithmetic), so each pass over the activations they save counts.
-* `relu`: a ReLU whose gradient keeps its output (kept anyway as the next convolution's input), not its input.
 * Shortcuts (He et al. 2015 §3.3; He et al. 2016 §3): `zero_pad_shortcut` (option A). Projections (options B/C)
   and the gated / scaled / dropout variants are assembled in `units.ResidualUnit` from `LayerFactory.conv` and
   `gate`.
@@ -162,20 +161,6 @@ batch_norm_train.defvjp(
     lambda x, scale, bias, shift, group, epsilon, relu, dtype: _bn_train_forward(
         x, scale, bias, shift, group, epsilon, relu, dtype),
     _bn_train_backward)
-
-
-@jax.custom_vjp
-def relu(x: Array) -> Array:
-  """max(x, 0), whose gradient reads the output (y > 0 exactly where x > 0) instead of keeping the input.
-
-  `jax.nn.relu` keeps its input for the backward pass; where that input is a sum (a unit's h(x) + F(x), He et al.
-  2015 Fig. 2) nothing else needs it, while the output is kept anyway as the next convolution's input. So this
-  ReLU stores one activation-sized tensor less per unit. (BN-ReLU pairs use `BatchNorm(relu=True)`.)"""
-  return jnp.maximum(x, 0)
-
-
-relu.defvjp(lambda x: (jnp.maximum(x, 0),) * 2,
-            lambda y, g: (jnp.where(y > 0, g, jnp.zeros_like(g)),))
 
 
 class BatchNorm(nn.Module):

@@ -327,7 +327,7 @@ class ResNet(nn.Module):
     if self.unit_order == "full_preact":
       x = fac.norm(name="final_bn", relu=True)(x)
     elif self.unit_order == "relu_preact":
-      x = L.relu(x)
+      x = nn.relu(x)
     return L.classifier(x, self.num_classes, param_dtype)
 
 

@@ -131,7 +131,7 @@ class ResidualUnit(nn.Module):
       if order == "full_preact":
         pre = fac.norm(name="bn1", relu=True)(x)
       else:
-        pre = L.relu(x)
+        pre = nn.relu(x)
       branch_in = pre
       if self.preact == "shared":
         shortcut_in = pre
@@ -187,7 +187,7 @@ class ResidualUnit(nn.Module):
 
     out = y if h is None else h + y
     if order == "original":
-      out = L.relu(out)
+      out = nn.relu(out)
     elif order == "bn_after_add":
       out = fac.norm(name="bn_out", relu=True)(out)
     return out
