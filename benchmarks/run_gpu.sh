@@ -47,7 +47,7 @@ if want resnet50; then
 fi
 if want bn; then
   # Before/after of layers.batch_norm_train (written-out BatchNorm gradient, one-pass statistics, fused BN-ReLU)
-  # vs plain two-pass BatchNorm differentiated by JAX, with profiles.
+  # vs plain two-pass BatchNorm differentiated by JAX, with profiles; and one-pass vs two-pass statistics.
   PATCHED=("$PY" benchmarks/experiments/patched_benchmark.py --synthetic --compilation_cache "$CACHE")
   for PATCH in "" autodiff_bn; do
     run env PATCHES=$PATCH "${PATCHED[@]}" "${IMAGENET[@]}" --config.model.name=resnet50 \
@@ -57,6 +57,9 @@ if want bn; then
         --warmup 20 --profile "/tmp/resnet_jax_bn110${PATCH:+_before}" --tag "cifar_resnet110_bn${PATCH:+_before}" \
         --json "$OUT/${GPU}_batchnorm.jsonl"
   done
+  run env PATCHES=two_pass_bn "${PATCHED[@]}" "${IMAGENET[@]}" --config.model.name=resnet50 \
+      --config.batch_norm.mode=global --batch_size 256 --steps 30 --warmup 5 --tag resnet50_bn_two_pass \
+      --json "$OUT/${GPU}_batchnorm.jsonl"
 fi
 if want resnet50_fp32; then
   run "${BENCH[@]}" "${IMAGENET[@]}" --config.model.name=resnet50 --config.model.dtype=float32 \

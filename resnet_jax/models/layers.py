@@ -81,20 +81,14 @@ def _grouped(x: Array, group: int) -> Array:
   return x.reshape((x.shape[0] // group, group) + x.shape[1:])
 
 
-# Statistics of a batch in ONE pass over it: E[d] and E[d^2] of d = x - shift, var = E[d^2] - E[d]^2, in float32.
-# Both sums read x once (XLA fuses them into one reduction); the textbook two-pass E[(x - E[x])^2] reads it twice.
-# The shift is the running mean (a per-channel constant, no gradient): E[d] stays small next to the spread once the
-# running mean tracks the batches, so the subtraction loses no precision. At initialisation the shift is 0, which
-# is flax's default `use_fast_variance` arithmetic; float32 sums of conv outputs lose nothing noticeable there.
-_TWO_PASS_STATS = False
-
-
 def _bn_statistics(xg: Array, shift: Array, axes: tuple[int, ...]) -> tuple[Array, Array]:
-  xf = xg.astype(jnp.float32)
-  if _TWO_PASS_STATS:
-    mean = jnp.mean(xf, axis=axes, keepdims=True)
-    return mean, jnp.mean(jnp.square(xf - mean), axis=axes, keepdims=True)
-  d = xf - shift
+  """Mean and biased variance over `axes`, float32, in ONE pass over the activations: E[d] and E[d^2] of
+  d = x - shift, var = E[d^2] - E[d]^2. The two sums read x once (XLA fuses sibling reductions into one kernel);
+  the textbook two-pass E[(x - E[x])^2] reads it twice (flax's `use_fast_variance` makes the same trade). The
+  shift is the running mean (a per-channel constant, no gradient): E[d] stays small beside the spread once the
+  running mean tracks the batches, so the subtraction keeps float32's precision even for large means. At
+  initialisation the shift is 0: flax's default arithmetic."""
+  d = xg.astype(jnp.float32) - shift
   m1 = jnp.mean(d, axis=axes, keepdims=True)
   m2 = jnp.mean(jnp.square(d), axis=axes, keepdims=True)
   return m1 + shift, jnp.maximum(m2 - jnp.square(m1), 0.0)
