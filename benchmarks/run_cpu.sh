@@ -14,7 +14,7 @@ PY=${PYTHON:-python}
 OUT=benchmarks/results
 mkdir -p "$OUT"
 LOG="$OUT/cpu_run.log"
-ONLY=${ONLY:-"peers dispatch donation preact1001 cache flags input bn"}
+ONLY=${ONLY:-"peers dispatch donation preact1001 cache flags input bn resnext"}
 PATCHED="RUNNER=benchmarks/experiments/patched_benchmark.py"
 
 want() { [[ " $ONLY " == *" $1 "* ]]; }
@@ -90,5 +90,15 @@ if want bn; then
       --variant "preact1001_before:$PATCHED PATCHES=autodiff_bn:"
   run "$PY" benchmarks/experiments/peers_patched.py --impls resnet_jax,resnet_jax+autodiff_bn \
       --batch_size 8 --image_size 224 --rounds 3 --steps 2 --json "$OUT/cpu_batchnorm_resnet50.jsonl"
+fi
+if want resnext; then
+  # ResNeXt-50 (32x4d) train step, batch 4 at 224: grouped convolutions through models/conv.py's canonical
+  # backward pass vs through plain lax (the form before), unrolled and with scanned units.
+  for SCAN in False True; do
+    run "$PY" benchmarks/compare.py --rounds 1 --json "$OUT/cpu_resnext50_grouped_conv.jsonl" \
+        --common "--config configs/imagenet.py:resnext50_32x4d --synthetic --batch_size 4 --steps 2 --warmup 1 --no_pipelined --config.batch_norm.group_size=4 --config.model.scan_units=$SCAN" \
+        --variant "scan_$SCAN::" \
+        --variant "scan_${SCAN}_lax_grouped_conv:$PATCHED PATCHES=lax_grouped_conv:"
+  done
 fi
 echo "results in $OUT/cpu_*.jsonl; log $LOG"

@@ -6,6 +6,8 @@ before/after measurement of an optimisation (nothing here is used by resnet_jax 
 PATCHES (comma-separated):
   lax_conv     every convolution of the zoo through plain flax nn.Conv / lax.conv_general_dilated, i.e. without
                resnet_jax.models.conv's CPU rewrite
+  lax_grouped_conv  grouped convolutions (ResNeXt) through plain lax.conv_general_dilated, the others through
+               resnet_jax.models.conv (its form before grouped convolutions got the canonical backward pass)
   no_donate    train.make_resident_runner's jit without donate_argnums (what buffer donation buys)
   autodiff_bn  BatchNorm's training arithmetic as plain two-pass statistics differentiated by JAX
                (models.testing.batch_norm_train_reference), i.e. without layers.batch_norm_train's written-out
@@ -22,6 +24,24 @@ def lax_conv():
   from resnet_jax.models import layers  # pylint: disable=g-import-not-at-top
   original = layers.conv_lib
   layers.conv_lib = types.SimpleNamespace(Conv=nn.Conv)
+
+  def undo():
+    layers.conv_lib = original
+  return undo
+
+
+def lax_grouped_conv():
+  import functools  # pylint: disable=g-import-not-at-top
+  from jax import lax  # pylint: disable=g-import-not-at-top
+  from resnet_jax.models import conv  # pylint: disable=g-import-not-at-top
+  from resnet_jax.models import layers  # pylint: disable=g-import-not-at-top
+
+  def conv_general_dilated(lhs, rhs, *args, **kwargs):
+    if kwargs.get('feature_group_count', 1) != 1:
+      return lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
+    return conv.conv_general_dilated(lhs, rhs, *args, **kwargs)
+  original = layers.conv_lib
+  layers.conv_lib = types.SimpleNamespace(Conv=functools.partial(conv.Conv, conv_general_dilated=conv_general_dilated))
 
   def undo():
     layers.conv_lib = original
@@ -79,7 +99,7 @@ def two_pass_bn():
   return undo
 
 
-PATCHES = {'lax_conv': lax_conv, 'no_donate': no_donate, 'autodiff_bn': autodiff_bn, 'two_pass_bn': two_pass_bn}
+PATCHES = {'lax_conv': lax_conv, 'lax_grouped_conv': lax_grouped_conv, 'no_donate': no_donate, 'autodiff_bn': autodiff_bn, 'two_pass_bn': two_pass_bn}
 
 
 def apply(names: str):

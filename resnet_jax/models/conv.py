@@ -71,38 +71,43 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     x = lhs[:, ::strides[0], ::strides[1], :] if strides != ones else lhs
     return lax.dot_general(x, rhs.reshape(rhs.shape[2:]), (((3,), (0,)), ((), ())), precision=precision,
                            preferred_element_type=preferred_element_type)
-  if feature_group_count != 1 or preferred_element_type is not None:
+  if preferred_element_type is not None:
     return lax.conv_general_dilated(lhs, rhs, strides, pads, dimension_numbers=NHWC,
                                     feature_group_count=feature_group_count, precision=precision,
                                     preferred_element_type=preferred_element_type)
-  return _canonical_conv(lhs, rhs, strides, pads, precision)
+  return _canonical_conv(lhs, rhs, strides, pads, int(feature_group_count), precision)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _canonical_conv(x, w, strides, pads, precision):
-  return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=NHWC, precision=precision)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _canonical_conv(x, w, strides, pads, groups, precision):
+  return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=NHWC, feature_group_count=groups,
+                                  precision=precision)
 
 
-def _canonical_conv_fwd(x, w, strides, pads, precision):
-  return _canonical_conv(x, w, strides, pads, precision), (x, w)
+def _canonical_conv_fwd(x, w, strides, pads, groups, precision):
+  return _canonical_conv(x, w, strides, pads, groups, precision), (x, w)
 
 
-def _canonical_conv_bwd(strides, pads, precision, residuals, dy):
+def _canonical_conv_bwd(strides, pads, groups, precision, residuals, dy):
   x, w = residuals
-  kh, kw = w.shape[:2]
-  dx = dw = None
-  # Input gradient: dy dilated by the stride, convolved with the flipped kernel, in/out swapped (HWIO).
-  w_t = jnp.swapaxes(w[::-1, ::-1], 2, 3)
+  kh, kw, cin_per_group, cout = w.shape
+  batch = x.shape[0]
+  # Input gradient: dy dilated by the stride, convolved with the flipped kernel, in/out swapped within each
+  # group (HWIO: (kh, kw, cout/G, cin)), grouped like the forward convolution.
+  w_t = w[::-1, ::-1].reshape(kh, kw, cin_per_group, groups, cout // groups)
+  w_t = jnp.transpose(w_t, (0, 1, 4, 3, 2)).reshape(kh, kw, cout // groups, groups * cin_per_group)
   dx_pads = []
   for axis, k in ((1, kh), (2, kw)):
     s, (lo, _) = strides[axis - 1], pads[axis - 1]
     n, m = x.shape[axis], dy.shape[axis]
     dx_pads.append((k - 1 - lo, n - 1 - (m - 1) * s + lo))
   dx = lax.conv_general_dilated(dy, w_t, (1, 1), dx_pads, lhs_dilation=strides, dimension_numbers=NHWC,
-                                precision=precision).astype(x.dtype)
-  # Kernel gradient: dw[i, j, c, o] = sum_{b, p, q} x_pad[b, p*s + i, q*s + j, c] dy[b, p, q, o], a convolution
-  # of x^T (C as batch, B as feature) with dy^T (H, W, B, O) dilated by the stride, in canonical form.
-  xt = jnp.transpose(x, (3, 1, 2, 0))         # C, H, W, B
+                                feature_group_count=groups, precision=precision).astype(x.dtype)
+  # Kernel gradient: dw[i, j, c, o] = sum_{b, p, q} x_pad[b, p*s + i, q*s + j, g*C/G + c] dy[b, p, q, o] for o in
+  # group g: a convolution of x^T (C/G as batch; (G, B) as features, in G groups) with dy^T (H', W', B, O) dilated
+  # by the stride, in canonical form (one group: x^T is (C, H, W, B)).
+  xt = x.reshape(batch, x.shape[1], x.shape[2], groups, cin_per_group)
+  xt = jnp.transpose(xt, (4, 1, 2, 3, 0)).reshape(cin_per_group, x.shape[1], x.shape[2], groups * batch)
   dyt = jnp.transpose(dy, (1, 2, 0, 3))       # H', W', B, O
   dw_pads = []
   for axis, k in ((1, kh), (2, kw)):
@@ -115,7 +120,7 @@ def _canonical_conv_bwd(strides, pads, precision, residuals, dy):
     xt = xt[:, :x.shape[1] + crop[0], :x.shape[2] + crop[1], :]
     dw_pads = [(lo, max(0, hi)) for lo, hi in dw_pads]
   dw = lax.conv_general_dilated(xt, dyt, (1, 1), dw_pads, rhs_dilation=strides, dimension_numbers=NHWC,
-                                precision=precision)  # C, kh, kw, O
+                                feature_group_count=groups, precision=precision)  # C/G, kh, kw, O
   dw = jnp.transpose(dw, (1, 2, 0, 3)).astype(w.dtype)
   return dx, dw
 
