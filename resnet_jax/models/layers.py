@@ -151,10 +151,7 @@ def batch_norm_train(x: Array, scale: Array, bias: Array, shift: Array, group: i
   return _bn_train_forward(x, scale, bias, shift, group, epsilon, relu, dtype)[0]
 
 
-batch_norm_train.defvjp(
-    lambda x, scale, bias, shift, group, epsilon, relu, dtype: _bn_train_forward(
-        x, scale, bias, shift, group, epsilon, relu, dtype),
-    _bn_train_backward)
+batch_norm_train.defvjp(_bn_train_forward, _bn_train_backward)
 
 
 class BatchNorm(nn.Module):
