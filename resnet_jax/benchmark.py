@@ -368,7 +368,8 @@ def profile_summary(trace_dir: str, steps: int, top: int = 12) -> dict[str, Any]
   for op, ms in by_op.items():
     kind = re.sub(r'(\.\d+)+$', '', op)
     by_kind[kind] = by_kind.get(kind, 0.0) + ms
-  per_step = lambda table, n: [[k, round(v / steps, 4)] for k, v in sorted(table.items(), key=lambda kv: -kv[1])[:n]]
+  def per_step(table, n):
+    return [[k, round(v / steps, 4)] for k, v in sorted(table.items(), key=lambda kv: -kv[1])[:n]]
   return {'profile_dir': trace_dir, 'profile_busy_ms_per_step': sum(by_op.values()) / steps,
           'profile_kernels_per_step': kernels / steps, 'profile_ms_per_step_by_kind': per_step(by_kind, 20),
           'profile_top_ops_ms_per_step': per_step(by_op, top)}

@@ -41,7 +41,8 @@ def lax_grouped_conv():
       return lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
     return conv.conv_general_dilated(lhs, rhs, *args, **kwargs)
   original = layers.conv_lib
-  layers.conv_lib = types.SimpleNamespace(Conv=functools.partial(conv.Conv, conv_general_dilated=conv_general_dilated))
+  patched_conv = functools.partial(conv.Conv, conv_general_dilated=conv_general_dilated)
+  layers.conv_lib = types.SimpleNamespace(Conv=patched_conv)
 
   def undo():
     layers.conv_lib = original
@@ -83,23 +84,18 @@ def autodiff_bn():
 
 
 def two_pass_bn():
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from resnet_jax.models import layers  # pylint: disable=g-import-not-at-top
+  from resnet_jax.models import testing  # pylint: disable=g-import-not-at-top
   original = layers._bn_statistics  # pylint: disable=protected-access
-
-  def two_pass_statistics(xg, shift, axes):
-    del shift
-    xf = xg.astype(jnp.float32)
-    mean = jnp.mean(xf, axis=axes, keepdims=True)
-    return mean, jnp.mean(jnp.square(xf - mean), axis=axes, keepdims=True)
-  layers._bn_statistics = two_pass_statistics  # pylint: disable=protected-access
+  layers._bn_statistics = testing.two_pass_statistics  # pylint: disable=protected-access
 
   def undo():
     layers._bn_statistics = original  # pylint: disable=protected-access
   return undo
 
 
-PATCHES = {'lax_conv': lax_conv, 'lax_grouped_conv': lax_grouped_conv, 'no_donate': no_donate, 'autodiff_bn': autodiff_bn, 'two_pass_bn': two_pass_bn}
+PATCHES = {'lax_conv': lax_conv, 'lax_grouped_conv': lax_grouped_conv, 'no_donate': no_donate,
+           'autodiff_bn': autodiff_bn, 'two_pass_bn': two_pass_bn}
 
 
 def apply(names: str):

@@ -63,14 +63,21 @@ def random_variables(model, input_shape: Sequence[int], seed: int = 0, dtype=jnp
   return fill_variables(abstract_variables(model, input_shape, dtype), seed)
 
 
+def two_pass_statistics(xg, shift, axes):
+  """Mean and biased variance as E[x] and E[(x - E[x])^2] (two passes over x), float32; `shift` is unused (the
+  signature of `layers._bn_statistics`, whose one-pass arithmetic this is the textbook form of)."""
+  del shift
+  xf = xg.astype(jnp.float32)
+  mean = jnp.mean(xf, axis=axes, keepdims=True)
+  return mean, jnp.mean(jnp.square(xf - mean), axis=axes, keepdims=True)
+
+
 def batch_norm_train_reference(x, scale, bias, shift, group, epsilon, relu, dtype):
   """`layers.batch_norm_train` written plainly (two-pass statistics, gradient by autodiff): the oracle its
   hand-written gradient is tested against, and the "before" of its benchmark (benchmarks/experiments)."""
-  del shift  # changes rounding only
   xg = x.reshape((x.shape[0] // group, group) + x.shape[1:]).astype(jnp.float32)
   axes = tuple(range(1, xg.ndim - 1))
-  mean = jnp.mean(xg, axis=axes, keepdims=True)
-  var = jnp.mean(jnp.square(xg - mean), axis=axes, keepdims=True)
+  mean, var = two_pass_statistics(xg, shift, axes)
   y = (xg - mean) * (scale * jax.lax.rsqrt(var + epsilon)) + bias
   if relu:
     y = jax.nn.relu(y)
