@@ -230,12 +230,19 @@ def to_json(config: ml_collections.ConfigDict) -> str:
   return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
 
 
+def nested_tuple(value: Any) -> Any:
+  """Lists, tuples and NumPy arrays -> nested tuples of Python scalars (dict values too), everything else
+  unchanged. Module attributes and config fields must be hashable and JSON round trips give lists, so this is
+  the one conversion every layer uses (saved configs, normalisation statistics, checkpoint metadata)."""
+  if isinstance(value, dict):
+    return {k: nested_tuple(v) for k, v in value.items()}
+  if hasattr(value, 'tolist') and not isinstance(value, (str, bytes)):  # NumPy arrays and scalars
+    value = value.tolist()
+  if isinstance(value, (list, tuple)):
+    return tuple(nested_tuple(v) for v in value)
+  return value
+
+
 def from_json(text: str) -> ml_collections.ConfigDict:
   """Rebuilds a config saved by `to_json` (lists come back as tuples, as config files write them)."""
-  def tuplify(value):
-    if isinstance(value, dict):
-      return {k: tuplify(v) for k, v in value.items()}
-    if isinstance(value, list):
-      return tuple(tuplify(v) for v in value)
-    return value
-  return ml_collections.ConfigDict(tuplify(json.loads(text)))
+  return ml_collections.ConfigDict(nested_tuple(json.loads(text)))
