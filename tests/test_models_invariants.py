@@ -20,7 +20,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from resnet_jax.errors import UserError
 from resnet_jax.models import (BatchNorm, count_params, create_model, describe_units, scan_variables,
                                unscan_variables)
-from resnet_jax.models.layers import survival_probabilities
+from resnet_jax.models import units
+from resnet_jax.models.layers import batch_norm_train, batch_norm_train_reference, survival_probabilities
 from resnet_jax.models.testing import random_variables
 
 WIDTHS = (4, 8, 16)
@@ -320,19 +321,51 @@ def test_ghost_bn_model_equals_separate_calls_per_group():
                              atol=1e-6)
 
 
-def test_global_bn_over_a_sharded_batch_is_whole_batch_bn():
-  # Under jit with the batch sharded over devices, bn_group_size=None normalises over the global batch.
-  devices = np.array(jax.devices()[:2])
-  if devices.size < 2:
-    devices = np.array(jax.devices()[:1])
-  mesh = Mesh(devices, ("data",))
-  model = tiny()
+@pytest.mark.parametrize("group_size", [None, 2, 4])
+def test_bn_of_a_batch_sharded_over_devices_matches_per_group_statistics_computed_on_the_host(group_size):
+  # The batch is split over 2 devices (conftest): global BN (None) must still use the statistics of the whole
+  # batch, ghost BN those of each group of `group_size` consecutive examples, whichever device holds them.
+  assert len(jax.devices()) >= 2
+  mesh = Mesh(np.array(jax.devices()[:2]), ("data",))
+  rs = np.random.default_rng(5)
+  x = rs.standard_normal((8, 3, 3, 4)) * rs.uniform(0.5, 3, 4) + rs.uniform(-2, 2, 4)
+  bn = BatchNorm(group_size=group_size, momentum=0.0, epsilon=1e-3)
+  variables = bn.init(jax.random.key(0), jnp.zeros(x.shape, jnp.float32))
+  fn = jax.jit(lambda v, x: bn.apply(v, x, mutable=["batch_stats"]))
+  y, stats = fn(variables, jax.device_put(jnp.asarray(x, jnp.float32), NamedSharding(mesh, PartitionSpec("data"))))
+  groups = x.reshape(8 // (group_size or 8), group_size or 8, 3, 3, 4)
+  mean, var = groups.mean(axis=(1, 2, 3), keepdims=True), groups.var(axis=(1, 2, 3), keepdims=True)
+  np.testing.assert_allclose(y, ((groups - mean) / np.sqrt(var + 1e-3)).reshape(x.shape), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(stats["batch_stats"]["var"], var.mean(axis=0).ravel(), rtol=1e-4)
+  np.testing.assert_allclose(stats["batch_stats"]["mean"], mean.mean(axis=0).ravel(), rtol=1e-4, atol=1e-5)
+
+
+def test_fast_kernels_equal_the_reference_kernels_in_values_and_gradients():
+  # layers.KERNELS is the one seam between the hand-written CPU convolution / BatchNorm gradient and plain
+  # lax / autodiff: a whole network must give the same logits, statistics and gradients either way.
+  for options in (dict(), dict(block="bottleneck", cardinality=2, base_width=32, unit_order="full_preact")):
+    fast = tiny(**options)
+    variables = random_variables(fast, X.shape)
+    got = loss_and_grads(fast, variables)
+    want = loss_and_grads(fast.clone(kernels="reference"), variables)
+    for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+      np.testing.assert_allclose(g, w, rtol=2e-4, atol=2e-5)
+  with pytest.raises(UserError, match="kernels"):
+    tiny(kernels="fastest").apply(variables, X)
+
+
+def test_a_new_activation_order_is_one_entry_of_the_table(monkeypatch):
+  # He et al. 2016 Fig. 4's orders are data (units.ORDERS): an order added there is trained with no other
+  # change. Here "BN after addition" without the ReLU: conv-BN-ReLU-conv, add, BN.
+  monkeypatch.setitem(units.ORDERS, "bn_only_after_add", units.ActivationOrder(
+      "b'", preactivation="none", after_conv="bn_relu", after_last_conv="none", after_addition="bn",
+      after_stem="bn_relu", after_last_unit="none"))
+  model = tiny(unit_order="bn_only_after_add")
   variables = random_variables(model, X.shape)
-  fn = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
-  sharded = jax.device_put(X, NamedSharding(mesh, PartitionSpec("data")))
-  got = fn(variables, sharded)
-  want = fn(variables, X)
-  tree_close(got, want)
+  assert set(variables["params"]["stage1_unit1"]) == {"conv1", "bn1", "conv2", "bn_out"}
+  out = model.apply(variables, X)
+  assert np.all(np.isfinite(out)) and float(jnp.min(out)) < 0
+  assert count_params(model) == count_params(tiny(unit_order="bn_after_add"))
 
 
 # --------------------------------------------------------------------------------------------- gates
@@ -391,8 +424,6 @@ def test_bn_hand_written_gradient_equals_autodiff(group, relu, offset):
   # layers.batch_norm_train's gradient is written out (two passes over the activations); it must equal autodiff
   # of the plain arithmetic for x, scale and bias, including the cotangents of the returned mean and variance
   # and the fused ReLU. offset: batch means far from 0, with the running mean (the shift) near them.
-  from resnet_jax.models.layers import batch_norm_train
-  from resnet_jax.models.testing import batch_norm_train_reference
   rs = np.random.default_rng(group)
   x = jnp.asarray(rs.standard_normal((6, 3, 2, 5)) * rs.uniform(0.5, 3, 5) + offset, jnp.float32)
   scale = jnp.asarray(rs.uniform(0.5, 2, 5), jnp.float32)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import pytest
 
 from resnet_jax.errors import UserError
+from resnet_jax.models import registry
 from resnet_jax.models import (DenseNet, ResNet, create_model, describe_units, list_models,
                                model_options, num_residual_units)
 
@@ -128,3 +129,13 @@ def test_ghost_group_size_must_divide_the_batch():
   m = create_model("cifar_resnet20", stage_sizes=(1, 1, 1), bn_group_size=3)
   with pytest.raises(UserError, match="bn_group_size=3"):
     jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros((4, 8, 8, 3)), train=True))
+
+
+def test_cifar_depth_factories_reject_depths_outside_their_family():
+  # 6n+2 (He et al. 2015 §4.2, two-layer units) and 9n+2 (He et al. 2016, three-layer bottlenecks): a depth
+  # outside the family must not silently build the next smaller net.
+  with pytest.raises(ValueError, match=r"9n\+2"):
+    registry._cifar_9n2(165)  # pylint: disable=protected-access
+  with pytest.raises(ValueError, match=r"6n\+2"):
+    registry._cifar_6n2(21)  # pylint: disable=protected-access
+  assert registry._cifar_9n2(164).defaults["stage_sizes"] == (18, 18, 18)  # pylint: disable=protected-access

@@ -10,7 +10,7 @@ PATCHES (comma-separated):
                resnet_jax.models.conv (its form before grouped convolutions got the canonical backward pass)
   no_donate    train.make_resident_runner's jit without donate_argnums (what buffer donation buys)
   autodiff_bn  BatchNorm's training arithmetic as plain two-pass statistics differentiated by JAX
-               (models.testing.batch_norm_train_reference), i.e. without layers.batch_norm_train's written-out
+               (layers.batch_norm_train_reference), i.e. without layers.batch_norm_train's written-out
                gradient and fused ReLU
   two_pass_bn  layers.batch_norm_train with two-pass statistics (E[(x - E[x])^2]) instead of one pass
 """
@@ -19,34 +19,34 @@ import os
 import types
 
 
-def lax_conv():
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+def _swap_fast_kernels(conv=None, batch_norm_train=None):
+  """Replaces parts of layers.KERNELS['fast'] (the models' default) and returns the undo."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
   from resnet_jax.models import layers  # pylint: disable=g-import-not-at-top
-  original = layers.conv_lib
-  layers.conv_lib = types.SimpleNamespace(Conv=nn.Conv)
+  original = layers.KERNELS['fast']
+  changes = {k: v for k, v in dict(conv=conv, batch_norm_train=batch_norm_train).items() if v is not None}
+  layers.KERNELS['fast'] = dataclasses.replace(original, **changes)
 
   def undo():
-    layers.conv_lib = original
+    layers.KERNELS['fast'] = original
   return undo
+
+
+def lax_conv():
+  from resnet_jax.models import layers  # pylint: disable=g-import-not-at-top
+  return _swap_fast_kernels(conv=layers.KERNELS['reference'].conv)
 
 
 def lax_grouped_conv():
   import functools  # pylint: disable=g-import-not-at-top
   from jax import lax  # pylint: disable=g-import-not-at-top
   from resnet_jax.models import conv  # pylint: disable=g-import-not-at-top
-  from resnet_jax.models import layers  # pylint: disable=g-import-not-at-top
 
   def conv_general_dilated(lhs, rhs, *args, **kwargs):
     if kwargs.get('feature_group_count', 1) != 1:
       return lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
     return conv.conv_general_dilated(lhs, rhs, *args, **kwargs)
-  original = layers.conv_lib
-  patched_conv = functools.partial(conv.Conv, conv_general_dilated=conv_general_dilated)
-  layers.conv_lib = types.SimpleNamespace(Conv=patched_conv)
-
-  def undo():
-    layers.conv_lib = original
-  return undo
+  return _swap_fast_kernels(conv=functools.partial(conv.Conv, conv_general_dilated=conv_general_dilated))
 
 
 def no_donate():
@@ -74,23 +74,16 @@ def no_donate():
 
 def autodiff_bn():
   from resnet_jax.models import layers  # pylint: disable=g-import-not-at-top
-  from resnet_jax.models import testing  # pylint: disable=g-import-not-at-top
-  original = layers.batch_norm_train
-  layers.batch_norm_train = testing.batch_norm_train_reference
-
-  def undo():
-    layers.batch_norm_train = original
-  return undo
+  return _swap_fast_kernels(batch_norm_train=layers.batch_norm_train_reference)
 
 
 def two_pass_bn():
   from resnet_jax.models import layers  # pylint: disable=g-import-not-at-top
-  from resnet_jax.models import testing  # pylint: disable=g-import-not-at-top
-  original = layers._bn_statistics  # pylint: disable=protected-access
-  layers._bn_statistics = testing.two_pass_statistics  # pylint: disable=protected-access
+  original = layers.one_pass_statistics
+  layers.one_pass_statistics = layers.two_pass_statistics
 
   def undo():
-    layers._bn_statistics = original  # pylint: disable=protected-access
+    layers.one_pass_statistics = original
   return undo
 
 

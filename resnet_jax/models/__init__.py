@@ -6,12 +6,16 @@
     logits = model.apply(variables, x, train=False)
 
 Module map (each paper concept lives in one place):
-  layers.py    conv/norm factories (He init, ghost BatchNorm), option-A shortcut, stochastic depth, head
-  units.py     residual units: basic / bottleneck (ResNeXt groups) / 1-layer; orders (a)-(e); shortcut variants
+  layers.py    conv/norm/activation factories (He init, ghost BatchNorm), the fast/reference kernel seam
+               (`KERNELS`), option-A shortcut, stochastic depth, head
+  conv.py      the CPU-friendly convolution behind `KERNELS['fast']`
+  units.py     residual units: basic / bottleneck (ResNeXt groups) / 1-layer; the activation orders (a)-(e) as
+               one table (`ORDERS`); shortcut variants
   resnet.py    `ResNet`: stem -> stages -> head for every residual family; scanned <-> unrolled variables
   densenet.py  `DenseNet` (DenseNet-BC)
   registry.py  names -> configurations (`create_model`, `list_models`)
-  counting.py  `count_params`, `count_macs` (from the jaxpr)
+  counting.py  `count_params`, `count_macs` (from the jaxpr), `abstract_variables`
+  testing.py   NumPy-filled variables for tests and benchmarks
 """
 
 from resnet_jax.errors import UserError

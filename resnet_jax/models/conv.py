@@ -1,16 +1,18 @@
 """Convolutions for the zoo: `lax.conv_general_dilated` everywhere, rewritten on the CPU backend only.
 
-Two problems of XLA:CPU (measured with jax 0.10.2; invisible on GPU/TPU, where cuDNN / the TPU compiler handle
+This is the fast side of `layers.KERNELS`; its plain reference is flax `nn.Conv` (`lax.conv_general_dilated`),
+and tests/test_models_conv.py asserts the two agree in values and gradients.
+
+Two problems of XLA:CPU (seen with jax 0.10.2; invisible on GPU/TPU, where cuDNN / the TPU compiler handle
 every convolution layout natively):
 
 1. `ConvCanonicalization` (the pass that puts a convolution into the NHWC/HWIO/NHWC form the Eigen/YNNPACK
    kernels need) walks only the ENTRY computation. The backward convolutions JAX emits (input gradient: reversed
    kernel with in/out swapped; kernel gradient: batch and feature swapped) are not in that form, so inside any
    while loop -- `lax.scan` over steps (config.steps_per_dispatch > 1) or over units (model.scan_units) -- they
-   fall back to XLA's naive elemental convolution loop (CIFAR ResNet-20, 8 steps per dispatch: 31.5x slower
-   steps; benchmarks/results/cpu_cifar_resnet20_dispatch.jsonl).
+   fall back to XLA's naive elemental convolution loop.
 2. At the top level the kernel-gradient convolutions are canonicalised by transposing both activations every
-   step: ~15-20% of a ResNet-50 step on CPU.
+   step.
 
 So on CPU, for NHWC inputs and HWIO kernels:
   * 1x1 convolutions (no padding, one group) are a strided slice + `dot_general`: forward, input gradient and
@@ -18,10 +20,9 @@ So on CPU, for NHWC inputs and HWIO kernels:
   * other convolutions, grouped ones (ResNeXt) included, get a custom VJP whose two backward convolutions are
     written in canonical NHWC/HWIO/NHWC form (kernel flipped and transposed per group explicitly; for the kernel
     gradient the activations are transposed explicitly, the groups becoming feature groups), so they stay on the
-    fast path inside loops too (benchmarks/results/cpu_resnext50_grouped_conv.jsonl for ResNeXt-50).
-Measured side by side (benchmarks/results/cpu_peers_resnet50.jsonl:
-ResNet-50 batch 8 at 224, 2-core CPU, one interleaved run): train step 2.57 s with this module vs 4.06 s with
-plain `lax.conv_general_dilated` (0.63x); the haiku peer 4.15 s.
+    fast path inside loops too.
+What this buys is measured in benchmarks/results/ (cpu_peers_resnet50.jsonl, cpu_cifar_resnet20_dispatch.jsonl,
+cpu_resnext50_grouped_conv.jsonl) and quoted in the README's performance table.
 Numerics: the same sums in another association order (float32 rounding differences only; tested against lax).
 On other backends `conv_general_dilated` is `lax.conv_general_dilated` unchanged.
 """

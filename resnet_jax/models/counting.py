@@ -17,10 +17,10 @@ import jax
 import jax.numpy as jnp
 
 
-
-def _abstract_variables(model, input_shape, dtype):
+def abstract_variables(model, input_shape: Sequence[int], dtype=jnp.float32):
+  """Shapes and dtypes of `model.init(key, x, train=False)` without running it (no FLOPs, no weights)."""
   x = jax.ShapeDtypeStruct(tuple(input_shape), dtype)
-  return jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x), x
+  return jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
 
 
 def count_params(model, input_shape: Sequence[int] = (1, 32, 32, 3), dtype=jnp.float32) -> int:
@@ -29,13 +29,14 @@ def count_params(model, input_shape: Sequence[int] = (1, 32, 32, 3), dtype=jnp.f
   The count does not depend on the spatial size for the zoo's models (global average pooling), so a small
   `input_shape` is enough; the channel count must be the one the model will see.
   """
-  variables, _ = _abstract_variables(model, input_shape, dtype)
+  variables = abstract_variables(model, input_shape, dtype)
   return int(sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(variables.get("params", {}))))
 
 
 def count_macs(model, input_shape: Sequence[int] = (1, 224, 224, 3), dtype=jnp.float32) -> int:
   """Multiply-adds of one forward pass (train=False) on an input of `input_shape` (NHWC, batch included)."""
-  variables, x = _abstract_variables(model, input_shape, dtype)
+  variables = abstract_variables(model, input_shape, dtype)
+  x = jax.ShapeDtypeStruct(tuple(input_shape), dtype)
   closed = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, x)
   return jaxpr_macs(closed.jaxpr)
 

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from resnet_jax.errors import UserError
-from resnet_jax.models import layers as L
+from resnet_jax.models import layers as layers_lib
 
 
 class DenseNet(nn.Module):
@@ -30,7 +30,8 @@ class DenseNet(nn.Module):
     stem_width: channels of the first conv; None = 2k for BC (paper), 16 otherwise.
     drop_rate: dropout after each conv but the first (the paper's runs without augmentation use 0.2); needs
       the 'dropout' RNG when training. Default 0.
-    bn_momentum, bn_epsilon, bn_group_size, dtype, param_dtype: as `ResNet` (shared `layers.LayerFactory`).
+    bn_momentum, bn_epsilon, bn_group_size, dtype, param_dtype, kernels: as `ResNet` (shared
+      `layers.LayerFactory`).
     num_classes: classes of the head (10).
   Initialisation as `ResNet`: convs He normal fan_out, BN 1/0, head as torch nn.Linear. DenseNet has no residual
   units: the lesion / path analyses and `branch_gates` do not apply.
@@ -50,6 +51,7 @@ class DenseNet(nn.Module):
   bn_group_size: Optional[int] = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  kernels: str = "fast"
 
   @property
   def layers_per_block(self) -> int:
@@ -69,21 +71,24 @@ class DenseNet(nn.Module):
       raise UserError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
     if self.bn_group_size is not None and self.bn_group_size < 1:
       raise UserError(f"bn_group_size must be None or a positive int, got {self.bn_group_size!r}")
-    L.canonical_dtype(self.dtype)
-    L.canonical_dtype(self.param_dtype)
+    layers_lib.canonical_dtype(self.dtype)
+    layers_lib.canonical_dtype(self.param_dtype)
+    layers_lib.check_kernels(self.kernels)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     self.check_options()
-    dtype = L.canonical_dtype(self.dtype)
-    param_dtype = L.canonical_dtype(self.param_dtype)
-    fac = L.LayerFactory(train=train, dtype=dtype, param_dtype=param_dtype, bn_momentum=self.bn_momentum,
-                         bn_epsilon=self.bn_epsilon, bn_group_size=self.bn_group_size)
-    k = self.growth_rate
-    drop = lambda y: nn.Dropout(self.drop_rate, deterministic=not train)(y) if self.drop_rate else y
+    layers = layers_lib.LayerFactory(
+        train=train, dtype=layers_lib.canonical_dtype(self.dtype),
+        param_dtype=layers_lib.canonical_dtype(self.param_dtype), bn_momentum=self.bn_momentum,
+        bn_epsilon=self.bn_epsilon, bn_group_size=self.bn_group_size, kernels=self.kernels)
+    k = self.growth_rate  # the paper's growth rate k
+
+    def dropout(y):
+      return nn.Dropout(self.drop_rate, deterministic=not train)(y) if self.drop_rate else y
 
     stem_width = self.stem_width or (2 * k if self.bottleneck else 16)
-    x = fac.conv(stem_width, 3, name="stem_conv")(x.astype(dtype))
+    x = layers.conv(stem_width, 3, name="stem_conv")(x.astype(layers.dtype))
     for b in range(self.num_blocks):
       # The block's concatenated feature maps live in one buffer of the block's final width, filled in place:
       # layer i reads the first c_i channels. Same values as concatenating, but XLA compiles it ~3x faster
@@ -95,17 +100,17 @@ class DenseNet(nn.Module):
         prefix = f"block{b + 1}_layer{i + 1}"
         y = buffer[..., :c]
         if self.bottleneck:
-          y = fac.norm(name=f"{prefix}_bn1", relu=True)(y)
-          y = drop(fac.conv(self.bottleneck_factor * k, 1, name=f"{prefix}_conv1")(y))
-        y = fac.norm(name=f"{prefix}_bn2", relu=True)(y)
-        y = drop(fac.conv(k, 3, name=f"{prefix}_conv2")(y))
+          y = layers.norm(name=f"{prefix}_bn1", relu=True)(y)
+          y = dropout(layers.conv(self.bottleneck_factor * k, 1, name=f"{prefix}_conv1")(y))
+        y = layers.norm(name=f"{prefix}_bn2", relu=True)(y)
+        y = dropout(layers.conv(k, 3, name=f"{prefix}_conv2")(y))
         buffer = jax.lax.dynamic_update_slice_in_dim(buffer, y.astype(buffer.dtype), c, axis=-1)
         c += k
       x = buffer
       if b < self.num_blocks - 1:
         features = int(self.compression * x.shape[-1])
-        x = fac.norm(name=f"transition{b + 1}_bn", relu=True)(x)
-        x = drop(fac.conv(features, 1, name=f"transition{b + 1}_conv")(x))
+        x = layers.norm(name=f"transition{b + 1}_bn", relu=True)(x)
+        x = dropout(layers.conv(features, 1, name=f"transition{b + 1}_conv")(x))
         x = nn.avg_pool(x, (2, 2), strides=(2, 2))
-    x = fac.norm(name="final_bn", relu=True)(x)
-    return L.classifier(x, self.num_classes, param_dtype)
+    x = layers.norm(name="final_bn", relu=True)(x)
+    return layers_lib.classifier(x, self.num_classes, layers.param_dtype)

@@ -4,8 +4,11 @@
   convolutions draw from N(0, 2 / (k*k*out_channels)) ("kaiming normal, fan_out", untruncated), have no bias;
   BatchNorm starts at gamma=1, beta=0; the classifier is initialised as torch's `nn.Linear` default, which
   torchvision keeps: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-* `LayerFactory`: the conv and norm factories. Every model builds its convolutions and BatchNorms through it, so
-  compute dtype, parameter dtype and the BatchNorm mode are one setting for the whole network.
+* `LayerFactory`: the conv, norm and activation factories. Every model builds its convolutions and BatchNorms
+  through it, so compute dtype, parameter dtype, the BatchNorm mode and the kernels are one setting for the
+  whole network.
+* `KERNELS`: the one seam between the hand-optimised kernels (`conv.Conv`, `batch_norm_train`) and their plain
+  references (`nn.Conv`, `batch_norm_train_reference`), chosen by the models' `kernels` option.
 * `BatchNorm`: batch normalisation (Ioffe & Szegedy 2015) with statistics in float32, an optional "ghost"
   group size (the per-GPU BatchNorm of the papers' multi-GPU training) and an optional fused ReLU. Its training
   arithmetic, `batch_norm_train`, has a written-out gradient: BatchNorm and ReLU move most of the bytes of a
@@ -13,7 +16,7 @@
 * Shortcuts (He et al. 2015 §3.3; He et al. 2016 §3): `zero_pad_shortcut` (option A). Projections (options B/C)
   and the gated / scaled / dropout variants are assembled in `units.ResidualUnit` from `LayerFactory.conv` and
   `gate`.
-* Stochastic depth (Huang et al. 2016): `survival_probabilities`, `stochastic_depth_scales`.
+* Stochastic depth (Huang et al. 2016): `survival_probabilities` (Eq. 4), `stochastic_depth_factors`.
 * `gate_gradient`: identity in the forward pass, scaled gradient in the backward pass (Veit et al. 2016 path
   analysis).
 * `classifier`: global average pooling and the float32 fully connected layer.
@@ -81,7 +84,7 @@ def _grouped(x: Array, group: int) -> Array:
   return x.reshape((x.shape[0] // group, group) + x.shape[1:])
 
 
-def _bn_statistics(xg: Array, shift: Array, axes: tuple[int, ...]) -> tuple[Array, Array]:
+def one_pass_statistics(xg: Array, shift: Array, axes: tuple[int, ...]) -> tuple[Array, Array]:
   """Mean and biased variance over `axes`, float32, in ONE pass over the activations: E[d] and E[d^2] of
   d = x - shift, var = E[d^2] - E[d]^2. The two sums read x once (XLA fuses sibling reductions into one kernel);
   the textbook two-pass E[(x - E[x])^2] reads it twice (flax's `use_fast_variance` makes the same trade). The
@@ -94,10 +97,18 @@ def _bn_statistics(xg: Array, shift: Array, axes: tuple[int, ...]) -> tuple[Arra
   return m1 + shift, jnp.maximum(m2 - jnp.square(m1), 0.0)
 
 
+def two_pass_statistics(xg: Array, shift: Array, axes: tuple[int, ...]) -> tuple[Array, Array]:
+  """The textbook form of `one_pass_statistics`: E[x] and E[(x - E[x])^2], float32 (`shift` unused)."""
+  del shift
+  xf = xg.astype(jnp.float32)
+  mean = jnp.mean(xf, axis=axes, keepdims=True)
+  return mean, jnp.mean(jnp.square(xf - mean), axis=axes, keepdims=True)
+
+
 def _bn_train_forward(x, scale, bias, shift, group, epsilon, relu, dtype):
   xg = _grouped(x, group)
   axes = tuple(range(1, xg.ndim - 1))
-  mean, var = _bn_statistics(xg, shift, axes)
+  mean, var = one_pass_statistics(xg, shift, axes)
   rstd = jax.lax.rsqrt(var + epsilon)
   y = (xg.astype(jnp.float32) - mean) * (rstd * scale) + bias
   if relu:
@@ -142,7 +153,7 @@ def batch_norm_train(x: Array, scale: Array, bias: Array, shift: Array, group: i
                      dtype) -> tuple[Array, Array, Array]:
   """Training-mode batch normalisation (Ioffe & Szegedy 2015), optionally followed by a ReLU.
 
-  Args: x (B, ..., C) in any float dtype; scale, bias, shift (C,) float32 (shift: see `_bn_statistics`; it
+  Args: x (B, ..., C) in any float dtype; scale, bias, shift (C,) float32 (shift: see `one_pass_statistics`; it
   changes rounding only); group: examples per statistics group (B: whole batch); epsilon; relu; dtype of y.
   Returns (y, mean, var): y like x in `dtype`; mean and biased variance (B/group, C) float32, per group.
   Statistics and arithmetic are float32. The gradient is written out (`_bn_train_backward`): one reduction
@@ -152,6 +163,45 @@ def batch_norm_train(x: Array, scale: Array, bias: Array, shift: Array, group: i
 
 
 batch_norm_train.defvjp(_bn_train_forward, _bn_train_backward)
+
+
+def batch_norm_train_reference(x, scale, bias, shift, group, epsilon, relu, dtype):
+  """`batch_norm_train` written plainly: two-pass statistics, gradient by autodiff. The oracle its written-out
+  gradient is tested against (tests/test_models_invariants.py) and `kernels='reference'`'s BatchNorm."""
+  xg = _grouped(x, group).astype(jnp.float32)
+  axes = tuple(range(1, xg.ndim - 1))
+  mean, var = two_pass_statistics(xg, shift, axes)
+  y = (xg - mean) * (scale * jax.lax.rsqrt(var + epsilon)) + bias
+  if relu:
+    y = jax.nn.relu(y)
+  features = x.shape[-1]
+  return y.astype(dtype).reshape(x.shape), mean.reshape(-1, features), var.reshape(-1, features)
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernels:
+  """One implementation of the two operations whose fast form is written by hand: a Flax conv class with
+  `nn.Conv`'s interface, and the training-mode BatchNorm arithmetic (`batch_norm_train`'s signature)."""
+  conv: type
+  batch_norm_train: Callable
+
+
+#: The one seam between the optimised kernels and their plain references. 'fast' (the default): `conv.Conv`
+#: (XLA:CPU-friendly backward convolutions; lax unchanged on GPU/TPU) and `batch_norm_train` (written-out
+#: gradient, one-pass statistics). 'reference': flax `nn.Conv` (`lax.conv_general_dilated`) and
+#: `batch_norm_train_reference` (autodiff of the plain arithmetic). The two mixed entries are the before/after
+#: measurements of each optimisation alone (benchmarks/). Tests assert fast == reference, values and gradients.
+KERNELS = {
+    "fast": Kernels(conv_lib.Conv, batch_norm_train),
+    "reference": Kernels(nn.Conv, batch_norm_train_reference),
+    "lax_conv": Kernels(nn.Conv, batch_norm_train),
+    "autodiff_bn": Kernels(conv_lib.Conv, batch_norm_train_reference),
+}
+
+
+def check_kernels(kernels: str) -> None:
+  if kernels not in KERNELS:
+    raise UserError(f"kernels={kernels!r} is not valid; choose one of {list(KERNELS)}")
 
 
 class BatchNorm(nn.Module):
@@ -177,6 +227,7 @@ class BatchNorm(nn.Module):
     dtype: output dtype (the compute dtype). Statistics and normalisation arithmetic are float32.
     param_dtype: dtype of scale and bias.
     scale_init: initialiser of gamma (ones; zeros for a zero-initialised last BN).
+    kernels: the `KERNELS` entry whose training arithmetic to use.
   """
 
   use_running_average: bool = False
@@ -188,6 +239,7 @@ class BatchNorm(nn.Module):
   param_dtype: Dtype = jnp.float32
   scale_init: Callable = nn.initializers.ones
   bias_init: Callable = nn.initializers.zeros
+  kernels: str = "fast"
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -210,7 +262,7 @@ class BatchNorm(nn.Module):
       raise UserError(
           f"bn_group_size={self.group_size} does not divide the batch size {batch} this BatchNorm sees; "
           "use a group size that divides the (per-call) batch, or bn_group_size=None for whole-batch statistics")
-    y, mean, var = batch_norm_train(x, scale, bias, jax.lax.stop_gradient(ra_mean.value), group,
+    y, mean, var = KERNELS[self.kernels].batch_norm_train(x, scale, bias, jax.lax.stop_gradient(ra_mean.value), group,
                                     float(self.epsilon), bool(self.relu), jnp.dtype(self.dtype))
     if not self.is_initializing():
       ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * jnp.mean(mean, axis=0)
@@ -225,11 +277,12 @@ class BatchNorm(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class LayerFactory:
-  """Builds the convolutions and BatchNorms of a model with one set of precision and BatchNorm settings.
+  """Builds the convolutions, BatchNorms and activations of a model with one set of precision, BatchNorm and
+  kernel settings.
 
   Convolutions: no bias, He normal fan_out init, torch-style symmetric padding k//2 (so a stride-2 3x3 conv
   samples the same positions as the stride-2 1x1 projection and option A's subsampling), `groups` ->
-  `feature_group_count` (ResNeXt); `conv_lib.Conv`, which keeps XLA:CPU's backward convolutions on its fast path.
+  `feature_group_count` (ResNeXt). `kernels` picks the implementation (`KERNELS`); the layers are the same.
   """
 
   train: bool = False
@@ -238,11 +291,12 @@ class LayerFactory:
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   bn_group_size: Optional[int] = None
+  kernels: str = "fast"
 
   def conv(self, features: int, kernel_size: int, stride: int = 1, groups: int = 1, *, name: Optional[str] = None,
            zero_init: bool = False) -> nn.Conv:
     pad = kernel_size // 2
-    return conv_lib.Conv(
+    return KERNELS[self.kernels].conv(
         features, (kernel_size, kernel_size), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
         feature_group_count=groups, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=nn.initializers.zeros if zero_init else he_normal_fan_out, name=name)
@@ -252,12 +306,21 @@ class LayerFactory:
     return BatchNorm(
         use_running_average=not self.train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
         group_size=self.bn_group_size, relu=relu, dtype=self.dtype, param_dtype=self.param_dtype,
-        scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones, name=name)
+        scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones, kernels=self.kernels, name=name)
+
+  def activation(self, kind: str, x: Array, *, name: str, zero_init: bool = False) -> Array:
+    """Applies one placement of an activation order (`units.ActivationOrder`): 'none', 'relu', 'bn' or
+    'bn_relu'; `name` and `zero_init` (gamma = 0) are the BatchNorm's when there is one."""
+    if kind == "none":
+      return x
+    if kind == "relu":
+      return nn.relu(x)
+    return self.norm(name=name, zero_init=zero_init, relu=kind == "bn_relu")(x)
 
   def gate(self, features: int, stride: int, bias_init: float, *, name: str) -> nn.Conv:
     """The 1x1 conv of a shortcut gate g(x) = sigmoid(W x + b) (He et al. 2016 Fig. 2(c)/(d)); b starts at
     `bias_init`. Has a bias (it is the b of the formula) and no BatchNorm."""
-    return conv_lib.Conv(
+    return KERNELS[self.kernels].conv(
         features, (1, 1), strides=(stride, stride), padding="VALID", use_bias=True, dtype=self.dtype,
         param_dtype=self.param_dtype, kernel_init=he_normal_fan_out,
         bias_init=nn.initializers.constant(bias_init), name=name)
@@ -292,23 +355,26 @@ def zero_pad_shortcut(x: Array, out_features: int, stride: int) -> Array:
 
 def survival_probabilities(num_units: int, survival_prob_last: float) -> np.ndarray:
   """Linear decay rule, Huang et al. 2016 Eq. (4): p_l = 1 - (l / L) (1 - p_L) for units l = 1..L (float32)."""
-  l = np.arange(1, num_units + 1, dtype=np.float64)
-  return (1.0 - l / num_units * (1.0 - survival_prob_last)).astype(np.float32)
+  if not 0.0 < survival_prob_last <= 1.0:
+    raise UserError(f"survival_prob_last must be in (0, 1], got {survival_prob_last} (1.0 = off; Huang et al. "
+                    "use 0.5)")
+  unit = np.arange(1, num_units + 1, dtype=np.float64)
+  return (1.0 - unit / num_units * (1.0 - survival_prob_last)).astype(np.float32)
 
 
-def stochastic_depth_scales(rng: Optional[Array], probs: np.ndarray, batch_size: int, *, train: bool,
-                            per_example: bool) -> Array:
+def stochastic_depth_factors(rng: Optional[Array], num_units: int, survival_prob_last: float, batch_size: int, *,
+                             train: bool, per_example: bool) -> Array:
   """Multipliers of the residual branches, shape (L, batch_size) if per_example else (L, 1).
 
-  Training: Bernoulli(p_l) keep masks (a dropped unit is its shortcut only). Test: p_l, the expected value of the
-  mask (Huang et al. 2016 §3, "we re-calibrate the outputs ... by the expected number of times it participates
-  in training"): no inverted scaling.
+  Training: Bernoulli(p_l) keep masks, p_l from `survival_probabilities` (a dropped unit is its shortcut only).
+  Test: p_l, the expected value of the mask (Huang et al. 2016 §3, "we re-calibrate the outputs ... by the
+  expected number of times it participates in training"): no inverted scaling.
   """
-  probs = jnp.asarray(probs, jnp.float32)[:, None]
-  cols = batch_size if per_example else 1
+  probs = jnp.asarray(survival_probabilities(num_units, survival_prob_last))[:, None]
+  columns = batch_size if per_example else 1
   if not train:
-    return jnp.broadcast_to(probs, (probs.shape[0], cols))
-  return jax.random.bernoulli(rng, probs, (probs.shape[0], cols)).astype(jnp.float32)
+    return jnp.broadcast_to(probs, (num_units, columns))
+  return jax.random.bernoulli(rng, probs, (num_units, columns)).astype(jnp.float32)
 
 
 def gate_gradient(y: Array, m) -> Array:

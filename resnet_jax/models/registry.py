@@ -57,7 +57,7 @@ def _imagenet(depth: int, **options) -> _Entry:
 
 def _cifar_6n2(depth: int, **options) -> _Entry:
   if (depth - 2) % 6:
-    raise ValueError(depth)
+    raise ValueError(f"depth {depth} is not 6n+2 (He et al. 2015 §4.2: 3 stages of n two-layer units)")
   n = (depth - 2) // 6
 
   def stages_for_block(block: str) -> tuple:
@@ -75,6 +75,8 @@ def _cifar_6n2(depth: int, **options) -> _Entry:
 
 
 def _cifar_9n2(depth: int, **options) -> _Entry:
+  if (depth - 2) % 9:
+    raise ValueError(f"depth {depth} is not 9n+2 (bottleneck CIFAR nets: 3 stages of n three-layer units)")
   n = (depth - 2) // 9
   defaults = dict(stage_sizes=(n, n, n), stage_widths=(16, 32, 64), block="bottleneck", stem="cifar",
                   shortcut_type="B", stride_on="1x1")

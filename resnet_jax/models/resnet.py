@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax.errors import UserError
-from resnet_jax.models import layers as L
-from resnet_jax.models import units as U
+from resnet_jax.models import layers as layers_lib
+from resnet_jax.models import units as units_lib
 
 STEMS = ("imagenet", "cifar")
 STOCHASTIC_DEPTH_MODES = ("batch", "example")
@@ -26,7 +26,8 @@ STOCHASTIC_DEPTH_MODES = ("batch", "example")
 
 @dataclasses.dataclass(frozen=True)
 class UnitInfo:
-  """Static description of one residual unit (index = position in `branch_gates`)."""
+  """Static description of one residual unit (index = position in `branch_gates`): the one source of the
+  stride, widths and pre-activation every unit is built with."""
   index: int
   stage: int  # 1-based
   position: int  # 1-based within the stage
@@ -34,6 +35,7 @@ class UnitInfo:
   in_features: int
   out_features: int
   preact: str
+  width: int = 0  # channels of the inner convs (bottleneck: the ResNeXt template's C*d)
 
   @property
   def changes_shape(self) -> bool:
@@ -78,10 +80,11 @@ class ResNet(nn.Module):
     unit_order: activation order of every unit, He et al. 2016 Fig. 4 / Table 2: 'original' (a), 'bn_after_add'
       (b), 'relu_before_add' (c), 'relu_preact' (d), 'full_preact' (e). Pre-activation nets (d)/(e) put an
       activation after the last unit's addition (full_preact: BN+ReLU; relu_preact: ReLU) and share the first
-      unit's pre-activation between both paths (see `units` docstring).
+      unit's pre-activation between both paths. Each order is one entry of `units.ORDERS`.
     shortcut_type: 'A' | 'B' | 'C', He et al. 2015 §3.3, Table 3. A: identity, zero-padded channels and strided
       subsampling where the shape changes, no parameters (CIFAR default, §4.2). B: projection (strided 1x1 conv
-      + BN) only where the shape changes (ImageNet default). C: projections on every unit.
+      + BN) only where the shape changes (ImageNet default). C: projections on every unit. Option A is
+      `layers.zero_pad_shortcut`.
     shortcut: He et al. 2016 Table 1 / Fig. 2 variant applied on every unit: 'identity' (default), 'scaling'
       (constant scaling), 'exclusive_gate', 'shortcut_gate' (shortcut-only gating), 'conv1x1' (1x1 conv
       shortcut), 'dropout' (dropout shortcut), 'none' (no shortcut: a plain net, He et al. 2015 §4.1 / Table 2,
@@ -92,9 +95,8 @@ class ResNet(nn.Module):
       Table 1: -6 is the best (exclusive gating 8.70%, shortcut-only 6.91%); 0..-5 fail for exclusive gating.
       Default -6.
     shortcut_dropout_rate: drop rate of the 'dropout' shortcut (Table 1: 0.5, "fail"). Uses the 'dropout' RNG.
-    projection_norm: BN after projection convs. None (default): BN except for full pre-activation units, whose
-      projections are a bare conv on the pre-activated input (KaimingHe/resnet-1k-layers; fb.resnet.torch
-      preresnet; this reproduces the published ResNet-164/1001 parameter counts).
+    projection_norm: BN after projection convs. None (default): the order's `ActivationOrder.projection_norm`
+      (BN except for full pre-activation units, whose projections are a bare conv on the pre-activated input).
     stride_on: where a bottleneck's stride sits: '3x3' (ResNet "v1.5": torchvision, fb.resnet.torch, ResNeXt;
       ImageNet and ResNeXt names) or '1x1' (the paper's Caffe models, He et al. 2015 "v1"; KaimingHe/
       resnet-1k-layers' CIFAR bottlenecks, hence the cifar_*164/1001 names). Parameter counts do not depend on
@@ -120,6 +122,8 @@ class ResNet(nn.Module):
       CIFAR, 32 on ImageNet). See `layers.BatchNorm`.
     dtype: compute dtype ('float32' default; 'bfloat16' on accelerators). param_dtype: parameter dtype (float32).
       BatchNorm statistics, the head and the logits are float32.
+    kernels: 'fast' (default) or 'reference' (plain lax convolutions, autodiff BatchNorm), or one of the mixed
+      entries of `layers.KERNELS`. Same variables and numerics up to float32 rounding; only speed differs.
 
   Depth at scale:
     scan_units: run the identical units of each stage (all but the first) as one `nn.scan` (compiles one unit
@@ -157,6 +161,7 @@ class ResNet(nn.Module):
   bn_group_size: Optional[int] = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  kernels: str = "fast"
   scan_units: bool = False
   remat: bool = False
 
@@ -170,30 +175,31 @@ class ResNet(nn.Module):
   def num_units(self) -> int:
     return int(sum(self.stage_sizes))
 
+  @property
+  def order(self) -> units_lib.ActivationOrder:
+    return units_lib.ORDERS[self.unit_order]
+
   def unit_width(self, planes: int) -> int:
+    """Inner width of a unit with `planes`: ResNeXt's template (Xie et al. 2017 §3.3, Table 1), floor(planes *
+    base_width / 64) * cardinality for bottlenecks (ResNet: 1 x 64 = planes); the planes for other blocks."""
     if self.block == "bottleneck":
       return (planes * self.base_width // 64) * self.cardinality
     return planes
 
   def describe_units(self) -> list[UnitInfo]:
-    """Static per-unit facts in `branch_gates` order."""
+    """Static per-unit facts in `branch_gates` order; every unit is built from these."""
     infos = []
     in_features = self.stem_features
-    index = 0
-    for s, (n, planes) in enumerate(zip(self.stage_sizes, self.stage_widths)):
-      out = planes * U.EXPANSION[self.block]
-      for j in range(n):
-        stride = 2 if (s > 0 and j == 0) else 1
-        changes = stride != 1 or in_features != out
-        preact = "branch"
-        if self.unit_order in U.PREACT_ORDERS:
-          if index == 0:
-            preact = "none" if self.stem == "imagenet" else "shared"
-          elif changes:
-            preact = "shared"
-        infos.append(UnitInfo(index, s + 1, j + 1, stride, in_features, out, preact))
-        in_features = out
-        index += 1
+    for stage, (num_units, planes) in enumerate(zip(self.stage_sizes, self.stage_widths), start=1):
+      out_features = planes * units_lib.EXPANSION[self.block]
+      for position in range(1, num_units + 1):
+        stride = 2 if (stage > 1 and position == 1) else 1  # He et al. 2015 §3.3: the first unit downsamples
+        index = len(infos)
+        changes_shape = stride != 1 or in_features != out_features
+        preact = self.order.unit_preact(index, changes_shape, stem_ends_activated=self.stem == "imagenet")
+        infos.append(UnitInfo(index, stage, position, stride, in_features, out_features, preact,
+                              self.unit_width(planes)))
+        in_features = out_features
     return infos
 
   def check_options(self) -> None:
@@ -201,12 +207,13 @@ class ResNet(nn.Module):
     def choice(name, value, allowed):
       if value not in allowed:
         raise UserError(f"{name}={value!r} is not valid; choose one of {list(allowed)}")
-    choice("block", self.block, U.BLOCKS)
+    choice("block", self.block, units_lib.BLOCKS)
     choice("stem", self.stem, STEMS)
-    choice("unit_order", self.unit_order, U.UNIT_ORDERS)
-    choice("shortcut_type", self.shortcut_type, U.SHORTCUT_TYPES)
-    choice("shortcut", self.shortcut, U.SHORTCUTS)
-    choice("stride_on", self.stride_on, U.STRIDE_ON)
+    choice("unit_order", self.unit_order, units_lib.ORDERS)
+    choice("shortcut_type", self.shortcut_type, units_lib.SHORTCUT_TYPES)
+    choice("shortcut", self.shortcut, units_lib.SHORTCUTS)
+    choice("stride_on", self.stride_on, units_lib.STRIDE_ON)
+    layers_lib.check_kernels(self.kernels)
     choice("stochastic_depth_mode", self.stochastic_depth_mode, STOCHASTIC_DEPTH_MODES)
     if len(self.stage_sizes) != len(self.stage_widths) or not self.stage_sizes:
       raise UserError(f"stage_sizes {tuple(self.stage_sizes)} and stage_widths {tuple(self.stage_widths)} "
@@ -222,8 +229,7 @@ class ResNet(nn.Module):
       for planes in self.stage_widths:
         if self.unit_width(planes) < self.cardinality:
           raise UserError(f"bottleneck width of stage with {planes} planes is < cardinality; raise base_width")
-    if not 0.0 < self.survival_prob_last <= 1.0:
-      raise UserError(f"survival_prob_last must be in (0, 1], got {self.survival_prob_last} (1.0 = off)")
+    layers_lib.survival_probabilities(self.num_units, self.survival_prob_last)  # checks the range
     if not 0.0 <= self.shortcut_dropout_rate < 1.0:
       raise UserError(f"shortcut_dropout_rate must be in [0, 1), got {self.shortcut_dropout_rate}")
     if self.bn_group_size is not None and (not isinstance(self.bn_group_size, (int, np.integer))
@@ -237,12 +243,12 @@ class ResNet(nn.Module):
                       f"(indices 0..{self.num_units - 1})")
     if (self.stem_width is not None and self.stem_width < 1) or self.num_classes < 1:
       raise UserError("stem_width and num_classes must be >= 1")
-    L.canonical_dtype(self.dtype)
-    L.canonical_dtype(self.param_dtype)
+    layers_lib.canonical_dtype(self.dtype)
+    layers_lib.canonical_dtype(self.param_dtype)
 
   # ------------------------------------------------------------------------------------------------ forward
 
-  def _runtime_vector(self, name, value):
+  def _per_unit_vector(self, name, value):
     if value is None:
       return None
     value = jnp.asarray(value, jnp.float32)
@@ -251,84 +257,88 @@ class ResNet(nn.Module):
                       f"got {value.shape}")
     return value
 
+  def _branch_scales(self, batch_size: int, train: bool, branch_gates):
+    """Each unit's multiplier of its residual branch, shape (num_units, batch_size or 1), or None for all ones:
+    lesion gates (Veit et al. 2016 §4: `branch_gates` and `lesioned_units`) times stochastic depth's factor
+    (Huang et al. 2016: a Bernoulli(p_l) mask in training, p_l at test time)."""
+    gates = self._per_unit_vector("branch_gates", branch_gates)
+    if self.lesioned_units:
+      kept = np.ones((self.num_units,), np.float32)
+      kept[list(self.lesioned_units)] = 0.0
+      gates = kept if gates is None else gates * kept
+    scales = None if gates is None else jnp.asarray(gates, jnp.float32)[:, None]
+    if self.survival_prob_last == 1.0:
+      return scales
+    rng = None
+    if train:
+      if not self.has_rng("dropout"):
+        raise UserError("stochastic depth (survival_prob_last < 1) needs a 'dropout' RNG when train=True: "
+                        "call model.apply(..., rngs={'dropout': key})")
+      rng = self.make_rng("dropout")
+    factors = layers_lib.stochastic_depth_factors(rng, self.num_units, self.survival_prob_last, batch_size,
+                                                  train=train, per_example=self.stochastic_depth_mode == "example")
+    return factors if scales is None else scales * factors
+
   @nn.compact
   def __call__(self, x, train: bool = False, branch_gates=None, branch_grad_gates=None, shortcut_grad_gates=None):
     self.check_options()
-    dtype = L.canonical_dtype(self.dtype)
-    param_dtype = L.canonical_dtype(self.param_dtype)
-    fac = L.LayerFactory(train=train, dtype=dtype, param_dtype=param_dtype, bn_momentum=self.bn_momentum,
-                         bn_epsilon=self.bn_epsilon, bn_group_size=self.bn_group_size)
-    num_units = self.num_units
-    batch = x.shape[0]
+    layers = layers_lib.LayerFactory(
+        train=train, dtype=layers_lib.canonical_dtype(self.dtype),
+        param_dtype=layers_lib.canonical_dtype(self.param_dtype), bn_momentum=self.bn_momentum,
+        bn_epsilon=self.bn_epsilon, bn_group_size=self.bn_group_size, kernels=self.kernels)
+    per_unit = (self._branch_scales(x.shape[0], train, branch_gates),
+                self._per_unit_vector("branch_grad_gates", branch_grad_gates),
+                self._per_unit_vector("shortcut_grad_gates", shortcut_grad_gates))
+    x = self._stem(layers, x.astype(layers.dtype))
+    x = self._stages(layers, x, per_unit)
+    x = layers.activation(self.order.after_last_unit, x, name="final_bn")
+    return layers_lib.classifier(x, self.num_classes, layers.param_dtype)
 
-    # Per-unit runtime multipliers of the residual branches, shape (U, B) or (U, 1), or None.
-    gates = self._runtime_vector("branch_gates", branch_gates)
-    if self.lesioned_units:
-      static = np.ones((num_units,), np.float32)
-      static[list(self.lesioned_units)] = 0.0
-      gates = static if gates is None else gates * static
-    scale = None if gates is None else jnp.asarray(gates, jnp.float32)[:, None]
-    if self.survival_prob_last < 1.0:
-      rng = None
-      if train:
-        if not self.has_rng("dropout"):
-          raise UserError("stochastic depth (survival_prob_last < 1) needs a 'dropout' RNG when train=True: "
-                          "call model.apply(..., rngs={'dropout': key})")
-        rng = self.make_rng("dropout")
-      sd = L.stochastic_depth_scales(rng, L.survival_probabilities(num_units, self.survival_prob_last), batch,
-                                     train=train, per_example=self.stochastic_depth_mode == "example")
-      scale = sd if scale is None else scale * sd
-    bgg = self._runtime_vector("branch_grad_gates", branch_grad_gates)
-    sgg = self._runtime_vector("shortcut_grad_gates", shortcut_grad_gates)
-
-    def per_unit(lo, hi=None):
-      pick = (lambda a: None if a is None else a[lo]) if hi is None else (
-          lambda a: None if a is None else a[lo:hi])
-      return (pick(scale), pick(bgg), pick(sgg))
-
-    # Stem.
-    x = x.astype(dtype)
+  def _stem(self, layers: layers_lib.LayerFactory, x):
+    """ImageNet: 7x7/2 conv, BN-ReLU, 3x3/2 max-pool (He et al. 2015 Table 1 conv1). CIFAR: one 3x3 conv
+    (§4.2) followed by the activation order's `after_stem`."""
     if self.stem == "imagenet":
-      x = fac.conv(self.stem_features, 7, 2, name="stem_conv")(x)
-      x = fac.norm(name="stem_bn", relu=True)(x)
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    else:
-      x = fac.conv(self.stem_features, 3, 1, name="stem_conv")(x)
-      if self.unit_order != "full_preact":
-        x = fac.norm(name="stem_bn", relu=self.unit_order not in U.PREACT_ORDERS)(x)
+      x = layers.conv(self.stem_features, 7, 2, name="stem_conv")(x)
+      x = layers.norm(name="stem_bn", relu=True)(x)
+      return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = layers.conv(self.stem_features, 3, 1, name="stem_conv")(x)
+    return layers.activation(self.order.after_stem, x, name="stem_bn")
 
-    # Stages.
-    projection_norm = (self.unit_order != "full_preact") if self.projection_norm is None else self.projection_norm
-    common = dict(layers=fac, block=self.block, groups=self.cardinality, stride_on=self.stride_on,
-                  order=self.unit_order, shortcut=self.shortcut, shortcut_type=self.shortcut_type,
-                  projection_norm=projection_norm, shortcut_scale=self.shortcut_scale,
-                  scale_residual=self.scale_residual, gate_bias_init=self.gate_bias_init,
-                  shortcut_dropout_rate=self.shortcut_dropout_rate, zero_init_last=self.zero_init_last_bn)
-    unit_cls = nn.remat(U.ResidualUnit) if self.remat else U.ResidualUnit
+  def _stages(self, layers: layers_lib.LayerFactory, x, per_unit):
+    """Every residual unit, built from `describe_units()`. `per_unit`: (branch scales, branch gradient gates,
+    shortcut gradient gates), each None or indexed by unit along its first axis."""
+    unit_options = dict(
+        layers=layers, block=self.block, groups=self.cardinality, stride_on=self.stride_on, order=self.unit_order,
+        shortcut=self.shortcut, shortcut_type=self.shortcut_type,
+        projection_norm=self.order.projection_norm if self.projection_norm is None else self.projection_norm,
+        shortcut_scale=self.shortcut_scale, scale_residual=self.scale_residual, gate_bias_init=self.gate_bias_init,
+        shortcut_dropout_rate=self.shortcut_dropout_rate, zero_init_last=self.zero_init_last_bn)
+
+    def structure(info: UnitInfo) -> dict:
+      return dict(out_features=info.out_features, width=info.width, stride=info.stride, preact=info.preact)
+
+    def select(start, stop=None):
+      return tuple(None if v is None else (v[start] if stop is None else v[start:stop]) for v in per_unit)
+
+    unit_cls = nn.remat(units_lib.ResidualUnit) if self.remat else units_lib.ResidualUnit
     infos = self.describe_units()
-    for s, (n, planes) in enumerate(zip(self.stage_sizes, self.stage_widths)):
-      out, width = planes * U.EXPANSION[self.block], self.unit_width(planes)
-      first = infos[sum(self.stage_sizes[:s])]
-      x = unit_cls(out_features=out, width=width, stride=first.stride, preact=first.preact, **common,
-                   name=f"stage{s + 1}_unit1")(x, *per_unit(first.index))
-      if n == 1:
+    for stage in range(1, len(self.stage_sizes) + 1):
+      stage_infos = [info for info in infos if info.stage == stage]
+      if not self.scan_units or len(stage_infos) == 1:
+        for info in stage_infos:
+          x = unit_cls(**structure(info), **unit_options, name=f"stage{stage}_unit{info.position}")(
+              x, *select(info.index))
         continue
-      if self.scan_units:
-        body = nn.remat(U.ScanUnit, prevent_cse=False) if self.remat else U.ScanUnit
-        scanned = nn.scan(body, variable_axes={"params": 0, "batch_stats": 0},
-                          split_rngs={"params": True, "dropout": True}, in_axes=0, length=n - 1)
-        x, _ = scanned(out_features=out, width=width, **common, name=f"stage{s + 1}_scan")(
-            x, per_unit(first.index + 1, first.index + n))
-      else:
-        for j in range(1, n):
-          x = unit_cls(out_features=out, width=width, **common, name=f"stage{s + 1}_unit{j + 1}")(
-              x, *per_unit(first.index + j))
-
-    if self.unit_order == "full_preact":
-      x = fac.norm(name="final_bn", relu=True)(x)
-    elif self.unit_order == "relu_preact":
-      x = nn.relu(x)
-    return L.classifier(x, self.num_classes, param_dtype)
+      # Units 2..n of a stage are identical (stride 1, same widths and pre-activation): one `nn.scan`.
+      first, rest = stage_infos[0], stage_infos[1:]
+      assert all(structure(info) == structure(rest[0]) for info in rest)
+      x = unit_cls(**structure(first), **unit_options, name=f"stage{stage}_unit1")(x, *select(first.index))
+      body = nn.remat(units_lib.ScanUnit, prevent_cse=False) if self.remat else units_lib.ScanUnit
+      scanned = nn.scan(body, variable_axes={"params": 0, "batch_stats": 0},
+                        split_rngs={"params": True, "dropout": True}, in_axes=0, length=len(rest))
+      x, _ = scanned(**structure(rest[0]), **unit_options, name=f"stage{stage}_scan")(
+          x, select(rest[0].index, rest[-1].index + 1))
+    return x
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ the output.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Sequence
 
@@ -18,11 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-def abstract_variables(model, input_shape: Sequence[int], dtype=jnp.float32):
-  """Shapes and dtypes of `model.init(key, x, train=False)` without running it."""
-  x = jax.ShapeDtypeStruct(tuple(input_shape), dtype)
-  return jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
+from resnet_jax.models.counting import abstract_variables
 
 
 def fill_variables(shapes, seed: int = 0):
@@ -61,25 +56,3 @@ def fill_variables(shapes, seed: int = 0):
 def random_variables(model, input_shape: Sequence[int], seed: int = 0, dtype=jnp.float32):
   """`fill_variables(abstract_variables(model, input_shape))`."""
   return fill_variables(abstract_variables(model, input_shape, dtype), seed)
-
-
-def two_pass_statistics(xg, shift, axes):
-  """Mean and biased variance as E[x] and E[(x - E[x])^2] (two passes over x), float32; `shift` is unused (the
-  signature of `layers._bn_statistics`, whose one-pass arithmetic this is the textbook form of)."""
-  del shift
-  xf = xg.astype(jnp.float32)
-  mean = jnp.mean(xf, axis=axes, keepdims=True)
-  return mean, jnp.mean(jnp.square(xf - mean), axis=axes, keepdims=True)
-
-
-def batch_norm_train_reference(x, scale, bias, shift, group, epsilon, relu, dtype):
-  """`layers.batch_norm_train` written plainly (two-pass statistics, gradient by autodiff): the oracle its
-  hand-written gradient is tested against, and the "before" of its benchmark (benchmarks/experiments)."""
-  xg = x.reshape((x.shape[0] // group, group) + x.shape[1:]).astype(jnp.float32)
-  axes = tuple(range(1, xg.ndim - 1))
-  mean, var = two_pass_statistics(xg, shift, axes)
-  y = (xg - mean) * (scale * jax.lax.rsqrt(var + epsilon)) + bias
-  if relu:
-    y = jax.nn.relu(y)
-  features = x.shape[-1]
-  return y.astype(dtype).reshape(x.shape), mean.reshape(-1, features), var.reshape(-1, features)
