@@ -32,7 +32,7 @@ class DenseNet(nn.Module):
       the 'dropout' RNG when training. Default 0.
     bn_momentum, bn_epsilon, bn_group_size, dtype, param_dtype, kernels: as `ResNet` (shared
       `layers.LayerFactory`).
-    num_classes: classes of the head (10).
+    num_classes: classes of the head (10); 0: the pooled features, no head.
   Initialisation as `ResNet`: convs He normal fan_out, BN 1/0, head as torch nn.Linear. DenseNet has no residual
   units: the lesion / path analyses and `branch_gates` do not apply.
   """
@@ -65,8 +65,9 @@ class DenseNet(nn.Module):
                       f"(e.g. 100, 190, 250 for DenseNet-BC)")
     if not 0.0 < self.compression <= 1.0:
       raise UserError(f"compression must be in (0, 1], got {self.compression}")
-    if self.growth_rate < 1 or self.bottleneck_factor < 1 or self.num_blocks < 1 or self.num_classes < 1:
-      raise UserError("growth_rate, bottleneck_factor, num_blocks and num_classes must be >= 1")
+    if self.growth_rate < 1 or self.bottleneck_factor < 1 or self.num_blocks < 1 or self.num_classes < 0:
+      raise UserError("growth_rate, bottleneck_factor and num_blocks must be >= 1, num_classes >= 0 (0: pooled "
+                      "features)")
     if not 0.0 <= self.drop_rate < 1.0:
       raise UserError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
     if self.bn_group_size is not None and self.bn_group_size < 1:

@@ -395,7 +395,10 @@ def gate_gradient(y: Array, m) -> Array:
 
 def classifier(x: Array, num_classes: int, param_dtype: Dtype, name: str = "head") -> Array:
   """Global average pooling then a fully connected layer, both in float32 (logits are float32 whatever the
-  compute dtype). Works for any spatial size. Init: torch `nn.Linear` default (torchvision keeps it)."""
+  compute dtype). Works for any spatial size. Init: torch `nn.Linear` default (torchvision keeps it).
+  num_classes=0: the pooled features, no layer (timm's pre-logits)."""
   x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+  if num_classes == 0:
+    return x
   return nn.Dense(num_classes, dtype=jnp.float32, param_dtype=param_dtype, kernel_init=torch_linear_kernel_init,
                   bias_init=torch_linear_bias_init(x.shape[-1]), name=name)(x)

@@ -150,7 +150,8 @@ def create_model(name: str, *, num_classes: Optional[int] = None, **overrides: A
 
   Args:
     name: a registry name (`list_models()`).
-    num_classes: classes of the head; default 10 for CIFAR-family names, 1000 for ImageNet names.
+    num_classes: classes of the head; default 10 for CIFAR-family names, 1000 for ImageNet names; 0: no head,
+      the model returns the pooled features.
     **overrides: options of the model class (`ResNet` or `DenseNet`; see their docstrings), e.g.
       `create_model('cifar_resnet110', shortcut='exclusive_gate', gate_bias_init=-6.0)`. `dtype` and
       `param_dtype` also accept names ('bfloat16').
@@ -173,8 +174,8 @@ def create_model(name: str, *, num_classes: Optional[int] = None, **overrides: A
   for key in ("dtype", "param_dtype"):
     if key in kwargs:
       kwargs[key] = canonical_dtype(kwargs[key])
-  for key in ("stage_sizes", "stage_widths", "lesioned_units"):
-    if key in kwargs:
+  for key in ("stage_sizes", "stage_widths", "lesioned_units", "out_indices"):
+    if kwargs.get(key) is not None:
       try:
         kwargs[key] = tuple(int(v) for v in kwargs[key])
       except (TypeError, ValueError) as e:

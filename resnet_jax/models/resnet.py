@@ -49,7 +49,8 @@ class ResNet(nn.Module):
   Call: `model.apply(variables, x, train=False, branch_gates=None, branch_grad_gates=None,
   shortcut_grad_gates=None)` with x NHWC float (already normalised), any spatial size the stem and strides allow
   (CIFAR stems: >= 8x8; ImageNet stem: >= 32x32 keeps every stage >= 1x1) and any channel count. Returns float32
-  logits (B, num_classes). Training: `train=True, rngs={'dropout': key}, mutable=['batch_stats']` ('dropout' is
+  logits (B, num_classes); with num_classes=0 the pooled features (B, C) the head would see (timm's pre-logits);
+  with features_only=True a list of NHWC feature maps (see `feature_info`). Training: `train=True, rngs={'dropout': key}, mutable=['batch_stats']` ('dropout' is
   only needed with stochastic depth or the dropout shortcut).
 
   Runtime analysis arguments (arrays of shape (num_residual_units,), traced: changing them does not recompile):
@@ -101,6 +102,16 @@ class ResNet(nn.Module):
       ImageNet and ResNeXt names) or '1x1' (the paper's Caffe models, He et al. 2015 "v1"; KaimingHe/
       resnet-1k-layers' CIFAR bottlenecks, hence the cifar_*164/1001 names). Parameter counts do not depend on
       it; MACs do (ResNet-50: 4.09 G v1.5 vs 3.86 G v1).
+
+  Backbone use (timm's `features_only` contract, which detection and segmentation heads expect):
+    features_only: return the feature maps of `out_indices` instead of logits, with the classifier's variable
+      tree minus the head (converted and trained checkpoints load into it). Index 0 is the stem's output after
+      its activation (ImageNet: before the max-pool, stride 2; CIFAR: stride 1); index s is the output of stage
+      s (ImageNet strides 4, 8, 16, 32; CIFAR 1, 2, 4). Pre-activation nets (orders (d), (e)) give the sums after
+      each stage, and the last stage's map with the final BN-ReLU applied: as timm's ResNetV2, because the sums
+      of a pre-activation net are un-normalised until that final activation (He et al. 2016 §4), and it is the
+      map the classifier pools.
+    out_indices: which maps, in order; None (default) = all (0..number of stages).
 
   Regularisation and initialisation:
     survival_prob_last: stochastic depth (Huang et al. 2016 §3, Eq. 4): unit l of L survives training with
@@ -162,6 +173,8 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   kernels: str = "fast"
+  features_only: bool = False
+  out_indices: Optional[Sequence[int]] = None
   scan_units: bool = False
   remat: bool = False
 
@@ -241,12 +254,29 @@ class ResNet(nn.Module):
     if bad:
       raise UserError(f"lesioned_units {bad} out of range: the model has {self.num_units} residual units "
                       f"(indices 0..{self.num_units - 1})")
-    if (self.stem_width is not None and self.stem_width < 1) or self.num_classes < 1:
-      raise UserError("stem_width and num_classes must be >= 1")
+    if (self.stem_width is not None and self.stem_width < 1) or self.num_classes < 0:
+      raise UserError("stem_width must be >= 1 and num_classes >= 0 (0: pooled features, no head)")
+    bad = [i for i in self.out_indices or () if not 0 <= int(i) <= len(self.stage_sizes)]
+    if bad or (self.out_indices is not None and not self.out_indices):
+      raise UserError(f"out_indices {self.out_indices} must be a non-empty selection of 0..{len(self.stage_sizes)} "
+                      "(0: the stem, s: stage s)")
     layers_lib.canonical_dtype(self.dtype)
     layers_lib.canonical_dtype(self.param_dtype)
 
   # ------------------------------------------------------------------------------------------------ forward
+
+  def feature_info(self) -> list[dict]:
+    """Channels (`num_chs`), stride (`reduction`) and producing module of each `features_only` output, as
+    timm's `feature_info`; e.g. ResNet-50: 256/4, 512/8, 1024/16, 2048/32 for indices 1-4."""
+    stem_stride = 2 if self.stem == "imagenet" else 1
+    info = [dict(index=0, num_chs=self.stem_features, reduction=stem_stride, module="stem_bn")]
+    reduction = 2 * stem_stride if self.stem == "imagenet" else stem_stride  # after the max-pool
+    for stage, planes in enumerate(self.stage_widths, start=1):
+      reduction *= 2 if stage > 1 else 1
+      info.append(dict(index=stage, num_chs=planes * units_lib.EXPANSION[self.block], reduction=reduction,
+                       module=f"stage{stage}"))
+    indices = range(len(info)) if self.out_indices is None else self.out_indices
+    return [info[int(i)] for i in indices]
 
   def _per_unit_vector(self, name, value):
     if value is None:
@@ -289,24 +319,28 @@ class ResNet(nn.Module):
     per_unit = (self._branch_scales(x.shape[0], train, branch_gates),
                 self._per_unit_vector("branch_grad_gates", branch_grad_gates),
                 self._per_unit_vector("shortcut_grad_gates", shortcut_grad_gates))
-    x = self._stem(layers, x.astype(layers.dtype))
-    x = self._stages(layers, x, per_unit)
-    x = layers.activation(self.order.after_last_unit, x, name="final_bn")
+    stem_out, x = self._stem(layers, x.astype(layers.dtype))
+    stage_outs = self._stages(layers, x, per_unit)
+    x = layers.activation(self.order.after_last_unit, stage_outs[-1], name="final_bn")
+    if self.features_only:
+      maps = [stem_out, *stage_outs[:-1], x]
+      return [maps[int(i)] for i in (range(len(maps)) if self.out_indices is None else self.out_indices)]
     return layers_lib.classifier(x, self.num_classes, layers.param_dtype)
 
   def _stem(self, layers: layers_lib.LayerFactory, x):
     """ImageNet: 7x7/2 conv, BN-ReLU, 3x3/2 max-pool (He et al. 2015 Table 1 conv1). CIFAR: one 3x3 conv
-    (§4.2) followed by the activation order's `after_stem`."""
+    (§4.2) followed by the activation order's `after_stem`. Returns (activation output, input of stage 1)."""
     if self.stem == "imagenet":
       x = layers.conv(self.stem_features, 7, 2, name="stem_conv")(x)
       x = layers.norm(name="stem_bn", relu=True)(x)
-      return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      return x, nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     x = layers.conv(self.stem_features, 3, 1, name="stem_conv")(x)
-    return layers.activation(self.order.after_stem, x, name="stem_bn")
+    x = layers.activation(self.order.after_stem, x, name="stem_bn")
+    return x, x
 
   def _stages(self, layers: layers_lib.LayerFactory, x, per_unit):
-    """Every residual unit, built from `describe_units()`. `per_unit`: (branch scales, branch gradient gates,
-    shortcut gradient gates), each None or indexed by unit along its first axis."""
+    """Every residual unit, built from `describe_units()`; returns each stage's output. `per_unit`: (branch
+    scales, branch gradient gates, shortcut gradient gates), each None or indexed by unit along its first axis."""
     unit_options = dict(
         layers=layers, block=self.block, groups=self.cardinality, stride_on=self.stride_on, order=self.unit_order,
         shortcut=self.shortcut, shortcut_type=self.shortcut_type,
@@ -322,12 +356,14 @@ class ResNet(nn.Module):
 
     unit_cls = nn.remat(units_lib.ResidualUnit) if self.remat else units_lib.ResidualUnit
     infos = self.describe_units()
+    stage_outs = []
     for stage in range(1, len(self.stage_sizes) + 1):
       stage_infos = [info for info in infos if info.stage == stage]
       if not self.scan_units or len(stage_infos) == 1:
         for info in stage_infos:
           x = unit_cls(**structure(info), **unit_options, name=f"stage{stage}_unit{info.position}")(
               x, *select(info.index))
+        stage_outs.append(x)
         continue
       # Units 2..n of a stage are identical (stride 1, same widths and pre-activation): one `nn.scan`.
       first, rest = stage_infos[0], stage_infos[1:]
@@ -338,7 +374,8 @@ class ResNet(nn.Module):
                         split_rngs={"params": True, "dropout": True}, in_axes=0, length=len(rest))
       x, _ = scanned(**structure(rest[0]), **unit_options, name=f"stage{stage}_scan")(
           x, select(rest[0].index, rest[-1].index + 1))
-    return x
+      stage_outs.append(x)
+    return stage_outs
 
 
 # ---------------------------------------------------------------------------------------------------------------
