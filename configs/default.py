@@ -6,6 +6,8 @@ Durations take either `_steps` or `_epochs` (exactly one; see resnet_jax.config.
 
 import ml_collections
 
+from resnet_jax.data import pipelines
+
 
 def get_config():
   config = ml_collections.ConfigDict()
@@ -23,44 +25,17 @@ def get_config():
   config.dataset.data_dir = ml_collections.config_dict.placeholder(str)  # None: TFDS default / $TFDS_DATA_DIR
   config.dataset.train_split = 'train'
   config.dataset.eval_split = 'test'
-  # Input pipeline: 'auto' keeps small datasets resident on the accelerators (augmented inside jit) and
-  # streams large ones through Grain; 'device' or 'grain' force one.
-  config.dataset.pipeline = 'auto'
 
-  # Augmentation for small (CIFAR-like) images, He et al. 2015 Sec. 4.2: pad 4 pixels on each side, take a
-  # random crop of the original size, flip horizontally with probability 1/2.
-  config.augment = ml_collections.ConfigDict()
-  config.augment.crop_padding = 4
-  config.augment.flip = True
-  # 'per_channel': (x - mean_c) / std_c with statistics of the training split (fb.resnet.torch);
-  # 'per_pixel_mean': x - mean image, the "per-pixel mean subtracted" of He et al. 2015.
-  config.augment.normalization = 'per_channel'
-  # fb.resnet.torch normalises before padding, so padding shows the mean colour; False pads with black.
-  config.augment.pad_after_normalize = True
-
-  # Input pipeline options (resnet_jax.data.pipelines.input_options documents each). Small images use the
-  # device-resident path and `augment` above; large ones (ImageNet) stream through Grain with these.
-  config.input = ml_collections.ConfigDict()
-  config.input.device_max_bytes = 2 * 1024**3  # 'auto': splits up to this size stay on the devices
-  config.input.train_crop = 'auto'     # 'inception' | 'scale' (He et al. 2015) | 'pad_crop' | 'none'
-  config.input.image_size = 224
-  config.input.scale_range = (256, 480)
-  config.input.area_range = (0.08, 1.0)
-  config.input.aspect_range = (3 / 4, 4 / 3)
-  config.input.color_jitter = 0.0      # fb.resnet.torch: 0.4
-  config.input.pca_lighting = 0.0      # fb.resnet.torch: 0.1
-  config.input.interpolation = 'bilinear'
-  config.input.eval_crop_mode = 'auto'  # 'center' | 'ten' | 'none'
-  config.input.eval_resize = 256       # He et al. 2016 Table 5's 320 test: eval_resize=320, eval_crop=320
-  config.input.eval_crop = 224
-  config.input.num_workers = -1        # Grain worker processes (-1: CPU cores - 1, at most 16)
-  config.input.num_threads = 2
-  config.input.eval_num_workers = -1
-  config.input.prefetch = 2
-  config.input.corrupt_images = 'fail'  # or 'skip' (each skip is logged)
-  config.input.mean = ml_collections.config_dict.placeholder(tuple)
-  config.input.std = ml_collections.config_dict.placeholder(tuple)
-  config.input.stats_examples = 5000
+  # Input options. Each field, its default and its source (He et al. 2015 Sec. 4.2's CIFAR augmentation,
+  # fb.resnet.torch's ImageNet crops and colour) is written once, in resnet_jax.data.pipelines.InputOptions:
+  # dataset.pipeline ('auto': small datasets stay on the accelerators, large ones stream through Grain),
+  # augment (small images, augmented inside jit) and input (large images and the streaming machinery).
+  # mean/std: None computes them from the training split; a tuple overrides them (--config.input.mean=...).
+  config.dataset.update(pipelines.option_defaults('dataset'))
+  config.augment = ml_collections.ConfigDict(pipelines.option_defaults('augment'))
+  config.input = ml_collections.ConfigDict({**pipelines.option_defaults('input'),
+                                            'mean': ml_collections.config_dict.placeholder(tuple),
+                                            'std': ml_collections.config_dict.placeholder(tuple)})
 
   config.batch_size = 128            # global, over all devices and hosts
   config.eval_batch_size = 500       # global

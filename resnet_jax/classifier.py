@@ -3,7 +3,8 @@
 Backbones (`resnet_jax.models.create_model`) take normalised float images. Training, evaluation, checkpoints
 and `resnet_jax.evaluate.predict` work with `Classifier`, which takes raw pixels (uint8 or float in [0, 255])
 and normalises them with statistics fixed at training time, so a loaded checkpoint needs nothing else to
-classify images.
+classify images. The statistics themselves are computed by the data layer
+(`resnet_jax.data.pipelines.normalization_statistics`).
 """
 
 from __future__ import annotations
@@ -15,34 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from resnet_jax import models
 from resnet_jax.errors import UserError
-
-NORMALIZATIONS = ('per_channel', 'per_pixel_mean')
-
-
-def normalization_statistics(images_uint8: np.ndarray, mode: str) -> tuple[Any, Any]:
-  """Returns (mean, std) of a training split as nested tuples (hashable module attributes).
-
-  'per_channel': mean and std per channel over all pixels (fb.resnet.torch; for CIFAR-10 this gives its
-     {125.3, 123.0, 113.9} / {63.0, 62.1, 66.7}).
-  'per_pixel_mean': the mean image, std 1 (He et al. 2015 Sec. 4.2: "the per-pixel mean subtracted").
-  """
-  images = np.asarray(images_uint8, np.float64)
-  if mode == 'per_channel':
-    mean = images.mean(axis=(0, 1, 2))
-    std = images.std(axis=(0, 1, 2))
-    std = np.where(std > 0, std, 1.0)
-    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
-  if mode == 'per_pixel_mean':
-    mean = images.mean(axis=0)
-    return _to_tuple(mean.astype(np.float32)), (1.0,)
-  raise UserError(f"unknown normalization {mode!r}; choose one of {', '.join(NORMALIZATIONS)}")
-
-
-def _to_tuple(array: np.ndarray) -> Any:
-  if array.ndim == 0:
-    return float(array)
-  return tuple(_to_tuple(a) for a in array)
+from resnet_jax.models.layers import canonical_dtype
 
 
 class Classifier(nn.Module):
@@ -63,14 +39,15 @@ class Classifier(nn.Module):
     return mean.reshape(-1, mean.shape[-1]).mean(axis=0) if mean.ndim > 1 else mean
 
 
-def compute_dtype(name: str) -> Any:
-  """'auto' is bfloat16 on GPU/TPU and float32 on CPU (XLA:CPU has no fast bf16 convolutions)."""
+def compute_dtype(name: str) -> jnp.dtype:
+  """'auto' is bfloat16 on GPU/TPU and float32 on CPU (XLA:CPU has no fast bf16 convolutions); other names are
+  parsed as every dtype of the models is (`canonical_dtype`)."""
   if name == 'auto':
-    return jnp.bfloat16 if jax.default_backend() in ('gpu', 'cuda', 'rocm', 'tpu') else jnp.float32
+    name = jnp.bfloat16 if jax.default_backend() in ('gpu', 'cuda', 'rocm', 'tpu') else jnp.float32
   try:
-    return jnp.dtype(name).type
-  except TypeError:
-    raise UserError(f"unknown config.model.dtype {name!r}; use auto, float32 or bfloat16") from None
+    return canonical_dtype(name)
+  except UserError as error:
+    raise UserError(f"config.model.dtype: {error}, or 'auto'") from None
 
 
 def model_options(model_config) -> dict[str, Any]:
@@ -96,7 +73,6 @@ def bn_group_size(config) -> Any:
 
 def model_from_config(config, num_classes: int, mean: Any = (0.0,), std: Any = (1.0,)) -> Classifier:
   """Builds the Classifier a config describes; raises UserError for unknown names or options."""
-  from resnet_jax import models  # pylint: disable=g-import-not-at-top
   options = model_options(config.model)
   group = bn_group_size(config)
   if group is not None:

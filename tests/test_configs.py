@@ -68,3 +68,10 @@ def test_recipes_follow_the_papers():
   assert r50.input.train_crop == 'inception' and r50.optimizer.nesterov and r50.batch_size == 256
   assert config_lib.build_config(imagenet + ':resnet34_option_a').input.eval_crop_mode == 'ten'
   assert config_lib.build_config(imagenet + ':preact_resnet200_320').input.eval_crop == 320
+
+
+def test_compute_dtype_names():
+  assert classifier.compute_dtype('auto') == (jnp.bfloat16 if jax.default_backend() in ('gpu', 'tpu') else jnp.float32)
+  assert classifier.compute_dtype('bfloat16') == jnp.bfloat16 and classifier.compute_dtype('float32') == jnp.float32
+  with pytest.raises(config_lib.UserError, match="config.model.dtype: unknown dtype 'float33'.*or 'auto'"):
+    classifier.compute_dtype('float33')

@@ -1,14 +1,18 @@
 """The streaming (Grain) training pipeline and evaluation batches: shapes, order, resume, exact evaluation,
-corrupt images, pipeline choice."""
+corrupt images, pipeline choice; input options and normalisation statistics."""
 
+import dataclasses
 import logging
+import os
 
 import jax
 import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from conftest import run_python
 
+from resnet_jax import config as config_lib
 from resnet_jax import parallel
 from resnet_jax.data import host_augment
 from resnet_jax.data import pipelines
@@ -16,6 +20,8 @@ from resnet_jax.data import sources
 from resnet_jax.data import streaming
 from resnet_jax.data import testing
 from resnet_jax.errors import UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def make_config(name, batch=8, eval_batch=6, **inputs):
@@ -268,3 +274,62 @@ def test_device_prefetcher_propagates_errors_and_stops():
   with pytest.raises(StopIteration):
     next(prefetcher)
   prefetcher.close()
+
+
+def test_default_config_sections_are_the_input_option_defaults():
+  config = config_lib.build_config(os.path.join(REPO, 'configs', 'default.py'))
+  assert config.dataset.pipeline == pipelines.InputOptions.pipeline
+  for section in ('augment', 'input'):
+    assert {key: config[section][key] for key in pipelines.option_defaults(section)} == (
+        pipelines.option_defaults(section))
+  assert set(config.input) == set(pipelines.option_defaults('input'))
+  # Read back: the defaults, with the worker counts resolved (-1: one per CPU core but one).
+  workers = pipelines.default_num_workers()
+  assert pipelines.input_options(config) == dataclasses.replace(
+      pipelines.InputOptions(), num_workers=workers, eval_num_workers=workers)
+
+
+def test_command_line_input_options_keep_their_types():
+  config = config_lib.build_config(os.path.join(REPO, 'configs', 'default.py'), [
+      ('input.mean', '125,123,114'), ('input.std', '63,62,66.5'), ('input.area_range', '0.25,1'),
+      ('input.scale_range', '240,400'), ('input.color_jitter', '0.4'), ('input.num_workers', '0'),
+      ('dataset.pipeline', 'grain'), ('augment.crop_padding', '2')])
+  options = pipelines.input_options(config)
+  assert options.mean == (125.0, 123.0, 114.0) and all(isinstance(v, float) for v in options.mean + options.std)
+  assert options.area_range == (0.25, 1.0) and all(isinstance(v, float) for v in options.area_range)
+  assert options.scale_range == (240, 400) and all(isinstance(v, int) for v in options.scale_range)
+  assert options.color_jitter == 0.4 and options.num_workers == options.eval_num_workers == 0
+  assert options.pipeline == 'grain' and options.crop_padding == 2
+  config.dataset.pipeline = 'gpu'
+  with pytest.raises(UserError, match="unknown config.dataset.pipeline 'gpu'; choose auto, device, grain"):
+    pipelines.input_options(config)
+
+
+def test_normalization_statistics():
+  images = np.random.default_rng(0).integers(0, 256, (7, 4, 5, 3), dtype=np.uint8)
+  as_float = images.astype(np.float64)
+  mean, std = pipelines.normalization_statistics(images, 'per_channel')
+  assert mean == tuple(float(m) for m in as_float.mean(axis=(0, 1, 2)))
+  assert std == tuple(float(s) for s in as_float.std(axis=(0, 1, 2)))
+  assert pipelines.normalization_statistics(np.zeros((2, 3, 3, 1), np.uint8), 'per_channel') == ((0.0,), (1.0,))
+  # The mean image: nested tuples (hashable) of the float32 values, as Python floats.
+  mean_image, unit = pipelines.normalization_statistics(images, 'per_pixel_mean')
+  expected = as_float.mean(axis=0).astype(np.float32)
+  assert unit == (1.0,) and np.array_equal(np.asarray(mean_image, np.float32), expected)
+  assert mean_image[1][2] == tuple(float(v) for v in expected[1, 2])
+  hash(mean_image)  # a static attribute of the jitted model: must be hashable
+  with pytest.raises(UserError, match='unknown normalization'):
+    pipelines.normalization_statistics(images, 'zca')
+
+
+def test_the_data_layer_imports_no_model():
+  script = (
+      'import sys, numpy as np\n'
+      'from resnet_jax.data import augment, host_pipeline, pipelines, sources, streaming, throughput\n'
+      "pipelines.normalization_statistics(np.zeros((2, 4, 4, 3), np.uint8), 'per_pixel_mean')\n"
+      "banned = ('flax', 'resnet_jax.classifier', 'resnet_jax.models', 'resnet_jax.train', 'resnet_jax.evaluate',\n"
+      "          'resnet_jax.checkpoints', 'resnet_jax.state')\n"
+      'print(sorted(m for m in sys.modules if m.startswith(banned)))\n')
+  result = run_python(['-c', script])
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.strip() == '[]'

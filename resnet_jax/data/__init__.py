@@ -6,7 +6,8 @@
   host_augment   host-side (PIL/NumPy) decode, ImageNet crops, colour jitter, PCA lighting, eval crops, ten-crop
   host_pipeline  per-process batch construction run by Grain workers (data order, corrupt-image policy)
   streaming      StreamingTrainData (Grain + device prefetch, exact resume) and EvalData (padded, masked)
-  pipelines      DeviceResidentData, make_train_data / make_eval_batches (choose by config), input_options
+  pipelines      DeviceResidentData, make_train_data / make_eval_batches (choose by config), InputOptions (every
+                 input option and its default), normalization_statistics
   throughput     img/s of the device-resident and Grain paths on synthetic data
   testing        synthetic datasets for tests and benchmarks
   digits         the built-in 8x8 digits TFDS dataset

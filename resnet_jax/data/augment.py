@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax.errors import UserError
+from resnet_jax.config import nested_tuple
 
 
 def random_crop_with_padding(key: jax.Array, images: jax.Array, padding: int,
@@ -54,13 +54,6 @@ def random_flip_left_right(key: jax.Array, images: jax.Array) -> jax.Array:
   return jnp.where(flip[:, None, None, None], images[:, :, ::-1, :], images)
 
 
-def _nested_tuple(value: Any) -> Any:
-  array = np.asarray(value, np.float64)
-  if array.ndim == 0:
-    return float(array)
-  return tuple(_nested_tuple(v) for v in array)
-
-
 @dataclasses.dataclass(frozen=True)
 class SmallImageAugment:
   """Pad-and-crop plus horizontal flip for small images (CIFAR, SVHN, digits); float32 out, raw pixel scale.
@@ -77,9 +70,8 @@ class SmallImageAugment:
   center: Any = None
 
   def __post_init__(self):  # nested tuples keep the module hashable (it is a static part of jitted code)
-    object.__setattr__(self, 'pad_value', _nested_tuple(self.pad_value))
-    if self.center is not None:
-      object.__setattr__(self, 'center', _nested_tuple(self.center))
+    object.__setattr__(self, 'pad_value', nested_tuple(self.pad_value))
+    object.__setattr__(self, 'center', nested_tuple(self.center))
 
   def __call__(self, key: jax.Array, images_uint8: jax.Array) -> jax.Array:
     crop_key, flip_key = jax.random.split(key)
@@ -94,19 +86,3 @@ class SmallImageAugment:
     if self.flip:
       images = random_flip_left_right(flip_key, images)
     return images
-
-
-def small_image_augment(augment_config: Any, mean: Any) -> SmallImageAugment:
-  """The SmallImageAugment of `config.augment` for a model normalising with `mean`.
-
-  pad_after_normalize=True pads the normalised image with zeros (exact for per-channel and per-pixel means);
-  False pads the raw image with black.
-  """
-  get = augment_config.get if hasattr(augment_config, 'get') else (lambda k, d=None: getattr(augment_config, k, d))
-  padding = int(get('crop_padding', 4))
-  if padding < 0:
-    raise UserError(f"config.augment.crop_padding={padding} must be >= 0")
-  flip = bool(get('flip', True))
-  if bool(get('pad_after_normalize', True)):
-    return SmallImageAugment(crop_padding=padding, flip=flip, center=mean)
-  return SmallImageAugment(crop_padding=padding, flip=flip, pad_value=(0.0,))

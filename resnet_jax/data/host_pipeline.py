@@ -53,11 +53,6 @@ def _log_skip(what: str, error: Exception) -> None:
                     what, error, count)
 
 
-def skipped_count() -> int:
-  """Corrupt images skipped so far in this process (worker processes keep their own counts)."""
-  return _skipped['count']
-
-
 class EpochOrder:
   """Maps global stream positions to example indices: perm_{q // n}[q % n]. Thread-safe, picklable."""
 
@@ -138,8 +133,8 @@ class TrainTransform:
     if self.color_jitter > 0 or self.pca_lighting > 0:
       work = image.astype(np.float32)
       if self.color_jitter > 0:
-        v = self.color_jitter
-        work = host_augment.color_jitter(work, rng, v, v, v)
+        strength = self.color_jitter  # brightness, contrast and saturation alike (fb.resnet.torch)
+        work = host_augment.color_jitter(work, rng, strength, strength, strength)
       if self.pca_lighting > 0:
         work = host_augment.pca_lighting(work, rng, self.pca_lighting)
       image = host_augment.to_uint8(work)
@@ -219,8 +214,8 @@ def read_raw_robust(source, indices: Sequence[int]) -> tuple[list[Any], np.ndarr
 def _check_labels(source, indices, labels: np.ndarray, num_classes: int) -> None:
   bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
   if len(bad):
-    i = bad[0]
-    raise UserError(f"{source.describe(indices[i])} has label {int(labels[i])}, outside [0, {num_classes}); "
+    row = bad[0]
+    raise UserError(f"{source.describe(indices[row])} has label {int(labels[row])}, outside [0, {num_classes}); "
                     "this split may have no labels (e.g. imagenet2012's test split: evaluate on 'validation'), "
                     "or the dataset's class count is wrong")
 
@@ -259,13 +254,13 @@ class TrainBatchMaker:
     raws, labels = read_raw_robust(self.source, indices)
     labels = np.array(labels, np.int32)
     out = np.empty((len(positions),) + tuple(self.transform.output_shape), np.uint8)
-    for row, (q, index, raw) in enumerate(zip(positions, indices, raws)):
+    for row, (position, index, raw) in enumerate(zip(positions, indices, raws)):
       attempt = 0
       while True:
         try:
           if isinstance(raw, Exception):
             raise raw
-          out[row] = self.transform(raw, example_rng(self.seed, q, attempt))
+          out[row] = self.transform(raw, example_rng(self.seed, position, attempt))
           break
         except host_augment.CorruptImageError as e:
           if self.corrupt_images == 'fail':
@@ -276,8 +271,8 @@ class TrainBatchMaker:
             raise UserError(f"{attempt} consecutive corrupt images around {self.source.describe(index)}; the "
                             "dataset looks broken: prepare it again") from None
           # The next example of the same epoch's order takes the slot (deterministic).
-          n = self.order.num_examples
-          index = int(self.order.permutation(q // n)[(q % n + attempt) % n])
+          epoch_size = self.order.num_examples
+          index = int(self.order.permutation(position // epoch_size)[(position % epoch_size + attempt) % epoch_size])
           raw_list, label = read_raw_robust(self.source, [index])
           raw, labels[row] = raw_list[0], label[0]
       indices[row] = index

@@ -6,7 +6,7 @@ Choosing a pipeline (`make_train_data`, `config.dataset.pipeline`)
   'grain': examples are streamed from the source and decoded/augmented on the host by Grain workers
     (`streaming.StreamingTrainData`; ImageNet).
   'auto' (default): 'device' when the split's images share one shape and the split's uint8 size is at most
-    `config.input.device_max_bytes` (2 GiB), else 'grain'.
+    `config.input.device_max_bytes`, else 'grain'.
   Both carry `image_shape`, `num_classes`, `num_examples`, `steps_per_epoch`, `mean`/`std` (for the
   Classifier) and `device_augment(key, uint8 images) -> float32 images` (the jitted part of augmentation).
 
@@ -26,8 +26,8 @@ Evaluation batches
   centre crop, or ten-crop, for variable-size images; none for fixed-size ones) and device prefetch;
   `eval_batches` is the plain generator for fixed-size sources.
 
-Input options (`config.input.*`, read with defaults so configs without the section work; see
-`input_options` for the list). Evaluation protocols for ImageNet:
+Input options (`InputOptions`: every field with its default; `config.input.*` and a few of `config.augment` and
+`config.dataset`, read with defaults so configs without them work). Evaluation protocols for ImageNet:
   - 224 single crop (He et al. 2015/2016, fb.resnet.torch): eval_resize=256, eval_crop=224 (the default).
   - 320 single crop (He et al. 2016 Table 5; the ResNeXt paper's "320/299" column): eval_resize=320,
     eval_crop=320. The paper gives only the crop size; resizing the shorter side to 320 and taking the central
@@ -52,6 +52,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from resnet_jax import parallel
+from resnet_jax.config import nested_tuple
 from resnet_jax.data import augment as augment_lib
 from resnet_jax.data import host_augment
 from resnet_jax.data import host_pipeline
@@ -91,23 +92,23 @@ class DeviceResidentData:
 
     Every process passes the same arrays; each transfers only the rows its devices hold.
     """
-    n = len(arrays['label'])
-    if global_batch > n:
-      raise UserError(f"config.batch_size={global_batch} is larger than the {n} training examples; use a "
-                      f"batch of at most {n}")
+    num_examples = len(arrays['label'])
+    if global_batch > num_examples:
+      raise UserError(f"config.batch_size={global_batch} is larger than the {num_examples} training examples; "
+                      f"use a batch of at most {num_examples}")
     devices = mesh.devices.size
-    padded = math.ceil(n / devices) * devices
+    padded = math.ceil(num_examples / devices) * devices
     per_device = padded // devices
     positions = [i for i, d in enumerate(mesh.devices.flat) if d.process_index == jax.process_index()]
     start, stop = min(positions) * per_device, (max(positions) + 1) * per_device
     sharding = NamedSharding(mesh, P(parallel.DATA_AXIS))
     placed = {}
     for key, value in (('image', arrays['image']), ('label', arrays['label'].astype(np.int32))):
-      local = value[start:min(stop, n)]
+      local = value[start:min(stop, num_examples)]
       if len(local) < stop - start:
         local = np.concatenate([local, np.zeros((stop - start - len(local),) + value.shape[1:], value.dtype)])
       placed[key] = jax.make_array_from_process_local_data(sharding, local, (padded,) + value.shape[1:])
-    return cls(arrays=placed, num_examples=n, global_batch=global_batch, seed=seed, mesh=mesh)
+    return cls(arrays=placed, num_examples=num_examples, global_batch=global_batch, seed=seed, mesh=mesh)
 
   def batch_indices(self, step: jax.Array) -> jax.Array:
     """Dataset indices of the global batch at `step` (traceable).
@@ -116,13 +117,13 @@ class DeviceResidentData:
     pseudo-random permutation of [0, N) evaluated per position (`feistel_permutation`): O(B) work per step,
     instead of materialising (sorting) an N-element permutation every step.
     """
-    n, b = self.num_examples, self.global_batch
-    position = step * b + jnp.arange(b)
-    epoch = position // n
-    offset = position % n
+    position = step * self.global_batch + jnp.arange(self.global_batch)
+    epoch = position // self.num_examples
+    offset = position % self.num_examples
     base = jax.random.fold_in(jax.random.key(self.seed), _DATA_ORDER_STREAM)
-    keys = jax.vmap(lambda e: jax.random.bits(jax.random.fold_in(base, e), (_FEISTEL_ROUNDS,), jnp.uint32))(epoch)
-    return feistel_permutation(offset, n, keys)
+    def epoch_keys(epoch_number):  # one key per Feistel round, fresh every epoch
+      return jax.random.bits(jax.random.fold_in(base, epoch_number), (_FEISTEL_ROUNDS,), jnp.uint32)
+    return feistel_permutation(offset, self.num_examples, jax.vmap(epoch_keys)(epoch))
 
   def batch(self, arrays: dict[str, jax.Array], step: jax.Array) -> dict[str, jax.Array]:
     """The global batch at `step`, sharded over `data`; call inside jit with `arrays` as an argument."""
@@ -160,36 +161,37 @@ def _mix32(x: jax.Array) -> jax.Array:
   return x ^ (x >> 16)
 
 
-def feistel_permutation(index: jax.Array, n: int, keys: jax.Array) -> jax.Array:
-  """perm(index) for a keyed pseudo-random permutation of [0, n); keys: uint32 [..., rounds] per element.
+def feistel_permutation(index: jax.Array, size: int, keys: jax.Array) -> jax.Array:
+  """perm(index) for a keyed pseudo-random permutation of [0, size); keys: uint32 [..., rounds] per element.
 
-  A balanced Feistel network on the smallest even-bit power-of-two domain >= n is a bijection of that domain;
-  cycle-walking (re-applying it until the value falls below n) restricts it to a bijection of [0, n). The
-  domain is < 4n, so a few walks suffice. Every epoch's keys give an independent-looking order.
+  A balanced Feistel network on the smallest even-bit power-of-two domain >= size is a bijection of that
+  domain; cycle-walking (re-applying it until the value falls below size) restricts it to a bijection of
+  [0, size). The domain is smaller than 4 * size, so a few walks suffice. Every epoch's keys give an
+  independent-looking order.
   """
-  bits = max(2, int(np.ceil(np.log2(max(n, 2)))))
+  bits = max(2, int(np.ceil(np.log2(max(size, 2)))))
   half = (bits + 1) // 2
   mask = jnp.uint32((1 << half) - 1)
   keys = jnp.asarray(keys, jnp.uint32)
 
   def permute(x):
     left, right = x >> half, x & mask
-    for r in range(keys.shape[-1]):
-      left, right = right, left ^ (_mix32(right ^ keys[..., r]) & mask)
+    for round_index in range(keys.shape[-1]):
+      left, right = right, left ^ (_mix32(right ^ keys[..., round_index]) & mask)
     return (left << half) | right
 
   x = permute(jnp.asarray(index).astype(jnp.uint32))
-  x = jax.lax.while_loop(lambda x: jnp.any(x >= n), lambda x: jnp.where(x >= n, permute(x), x), x)
+  x = jax.lax.while_loop(lambda x: jnp.any(x >= size), lambda x: jnp.where(x >= size, permute(x), x), x)
   return x.astype(jnp.int32)
 
 
 def eval_batches(source: ExampleSource, mesh: Mesh, global_batch: int,
                  limit: Optional[int] = None) -> Iterator[dict[str, jax.Array]]:
   """Yields global batches {'image', 'label', 'mask'} covering `source` exactly once (padded + masked)."""
-  n = len(source) if limit is None else min(limit, len(source))
+  num_examples = len(source) if limit is None else min(limit, len(source))
   rows = parallel.local_batch_slice(global_batch, mesh)
-  for start in range(0, n, global_batch):
-    lo, hi = start + rows.start, min(start + rows.stop, n)
+  for start in range(0, num_examples, global_batch):
+    lo, hi = start + rows.start, min(start + rows.stop, num_examples)
     wanted = rows.stop - rows.start
     indices = np.arange(lo, hi) if hi > lo else np.zeros((0,), np.int64)
     if len(indices):
@@ -225,40 +227,58 @@ def num_eval_batches(num_examples: int, global_batch: int) -> int:
 # Options and factories.
 
 PIPELINES = ('auto', 'device', 'grain')
-DEFAULT_DEVICE_MAX_BYTES = 2 * 1024 ** 3
+NORMALIZATIONS = ('per_channel', 'per_pixel_mean')
 
 
 @dataclasses.dataclass(frozen=True)
 class InputOptions:
-  """Everything the input pipelines read from a config (see `input_options` for the fields and defaults)."""
-  pipeline: str = 'auto'
-  device_max_bytes: int = DEFAULT_DEVICE_MAX_BYTES
-  normalization: str = 'per_channel'
-  # Small images (device-resident, or 'pad_crop' on the host).
+  """Every input option with its default, written once: configs/default.py builds its config sections from
+  these defaults (`option_defaults`) and `input_options` reads a config back into this class. Field F is
+  `config.input.F`, except those `SECTIONS` maps to another section."""
+  pipeline: str = 'auto'               # dataset.pipeline: 'auto' | 'device' | 'grain' (module docstring)
+  # augment.*: small images (device-resident, or 'pad_crop' on the host). He et al. 2015 Sec. 4.2: "4 pixels
+  # are padded on each side, and a 32x32 crop is randomly sampled from the padded image or its horizontal flip".
   crop_padding: int = 4
   flip: bool = True
+  # 'per_channel': (x - mean_c) / std_c with statistics of the training split (fb.resnet.torch);
+  # 'per_pixel_mean': x - mean image, the "per-pixel mean subtracted" of He et al. 2015 Sec. 4.2.
+  normalization: str = 'per_channel'
+  # fb.resnet.torch normalises before padding, so padding shows the mean colour; False pads with black.
   pad_after_normalize: bool = True
-  # Large images (host side, streaming).
+  # input.*: large images (ImageNet) streamed through Grain, and the machinery.
+  device_max_bytes: int = 2 * 1024**3  # 'auto' keeps a fixed-shape split on the devices up to this uint8 size
+  # 'inception' (random-sized crop, fb.resnet.torch), 'scale' (He et al. 2015 Sec. 3.4), 'pad_crop' (small
+  # images), 'none'; auto: pad_crop for fixed-size images, inception otherwise.
   train_crop: str = 'auto'
-  image_size: int = 224
-  scale_range: tuple[int, int] = (256, 480)
-  area_range: tuple[float, float] = (0.08, 1.0)
-  aspect_range: tuple[float, float] = (3 / 4, 4 / 3)
-  color_jitter: float = 0.0
-  pca_lighting: float = 0.0
-  interpolation: str = 'bilinear'
+  image_size: int = 224                # training crop (inception / scale)
+  scale_range: tuple[int, int] = (256, 480)  # shorter side of 'scale' (He et al. 2015 Sec. 3.4)
+  area_range: tuple[float, float] = (0.08, 1.0)  # area fraction of 'inception' (fb.resnet.torch, torchvision)
+  aspect_range: tuple[float, float] = (3 / 4, 4 / 3)  # aspect ratio of 'inception' (the same)
+  color_jitter: float = 0.0            # fb.resnet.torch: 0.4 (brightness, contrast, saturation)
+  pca_lighting: float = 0.0            # fb.resnet.torch: 0.1 (alphastd of AlexNet's PCA lighting)
+  interpolation: str = 'bilinear'      # 'bilinear' | 'bicubic' | 'lanczos' | 'nearest'
+  # 'center' | 'ten' (10-crop) | 'none'; auto: none for fixed-size images, center otherwise.
   eval_crop_mode: str = 'auto'
-  eval_resize: int = 256
-  eval_crop: int = 224
-  # Machinery.
-  num_workers: int = -1
-  num_threads: int = 2
-  eval_num_workers: int = -1
-  prefetch: int = 2
-  corrupt_images: str = 'fail'
-  mean: Optional[tuple[float, ...]] = None
+  eval_resize: int = 256               # shorter side before the evaluation crop (fb.resnet.torch: 256 -> 224)
+  eval_crop: int = 224                 # He et al. 2016 Table 5's 320 test: eval_resize=320, eval_crop=320
+  num_workers: int = -1                # Grain worker processes (-1: CPU cores - 1, at most 16; 0: threads only)
+  num_threads: int = 2                 # batches built concurrently per worker (PIL releases the GIL)
+  eval_num_workers: int = -1           # the same for evaluation (-1: as num_workers)
+  prefetch: int = 2                    # global batches kept transferred to the devices ahead of use
+  corrupt_images: str = 'fail'         # 'fail': stop with the file's name; 'skip': log and skip it
+  mean: Optional[tuple[float, ...]] = None  # per-channel statistics in [0, 255] overriding the computed ones
   std: Optional[tuple[float, ...]] = None
-  stats_examples: int = 5000
+  stats_examples: int = 5000           # examples sampled to estimate mean/std when streaming
+
+  # Options a config sets outside `config.input` (where configs have always had them); not a field.
+  SECTIONS = {'pipeline': 'dataset', 'crop_padding': 'augment', 'flip': 'augment', 'normalization': 'augment',
+              'pad_after_normalize': 'augment'}
+
+
+def option_defaults(section: str) -> dict[str, Any]:
+  """{field: default} of the InputOptions set in `config.<section>` ('dataset', 'augment' or 'input')."""
+  return {field.name: field.default for field in dataclasses.fields(InputOptions)
+          if InputOptions.SECTIONS.get(field.name, 'input') == section}
 
 
 def default_num_workers() -> int:
@@ -267,69 +287,21 @@ def default_num_workers() -> int:
 
 
 def input_options(config) -> InputOptions:
-  """Reads the input fields of `config`, with defaults for those a config does not have.
-
-  config.dataset.pipeline                 'auto' | 'device' | 'grain'
-  config.augment.normalization            'per_channel' | 'per_pixel_mean'
-  config.augment.{crop_padding, flip, pad_after_normalize}   small-image augmentation (device or host)
-  config.input.device_max_bytes = 2 GiB   'auto' keeps a fixed-shape split on the devices up to this size
-  config.input.train_crop = 'auto'        'inception' (random-sized crop, fb.resnet.torch), 'scale' (He et al.
-                                          2015: shorter side in scale_range, random crop), 'pad_crop'
-                                          (small images), 'none'; auto: pad_crop for fixed-size images,
-                                          inception otherwise
-  config.input.image_size = 224           training crop size (inception / scale)
-  config.input.scale_range = (256, 480)   shorter-side range of 'scale'
-  config.input.area_range = (0.08, 1.0)   area fraction of 'inception'
-  config.input.aspect_range = (3/4, 4/3)  aspect ratio range of 'inception'
-  config.input.color_jitter = 0.0         fb.resnet.torch uses 0.4 (brightness, contrast, saturation)
-  config.input.pca_lighting = 0.0         fb.resnet.torch uses 0.1 (alphastd of AlexNet PCA lighting)
-  config.input.interpolation = 'bilinear' 'bilinear' | 'bicubic' | 'lanczos' | 'nearest'
-  config.input.eval_crop_mode = 'auto'    'center' | 'ten' (10-crop) | 'none'; auto: none for fixed-size,
-                                          center otherwise
-  config.input.eval_resize = 256          shorter side before the evaluation crop
-  config.input.eval_crop = 224            evaluation crop (He et al. 2016 Table 5: eval_resize=320, eval_crop=320)
-  config.input.num_workers = -1           Grain worker processes for training (-1: CPU cores - 1, <= 16;
-                                          0: threads of the training process only)
-  config.input.num_threads = 2            batches built concurrently per worker (PIL releases the GIL)
-  config.input.eval_num_workers = -1      the same for evaluation (-1: as num_workers)
-  config.input.prefetch = 2               global batches kept transferred to the devices ahead of use
-  config.input.corrupt_images = 'fail'    'fail': stop with the file's name; 'skip': log and skip it
-  config.input.mean / std = None          per-channel statistics in [0, 255] overriding the computed ones
-  config.input.stats_examples = 5000      examples sampled to estimate mean/std when streaming
-  """
-  get = lambda section, key, default: _get(config, section, key, default)
-  pipeline = get('dataset', 'pipeline', 'auto')
-  if pipeline not in PIPELINES:
-    raise UserError(f"unknown config.dataset.pipeline {pipeline!r}; choose {', '.join(PIPELINES)}")
-  num_workers = int(get('input', 'num_workers', -1))
-  eval_workers = int(get('input', 'eval_num_workers', -1))
-  options = InputOptions(
-      pipeline=pipeline,
-      device_max_bytes=int(get('input', 'device_max_bytes', DEFAULT_DEVICE_MAX_BYTES)),
-      normalization=get('augment', 'normalization', 'per_channel'),
-      crop_padding=int(get('augment', 'crop_padding', 4)),
-      flip=bool(get('augment', 'flip', True)),
-      pad_after_normalize=bool(get('augment', 'pad_after_normalize', True)),
-      train_crop=get('input', 'train_crop', 'auto'),
-      image_size=int(get('input', 'image_size', 224)),
-      scale_range=tuple(int(v) for v in get('input', 'scale_range', (256, 480))),
-      area_range=tuple(float(v) for v in get('input', 'area_range', (0.08, 1.0))),
-      aspect_range=tuple(float(v) for v in get('input', 'aspect_range', (3 / 4, 4 / 3))),
-      color_jitter=float(get('input', 'color_jitter', 0.0)),
-      pca_lighting=float(get('input', 'pca_lighting', 0.0)),
-      interpolation=get('input', 'interpolation', 'bilinear'),
-      eval_crop_mode=get('input', 'eval_crop_mode', 'auto'),
-      eval_resize=int(get('input', 'eval_resize', 256)),
-      eval_crop=int(get('input', 'eval_crop', 224)),
-      num_workers=default_num_workers() if num_workers < 0 else num_workers,
-      num_threads=int(get('input', 'num_threads', 2)),
-      eval_num_workers=(default_num_workers() if num_workers < 0 else num_workers) if eval_workers < 0
-      else eval_workers,
-      prefetch=int(get('input', 'prefetch', 2)),
-      corrupt_images=get('input', 'corrupt_images', 'fail'),
-      mean=host_augment.optional_tuple(get('input', 'mean', None)),
-      std=host_augment.optional_tuple(get('input', 'std', None)),
-      stats_examples=int(get('input', 'stats_examples', 5000)))
+  """The InputOptions of `config`; a field the config lacks (or sets to None) takes its default. Values get
+  the type of the default (ranges: of its elements; mean/std: floats); negative worker counts are resolved."""
+  values = {}
+  for field in dataclasses.fields(InputOptions):
+    value = _get(config, InputOptions.SECTIONS.get(field.name, 'input'), field.name, field.default)
+    if field.default is None or isinstance(field.default, tuple):  # mean/std (None: computed), ranges
+      element_type = float if field.default is None else type(field.default[0])
+      value = None if value is None else tuple(element_type(element) for element in value)
+    else:
+      value = type(field.default)(value)
+    values[field.name] = value
+  workers = values['num_workers'] if values['num_workers'] >= 0 else default_num_workers()
+  values['num_workers'] = workers
+  values['eval_num_workers'] = workers if values['eval_num_workers'] < 0 else values['eval_num_workers']
+  options = InputOptions(**values)
   _validate(options)
   return options
 
@@ -342,37 +314,39 @@ def _get(config, section: str, key: str, default: Any) -> Any:
   return default if value is None else value
 
 
-def _validate(o: InputOptions) -> None:
-  choices = {'train_crop': ('auto',) + host_pipeline.TRAIN_CROPS, 'eval_crop_mode': ('auto',) + host_pipeline.EVAL_CROPS,
-             'interpolation': tuple(host_augment.INTERPOLATIONS), 'corrupt_images': host_pipeline.CORRUPT_POLICIES,
-             'normalization': ('per_channel', 'per_pixel_mean')}
+def _validate(options: InputOptions) -> None:
+  choices = {'pipeline': PIPELINES, 'normalization': NORMALIZATIONS, 'corrupt_images': host_pipeline.CORRUPT_POLICIES,
+             'train_crop': ('auto',) + host_pipeline.TRAIN_CROPS, 'interpolation': tuple(host_augment.INTERPOLATIONS),
+             'eval_crop_mode': ('auto',) + host_pipeline.EVAL_CROPS}
   for key, allowed in choices.items():
-    if getattr(o, key) not in allowed:
-      section = 'augment' if key == 'normalization' else 'input'
-      raise UserError(f"unknown config.{section}.{key} {getattr(o, key)!r}; choose {', '.join(allowed)}")
-  if o.image_size <= 0 or o.eval_crop <= 0 or o.eval_resize <= 0:
+    if getattr(options, key) not in allowed:
+      raise UserError(f"unknown config.{InputOptions.SECTIONS.get(key, 'input')}.{key} {getattr(options, key)!r}; "
+                      f"choose {', '.join(allowed)}")
+  if options.image_size <= 0 or options.eval_crop <= 0 or options.eval_resize <= 0:
     raise UserError("config.input.image_size, eval_crop and eval_resize must be positive")
-  if o.eval_resize < o.eval_crop:
-    raise UserError(f"config.input.eval_resize={o.eval_resize} is smaller than eval_crop={o.eval_crop}; the "
-                    "crop is taken after resizing the shorter side, so use eval_resize >= eval_crop "
-                    "(256/224 standard, 320/320 for the 320 crop of He et al. 2016)")
-  if not 0 < o.scale_range[0] <= o.scale_range[1] or o.scale_range[0] < o.image_size:
-    raise UserError(f"config.input.scale_range={o.scale_range} must be increasing and start at >= image_size "
-                    f"({o.image_size}), e.g. (256, 480)")
-  if not 0 < o.area_range[0] <= o.area_range[1] <= 1:
-    raise UserError(f"config.input.area_range={o.area_range} must satisfy 0 < min <= max <= 1, e.g. (0.08, 1.0)")
-  if not 0 < o.aspect_range[0] <= o.aspect_range[1]:
-    raise UserError(f"config.input.aspect_range={o.aspect_range} must satisfy 0 < min <= max, e.g. (0.75, 1.333)")
-  if o.color_jitter < 0 or o.pca_lighting < 0:
+  if options.eval_resize < options.eval_crop:
+    raise UserError(f"config.input.eval_resize={options.eval_resize} is smaller than eval_crop="
+                    f"{options.eval_crop}; the crop is taken after resizing the shorter side, so use eval_resize >= "
+                    "eval_crop (256/224 standard, 320/320 for the 320 crop of He et al. 2016)")
+  if not 0 < options.scale_range[0] <= options.scale_range[1] or options.scale_range[0] < options.image_size:
+    raise UserError(f"config.input.scale_range={options.scale_range} must be increasing and start at >= "
+                    f"image_size ({options.image_size}), e.g. (256, 480)")
+  if not 0 < options.area_range[0] <= options.area_range[1] <= 1:
+    raise UserError(f"config.input.area_range={options.area_range} must satisfy 0 < min <= max <= 1, "
+                    "e.g. (0.08, 1.0)")
+  if not 0 < options.aspect_range[0] <= options.aspect_range[1]:
+    raise UserError(f"config.input.aspect_range={options.aspect_range} must satisfy 0 < min <= max, "
+                    "e.g. (0.75, 1.333)")
+  if options.color_jitter < 0 or options.pca_lighting < 0:
     raise UserError("config.input.color_jitter and pca_lighting must be >= 0 (fb.resnet.torch: 0.4 and 0.1)")
-  if o.num_threads < 1 or o.prefetch < 1:
+  if options.num_threads < 1 or options.prefetch < 1:
     raise UserError("config.input.num_threads and prefetch must be >= 1")
-  if o.crop_padding < 0:
-    raise UserError(f"config.augment.crop_padding={o.crop_padding} must be >= 0")
-  if (o.mean is None) != (o.std is None):
+  if options.crop_padding < 0:
+    raise UserError(f"config.augment.crop_padding={options.crop_padding} must be >= 0")
+  if (options.mean is None) != (options.std is None):
     raise UserError("set both config.input.mean and config.input.std, or neither")
-  if o.std is not None and min(o.std) <= 0:
-    raise UserError(f"config.input.std={o.std} must be positive")
+  if options.std is not None and min(options.std) <= 0:
+    raise UserError(f"config.input.std={options.std} must be positive")
 
 
 def _split_bytes(source: ExampleSource) -> Optional[int]:
@@ -447,9 +421,21 @@ def _read_all(source: ExampleSource, corrupt_images: str) -> dict[str, np.ndarra
   return arrays
 
 
-def _statistics(images: np.ndarray, normalization: str) -> tuple[Any, Any]:
-  from resnet_jax import classifier  # pylint: disable=g-import-not-at-top  (flax; keeps this module light)
-  return classifier.normalization_statistics(images, normalization)
+def normalization_statistics(images_uint8: np.ndarray, mode: str) -> tuple[Any, Any]:
+  """(mean, std) of a training split as nested tuples (hashable attributes of the model, which applies them).
+
+  'per_channel': mean and std per channel over all pixels (fb.resnet.torch; for CIFAR-10 this gives its
+     {125.3, 123.0, 113.9} / {63.0, 62.1, 66.7}).
+  'per_pixel_mean': the mean image (float32 values), std 1 (He et al. 2015 Sec. 4.2: "the per-pixel mean
+     subtracted").
+  """
+  images = np.asarray(images_uint8, np.float64)
+  if mode == 'per_channel':
+    std = images.std(axis=(0, 1, 2))
+    return nested_tuple(images.mean(axis=(0, 1, 2))), nested_tuple(np.where(std > 0, std, 1.0))
+  if mode == 'per_pixel_mean':
+    return nested_tuple(images.mean(axis=0).astype(np.float32)), (1.0,)
+  raise UserError(f"unknown normalization {mode!r}; choose one of {', '.join(NORMALIZATIONS)}")
 
 
 def _streaming_statistics(options: InputOptions, source: ExampleSource, seed: int) -> tuple[Any, Any]:
@@ -481,7 +467,7 @@ def _streaming_statistics(options: InputOptions, source: ExampleSource, seed: in
   if not images:
     raise UserError(f"{source.dataset} {source.split!r}: no readable image to compute normalisation statistics")
   logging.info('normalisation statistics of %s estimated from %d examples', source.dataset, len(images))
-  return _statistics(np.stack(images), options.normalization)
+  return normalization_statistics(np.stack(images), options.normalization)
 
 
 def make_train_data(config, mesh: Mesh, train_source: ExampleSource, *,
@@ -500,14 +486,14 @@ def make_train_data(config, mesh: Mesh, train_source: ExampleSource, *,
     if options.mean is not None:
       mean, std = options.mean, options.std
     else:
-      mean, std = _statistics(arrays['image'], options.normalization)
+      mean, std = normalization_statistics(arrays['image'], options.normalization)
     data = DeviceResidentData.from_arrays(arrays, mesh, global_batch, seed)
     data.mean, data.std = mean, std
     data.image_shape = tuple(arrays['image'].shape[1:])
     data.num_classes = train_source.num_classes
-    data.device_augment = augment_lib.small_image_augment(
-        {'crop_padding': options.crop_padding, 'flip': options.flip,
-         'pad_after_normalize': options.pad_after_normalize}, mean)
+    # pad_after_normalize pads the centred image with zeros (exact for per-channel and per-pixel means).
+    data.device_augment = augment_lib.SmallImageAugment(
+        crop_padding=options.crop_padding, flip=options.flip, center=mean if options.pad_after_normalize else None)
     return data
 
   crop = resolve_train_crop(options, train_source)

@@ -61,7 +61,8 @@ def prepare(name: str, data_dir: Optional[str] = None, manual_dir: Optional[str]
     raise UserError(f"{name} is a local dataset and needs no preparation; use it directly as config.dataset.name")
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   if name == 'digits':
-    from resnet_jax.data import digits  # pylint: disable=g-import-not-at-top,unused-import  (registers it)
+    # Importing `digits` registers its TFDS builder; here, not at the top, because it imports tensorflow_datasets.
+    from resnet_jax.data import digits  # pylint: disable=g-import-not-at-top,unused-import
   try:
     builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')
   except tfds.core.registered.DatasetNotFoundError:

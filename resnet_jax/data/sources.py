@@ -153,7 +153,8 @@ class _TfdsRawReader:
 def _open_tfds(name: str, split: str, data_dir: Optional[str]) -> ExampleSource:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   if name == 'digits':
-    from resnet_jax.data import digits  # pylint: disable=g-import-not-at-top,unused-import  (registers it)
+    # Importing `digits` registers its TFDS builder; here, not at the top, because it imports tensorflow_datasets.
+    from resnet_jax.data import digits  # pylint: disable=g-import-not-at-top,unused-import
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
@@ -274,25 +275,25 @@ def parse_split(split: str) -> tuple[str, Optional[tuple[Optional[str], Optional
   return match.group('name'), (match.group('start'), match.group('stop'))
 
 
-def _slice_bound(text: Optional[str], n: int, default: int) -> int:
+def _slice_bound(text: Optional[str], num_examples: int, default: int) -> int:
   if text is None:
     return default
   if text.endswith('%'):
     value = int(text[:-1])
     if not -100 <= value <= 100:
       raise UserError(f"split slice {text}: percentages must be in [-100%, 100%]")
-    value = int(round(n * value / 100))  # TFDS rounds to the closest example
+    value = int(round(num_examples * value / 100))  # TFDS rounds to the closest example
   else:
     value = int(text)
   if value < 0:
-    value += n
-  return min(max(value, 0), n)
+    value += num_examples
+  return min(max(value, 0), num_examples)
 
 
-def slice_indices(n: int, bounds: Optional[tuple[Optional[str], Optional[str]]]) -> np.ndarray:
+def slice_indices(num_examples: int, bounds: Optional[tuple[Optional[str], Optional[str]]]) -> np.ndarray:
   if bounds is None:
-    return np.arange(n)
-  return np.arange(_slice_bound(bounds[0], n, 0), _slice_bound(bounds[1], n, n))
+    return np.arange(num_examples)
+  return np.arange(_slice_bound(bounds[0], num_examples, 0), _slice_bound(bounds[1], num_examples, num_examples))
 
 
 def _image_files(folder: str) -> list[str]:

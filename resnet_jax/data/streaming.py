@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import queue
 import threading
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional
 
 import jax
 import numpy as np
@@ -300,8 +300,3 @@ def local_rows(array: jax.Array) -> np.ndarray:
   """This process's rows of a global batch array, in global row order (for tests and debugging)."""
   shards = sorted(array.addressable_shards, key=lambda s: s.index[0].start or 0)
   return np.concatenate([np.asarray(s.data) for s in shards])
-
-
-def host_batch_sequence(maker: Callable[[int], dict[str, np.ndarray]], steps: Sequence[int]) -> list[dict]:
-  """maker(step) for each step, in this process, without Grain (for tests and debugging)."""
-  return [maker(s) for s in steps]

@@ -45,12 +45,12 @@ def device_augment_throughput(*, num_examples: int = 50_000, image_shape: Sequen
   images = np.random.default_rng(seed).integers(0, 256, (num_examples,) + tuple(image_shape), dtype=np.uint8)
   labels = np.arange(num_examples) % 10
   data = pipelines.DeviceResidentData.from_arrays({'image': images, 'label': labels}, mesh, batch_size, seed)
-  aug = augment.SmallImageAugment(crop_padding=4, flip=True, center=(125.3, 123.0, 113.9))
+  small_image_augment = augment.SmallImageAugment(crop_padding=4, flip=True, center=(125.3, 123.0, 113.9))
 
   @jax.jit
   def produce(arrays, step):
     batch = data.batch(arrays, step)
-    return aug(jax.random.fold_in(jax.random.key(seed), step), batch['image']), batch['label']
+    return small_image_augment(jax.random.fold_in(jax.random.key(seed), step), batch['image']), batch['label']
 
   start = time.perf_counter()
   jax.block_until_ready(produce(data.arrays, jnp.int32(0)))
