@@ -1,5 +1,5 @@
 """Quickstart: a pre-activation ResNet-20 (He et al. 2016, full pre-activation units) on the embedded `digits`
-dataset (1,797 8x8 grey images, resnet_jax.data.digits). Timings: the README and benchmarks/results/
+dataset (1,797 8x8 grey images, resnet_jax.data.digits). Timings: the README and benchmarks/results/.
 
   python -m resnet_jax.main --config configs/quickstart.py --workdir runs/quickstart
 """
