@@ -75,6 +75,7 @@ def make_resnet_jax(batch: dict[str, np.ndarray], dtype: str, model_name: str = 
   from resnet_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from resnet_jax import optim  # pylint: disable=g-import-not-at-top
   from resnet_jax import parallel  # pylint: disable=g-import-not-at-top
+  from resnet_jax import state as state_lib  # pylint: disable=g-import-not-at-top
   from resnet_jax import train  # pylint: disable=g-import-not-at-top
   from resnet_jax.data import streaming  # pylint: disable=g-import-not-at-top
 
@@ -91,7 +92,7 @@ def make_resnet_jax(batch: dict[str, np.ndarray], dtype: str, model_name: str = 
 
   # The train loop's own step for a fed batch (augmentation on the host; on the device only the cast).
   run = train.make_streaming_runner(model, tx, streaming.StreamingTrainData.device_augment, config, mesh)
-  state = train.init_train_state(model, tx, tuple(batch['image'].shape[1:]), 0, mesh)
+  state = state_lib.init_train_state(model, tx, tuple(batch['image'].shape[1:]), 0, mesh)
   acc = jax.device_put(train.zero_accumulator(), parallel.replicated(mesh))
   device_batch = jax.device_put(batch, parallel.batch_sharding(mesh))
   started = time.perf_counter()

@@ -15,8 +15,8 @@ What is measured (nothing is re-implemented: the step is `resnet_jax.train`'s):
     `train.make_resident_runner`, i.e. the very function the train loop dispatches: `config.steps_per_dispatch`
     steps (lax.scan) per call, batch gathered and augmented on the device, state and metrics donated.
   * Streamed input (ImageNet; `--feed fed`): `train.make_streaming_runner`, the train loop's jitted step for
-    streamed data (state and metrics donated), fed one already-augmented uint8 batch per call (what Grain delivers; the host pipeline itself is measured
-    by `--input_only`).
+    streamed data (state and metrics donated), fed one already-augmented uint8 batch per call (what Grain
+    delivers; the host pipeline itself is measured by `--input_only`).
   * `--synthetic`: random uint8 images of the config's image shape replace the dataset (no download needed);
     the dataset's image shape, class count and size come from a table of known datasets (or
     `--image_shape/--num_classes/--num_examples`). Without it the config's real input is used.
@@ -51,27 +51,40 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import glob
 import json
 import math
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
 import time
 from typing import Any, Optional, Sequence
 
+import flax
 import jax
 import jax.numpy as jnp
+from jax.profiler import ProfileData
+import jaxlib
 import numpy as np
 
+from resnet_jax import classifier
 from resnet_jax import config as config_lib
+from resnet_jax import errors
+from resnet_jax import parallel
+from resnet_jax import state as state_lib
+from resnet_jax import train
+from resnet_jax.data import sources
+from resnet_jax.data import streaming
+from resnet_jax.data import throughput
 from resnet_jax.errors import UserError
 from resnet_jax.models import counting
 
 # ----------------------------------------------------------------------------------------------------------
-# Device peaks (dense, no sparsity), FLOP/s per JAX device. Sources: /work/shared/reference/performance_anchors.md
-# (H100 SXM 989.4 TF bf16), vendor spec sheets. TPU v2/v3 expose one JAX device per TensorCore (half a chip);
+# Device peaks (dense, no sparsity), FLOP/s per JAX device. Sources: the vendors' spec sheets (H100 SXM: 989.4
+# TFLOP/s bf16). TPU v2/v3 expose one JAX device per TensorCore (half a chip);
 # v4 and later one per chip (megacore) or per single-core chip (v5e, v6e).
 # Keys are matched as case-insensitive substrings of `device.device_kind`, the longest key first.
 
@@ -202,7 +215,7 @@ def peak_memory(compiled) -> dict[str, Any]:
     out.update(peak_memory_bytes=int(peak),
                peak_memory_source='compiled memory_analysis(): arguments + outputs - aliased + temporaries '
                                   '(per device)',
-               memory_analysis={k: int(getattr(analysis, k)) for k in (
+               memory_analysis={name: int(getattr(analysis, name)) for name in (
                    'argument_size_in_bytes', 'output_size_in_bytes', 'alias_size_in_bytes',
                    'temp_size_in_bytes', 'generated_code_size_in_bytes')})
     return out
@@ -225,8 +238,6 @@ def git_commit() -> dict[str, Any]:
 
 
 def environment() -> dict[str, Any]:
-  import flax  # pylint: disable=g-import-not-at-top
-  import jaxlib  # pylint: disable=g-import-not-at-top
   devices = jax.devices()
   return {
       'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
@@ -248,7 +259,6 @@ def dataset_facts(config, image_shape=None, num_classes=None, num_examples=None)
   facts = dict(KNOWN_DATASETS.get(name, {}))
   if not facts:
     try:
-      from resnet_jax.data import sources  # pylint: disable=g-import-not-at-top
       source = sources.open_split(name, config.dataset.train_split, config.dataset.get('data_dir'))
       facts = {'image_shape': source.image_shape, 'num_classes': source.num_classes,
                'num_examples': len(source), 'feed': 'resident' if source.image_shape else 'fed'}
@@ -272,7 +282,6 @@ def dataset_facts(config, image_shape=None, num_classes=None, num_examples=None)
 
 def synthetic_source(name: str, split: str, image_shape, num_classes: int, num_examples: int, seed: int = 0):
   """An ExampleSource of uniformly random uint8 images and labels (same interface as a real split)."""
-  from resnet_jax.data import sources  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   images = rng.integers(0, 256, (num_examples,) + tuple(image_shape), dtype=np.uint8)
   labels = rng.integers(0, num_classes, (num_examples,), dtype=np.int32)
@@ -288,7 +297,6 @@ def synthetic_source(name: str, split: str, image_shape, num_classes: int, num_e
 @contextlib.contextmanager
 def synthetic_dataset(config, facts: dict[str, Any]):
   """Within the block, opening the config's dataset (any split) gives synthetic data of its shape."""
-  from resnet_jax.data import sources  # pylint: disable=g-import-not-at-top
   original = sources.open_split
   cache: dict[str, Any] = {}
 
@@ -321,11 +329,11 @@ def _time_dispatches(call, carry, count: int, sync_each: bool):
   times = []
   start = time.perf_counter()
   for _ in range(count):
-    t0 = time.perf_counter()
+    call_started = time.perf_counter()
     carry = call(carry)
     if sync_each:
       jax.block_until_ready(carry)
-      times.append(time.perf_counter() - t0)
+      times.append(time.perf_counter() - call_started)
   jax.block_until_ready(carry)
   return carry, (times if sync_each else time.perf_counter() - start)
 
@@ -340,18 +348,15 @@ def profile_summary(trace_dir: str, steps: int, top: int = 12) -> dict[str, Any]
   a cuDNN convolution custom-call, ...). CPU: the host's XLA thunks. Returns the busy time per step, the time per
   step by kind of operation (the HLO name without its numeric suffix: 'loop_fusion', 'input_reduce_fusion',
   'cudnn-conv', ...) and the `top` operations."""
-  import glob  # pylint: disable=g-import-not-at-top
-  import re  # pylint: disable=g-import-not-at-top
-  from jax.profiler import ProfileData  # pylint: disable=g-import-not-at-top
   files = sorted(glob.glob(os.path.join(trace_dir, '**', '*.xplane.pb'), recursive=True), key=os.path.getmtime)
   if not files:
     return {'profile_error': f'no .xplane.pb under {trace_dir}'}
   data = ProfileData.from_file(files[-1])
   planes = list(data.planes)
-  device_planes = [p for p in planes if p.name.startswith('/device:') and 'CUSTOM' not in p.name]
+  device_planes = [plane for plane in planes if plane.name.startswith('/device:') and 'CUSTOM' not in plane.name]
   by_op: dict[str, float] = {}
   kernels = 0
-  for plane in device_planes or [p for p in planes if p.name.startswith('/host:CPU')]:
+  for plane in device_planes or [plane for plane in planes if plane.name.startswith('/host:CPU')]:
     for line in plane.lines:
       if device_planes and not line.name.startswith('Stream'):
         continue  # derived lines ('XLA Ops', 'XLA Modules', ...) repeat the stream's kernels
@@ -363,13 +368,14 @@ def profile_summary(trace_dir: str, steps: int, top: int = 12) -> dict[str, Any]
         by_op[str(op)] = by_op.get(str(op), 0.0) + event.duration_ns / 1e6
         kernels += 1
   if not by_op:
-    return {'profile_error': 'no XLA operations found in the trace', 'profile_planes': [p.name for p in planes]}
+    return {'profile_error': 'no XLA operations found in the trace', 'profile_planes': [plane.name for plane in planes]}
   by_kind: dict[str, float] = {}
   for op, ms in by_op.items():
     kind = re.sub(r'(\.\d+)+$', '', op)
     by_kind[kind] = by_kind.get(kind, 0.0) + ms
-  def per_step(table, n):
-    return [[k, round(v / steps, 4)] for k, v in sorted(table.items(), key=lambda kv: -kv[1])[:n]]
+  def per_step(table, count):
+    ranked = sorted(table.items(), key=lambda name_and_ms: -name_and_ms[1])[:count]
+    return [[name, round(ms / steps, 4)] for name, ms in ranked]
   return {'profile_dir': trace_dir, 'profile_busy_ms_per_step': sum(by_op.values()) / steps,
           'profile_kernels_per_step': kernels / steps, 'profile_ms_per_step_by_kind': per_step(by_kind, 20),
           'profile_top_ops_ms_per_step': per_step(by_op, top)}
@@ -379,11 +385,6 @@ def benchmark_train(config, *, steps: int = 20, warmup: int = 2, synthetic: bool
                     pipelined: bool = True, peak_flops: Optional[float] = None, image_shape=None,
                     num_classes=None, num_examples=None, profile_dir: Optional[str] = None) -> dict[str, Any]:
   """Measures the project's train step for `config` (see the module docstring); returns the JSON record."""
-  from resnet_jax import classifier  # pylint: disable=g-import-not-at-top
-  from resnet_jax import parallel  # pylint: disable=g-import-not-at-top
-  from resnet_jax import train  # pylint: disable=g-import-not-at-top
-  from resnet_jax.data import streaming  # pylint: disable=g-import-not-at-top
-
   if feed not in FEEDS:
     raise UserError(f"--feed {feed!r}: choose one of {', '.join(FEEDS)}")
   if steps < 1 or warmup < 0:
@@ -404,73 +405,75 @@ def benchmark_train(config, *, steps: int = 20, warmup: int = 2, synthetic: bool
   else:
     setup = synthetic_dataset(config, facts) if synthetic else contextlib.nullcontext()
   with setup:
-    exp = train.build_experiment(config, mesh)
+    experiment = train.build_experiment(config, mesh)
   setup_s = time.perf_counter() - started
-  streamed = getattr(exp.train_data, 'kind', 'device') == 'grain'
+  streamed = getattr(experiment.train_data, 'kind', 'device') == 'grain'
   if feed is None:
     feed = 'fed' if streamed else 'resident'
   if feed == 'resident' and streamed:
     raise UserError(f"{config.dataset.name} is streamed (Grain), not device-resident; use --feed fed or auto")
-  state = train.init_train_state(exp.model, exp.tx, exp.image_shape, config.seed, mesh)
-  acc = jax.device_put(train.zero_accumulator(), parallel.replicated(mesh))
+  state = state_lib.init_train_state(experiment.model, experiment.tx, experiment.image_shape, config.seed, mesh)
+  totals = jax.device_put(train.zero_accumulator(), parallel.replicated(mesh))
 
   if feed == 'resident':
-    k = max(1, int(config.get('steps_per_dispatch', 1) or 1))
-    runner = train.make_resident_runner(exp)
-    arrays = exp.train_data.arrays
-    t0 = time.perf_counter()
-    traced = runner.trace(state, acc, arrays, k)
+    steps_per_call = max(1, int(config.get('steps_per_dispatch', 1) or 1))
+    resident_steps = train.make_resident_runner(experiment)
+    arrays = experiment.train_data.arrays
+    trace_started = time.perf_counter()
+    traced = resident_steps.trace(state, totals, arrays, steps_per_call)
     lowered = traced.lower()
-    t1 = time.perf_counter()
+    lowered_at = time.perf_counter()
     compiled = lowered.compile()
-    t2 = time.perf_counter()
+    compiled_at = time.perf_counter()
     call = lambda carry: compiled(carry[0], carry[1], arrays)
   else:
-    k = 1
+    steps_per_call = 1
     # The streamed input's on-device part (a cast: crops and flips happen on the host), whatever the stand-in.
-    fed = train.make_streaming_runner(exp.model, exp.tx, streaming.StreamingTrainData.device_augment,
-                                      exp.config, exp.mesh)
+    fed_step = train.make_streaming_runner(experiment.model, experiment.tx,
+                                           streaming.StreamingTrainData.device_augment, experiment.config,
+                                           experiment.mesh)
     if synthetic:
       # Two device batches alternate (a new input buffer each step, as a prefetching pipeline delivers them).
       rng = np.random.default_rng(config.seed)
-      host = [{'image': rng.integers(0, 256, (batch,) + tuple(exp.image_shape), dtype=np.uint8),
-               'label': rng.integers(0, exp.num_classes, (batch,), dtype=np.int32)} for _ in range(2)]
+      host = [{'image': rng.integers(0, 256, (batch,) + tuple(experiment.image_shape), dtype=np.uint8),
+               'label': rng.integers(0, experiment.num_classes, (batch,), dtype=np.int32)} for _ in range(2)]
       local = parallel.local_batch_slice(batch, mesh)
-      batches = [parallel.host_to_global({k_: v[local] for k_, v in b.items()}, mesh, batch) for b in host]
-      next_batch = lambda i: batches[i % 2]
+      batches = [parallel.host_to_global({key: value[local] for key, value in host_batch.items()}, mesh, batch)
+                 for host_batch in host]
+      next_batch = lambda index: batches[index % 2]
     elif streamed:
-      next_batch = lambda i: next(exp.train_data)
+      next_batch = lambda index: next(experiment.train_data)
     else:
       raise UserError(f"--feed fed needs --synthetic or a streamed dataset; {config.dataset.name} is "
                       "device-resident (use --feed resident)")
-    t0 = time.perf_counter()
-    traced = fed.trace(state, acc, next_batch(0))
+    trace_started = time.perf_counter()
+    traced = fed_step.trace(state, totals, next_batch(0))
     lowered = traced.lower()
-    t1 = time.perf_counter()
+    lowered_at = time.perf_counter()
     compiled = lowered.compile()
-    t2 = time.perf_counter()
+    compiled_at = time.perf_counter()
     counter = iter(range(1, 10**12))
     call = lambda carry: compiled(carry[0], carry[1], next_batch(next(counter)))
 
-  carry = (state, acc)
-  dispatches = max(1, math.ceil(steps / k))
-  carry, _ = _time_dispatches(call, carry, max(1, math.ceil(warmup / k)) if warmup else 0, sync_each=True)
+  carry = (state, totals)
+  dispatches = max(1, math.ceil(steps / steps_per_call))
+  carry, _ = _time_dispatches(call, carry, max(1, math.ceil(warmup / steps_per_call)) if warmup else 0, sync_each=True)
   carry, times = _time_dispatches(call, carry, dispatches, sync_each=True)
   record: dict[str, Any] = {}
   if pipelined:
     carry, total = _time_dispatches(call, carry, dispatches, sync_each=False)
-    record['images_per_sec_pipelined'] = dispatches * k * batch / total
+    record['images_per_sec_pipelined'] = dispatches * steps_per_call * batch / total
   if profile_dir:
     # A few more dispatches under the profiler, after the timing (the trace costs time; it is not in the numbers).
     with jax.profiler.trace(profile_dir):
       carry, _ = _time_dispatches(call, carry, PROFILE_DISPATCHES, sync_each=True)
-    record.update(profile_summary(profile_dir, PROFILE_DISPATCHES * k))
-  step_seconds = [t / k for t in times]
+    record.update(profile_summary(profile_dir, PROFILE_DISPATCHES * steps_per_call))
+  step_seconds = [seconds / steps_per_call for seconds in times]
   median = float(np.median(step_seconds))
   summary = parallel.fetch(carry[1])
   examples = float(summary['examples'])
 
-  flops = step_flops(compiled, traced.jaxpr.jaxpr, k, devices)
+  flops = step_flops(compiled, traced.jaxpr.jaxpr, steps_per_call, devices)
   dtype = jnp.dtype(classifier.compute_dtype(config.model.get('dtype', 'auto'))).name
   env = environment()
   peak = peak_flops
@@ -484,12 +487,13 @@ def benchmark_train(config, *, steps: int = 20, warmup: int = 2, synthetic: bool
 
   record.update({
       'mode': 'train_step', 'model': config.model.name, 'dataset': config.dataset.name,
-      'synthetic': bool(synthetic), 'feed': feed, 'batch_size': batch, 'image_shape': list(exp.image_shape),
-      'compute_dtype': dtype, 'steps_per_dispatch': k,
+      'synthetic': bool(synthetic), 'feed': feed, 'batch_size': batch, 'image_shape': list(experiment.image_shape),
+      'compute_dtype': dtype, 'steps_per_dispatch': steps_per_call,
       'images_per_sec': batch / median, 'step_ms': 1e3 * median,
       'step_ms_p10': 1e3 * _percentile(step_seconds, 10), 'step_ms_p90': 1e3 * _percentile(step_seconds, 90),
-      'timed_steps': dispatches * k, 'warmup_steps': warmup,
-      'compile_s': t2 - t0, 'lower_s': t1 - t0, 'xla_compile_s': t2 - t1, 'setup_s': setup_s,
+      'timed_steps': dispatches * steps_per_call, 'warmup_steps': warmup,
+      'compile_s': compiled_at - trace_started, 'lower_s': lowered_at - trace_started,
+      'xla_compile_s': compiled_at - lowered_at, 'setup_s': setup_s,
       **peak_memory(compiled), **flops,
       'peak_flops_per_device': peak, 'peak_flops_source': peak_source, 'mfu': mfu,
       'train_loss': float(summary['loss']) / examples if examples else None,
@@ -506,8 +510,6 @@ def benchmark_input(config, *, steps: int = 50, warmup: int = 3, synthetic: bool
                     worker_counts: Optional[Sequence[int]] = None, image_shape=None, num_classes=None,
                     num_examples=None) -> dict[str, Any]:
   """Throughput of the config's input pipeline alone (no model), via resnet_jax.data.throughput."""
-  from resnet_jax import parallel  # pylint: disable=g-import-not-at-top
-  from resnet_jax.data import throughput  # pylint: disable=g-import-not-at-top
   facts = dataset_facts(config, image_shape, num_classes, num_examples)
   if feed == 'auto':
     feed = facts['feed']
@@ -557,40 +559,39 @@ def _shape(text: str) -> tuple[int, ...]:
 
 
 def make_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog='python -m resnet_jax.benchmark', description=__doc__.split('\n\n')[0],
+  parser = argparse.ArgumentParser(prog='python -m resnet_jax.benchmark', description=__doc__.split('\n\n')[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter,
                               epilog='Config fields are overridden with --config.a.b=value, as for resnet_jax.main.')
-  p.add_argument('--config', required=True, help='configs/F.py[:ARG]')
-  p.add_argument('--json', required=True, help='append one JSON line per run to this file ("-": stdout only)')
-  p.add_argument('--steps', type=int, default=20, help='timed train steps (whole dispatches; default 20)')
-  p.add_argument('--warmup', type=int, default=2, help='untimed steps after compiling (default 2)')
-  p.add_argument('--batch_size', type=int, default=None, help='global batch (default: config.batch_size)')
-  p.add_argument('--synthetic', action='store_true', help="random uint8 images of the config's shape")
-  p.add_argument('--input_only', action='store_true', help='measure only the input pipeline')
-  p.add_argument('--feed', choices=FEEDS, default='auto',
+  parser.add_argument('--config', required=True, help='configs/F.py[:ARG]')
+  parser.add_argument('--json', required=True, help='append one JSON line per run to this file ("-": stdout only)')
+  parser.add_argument('--steps', type=int, default=20, help='timed train steps (whole dispatches; default 20)')
+  parser.add_argument('--warmup', type=int, default=2, help='untimed steps after compiling (default 2)')
+  parser.add_argument('--batch_size', type=int, default=None, help='global batch (default: config.batch_size)')
+  parser.add_argument('--synthetic', action='store_true', help="random uint8 images of the config's shape")
+  parser.add_argument('--input_only', action='store_true', help='measure only the input pipeline')
+  parser.add_argument('--feed', choices=FEEDS, default='auto',
                  help='resident: device-resident data + train.make_resident_runner; fed: one device batch per '
                       'call (streamed datasets); auto: by dataset')
-  p.add_argument('--peak_flops', type=float, default=None, help='peak FLOP/s per device for mfu')
-  p.add_argument('--no_pipelined', action='store_true', help='skip the back-to-back (unsynchronised) timing')
-  p.add_argument('--compilation_cache', default=None,
+  parser.add_argument('--peak_flops', type=float, default=None, help='peak FLOP/s per device for mfu')
+  parser.add_argument('--no_pipelined', action='store_true', help='skip the back-to-back (unsynchronised) timing')
+  parser.add_argument('--compilation_cache', default=None,
                  help='persistent compilation cache directory (jax_compilation_cache_dir); default '
                       '$JAX_COMPILATION_CACHE_DIR or none')
-  p.add_argument('--image_shape', type=_shape, default=None, help='H,W,C for --synthetic on unknown datasets')
-  p.add_argument('--num_classes', type=int, default=None)
-  p.add_argument('--num_examples', type=int, default=None, help='synthetic training-split size')
-  p.add_argument('--workers', default=None, help='--input_only on streamed data: Grain worker counts, e.g. 0,1,3')
-  p.add_argument('--profile', default=None, metavar='DIR',
+  parser.add_argument('--image_shape', type=_shape, default=None, help='H,W,C for --synthetic on unknown datasets')
+  parser.add_argument('--num_classes', type=int, default=None)
+  parser.add_argument('--num_examples', type=int, default=None, help='synthetic training-split size')
+  parser.add_argument('--workers', default=None, help='--input_only on streamed data: Grain worker counts, e.g. 0,1,3')
+  parser.add_argument('--profile', default=None, metavar='DIR',
                  help='after timing, trace a few steps with jax.profiler into DIR (TensorBoard / Perfetto) and add '
                       'the device time per step by XLA operation to the record (profile_* fields)')
-  p.add_argument('--tag', default=None, help='free text stored in the record (e.g. an experiment name)')
-  return p
+  parser.add_argument('--tag', default=None, help='free text stored in the record (e.g. an experiment name)')
+  return parser
 
 
 def run(argv: Sequence[str]) -> dict[str, Any]:
   rest, overrides = config_lib.split_override_args(list(argv))
   args = make_parser().parse_args(rest)
   if args.compilation_cache:
-    from resnet_jax import train  # pylint: disable=g-import-not-at-top
     train.enable_compilation_cache(args.compilation_cache)
   config = config_lib.build_config(args.config, overrides)
   if args.batch_size is not None:
@@ -620,15 +621,12 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
 
 
 def main() -> None:
-  try:
+  with errors.exit_on_error():
     record = run(sys.argv[1:])
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  summary = {k: record.get(k) for k in ('mode', 'model', 'batch_size', 'images_per_sec', 'step_ms', 'compile_s',
-                                        'peak_memory_bytes', 'flops_per_step', 'mfu')}
-  print('summary: ' + ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
-                                for k, v in summary.items()), file=sys.stderr)
+  summary = {key: record.get(key) for key in ('mode', 'model', 'batch_size', 'images_per_sec', 'step_ms',
+                                              'compile_s', 'peak_memory_bytes', 'flops_per_step', 'mfu')}
+  print('summary: ' + ', '.join(f'{key}={value:.4g}' if isinstance(value, float) else f'{key}={value}'
+                                for key, value in summary.items()), file=sys.stderr)
 
 
 if __name__ == '__main__':

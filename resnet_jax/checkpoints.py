@@ -12,6 +12,7 @@ Randomness needs no saving: every random draw is a function of (config.seed, ste
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any, Mapping, Optional
 
@@ -21,7 +22,11 @@ import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from resnet_jax import classifier
 from resnet_jax import config as config_lib
+from resnet_jax import optim
+from resnet_jax import parallel
+from resnet_jax import state as state_lib
 from resnet_jax.errors import UserError
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -37,7 +42,8 @@ class Checkpointer:
     if best_metric:
       sign = 1.0 if best_mode == 'max' else -1.0
       policies.append(checkpoint_managers.BestN(
-          get_metric_fn=lambda m: sign * float(m[best_metric]), n=1, keep_checkpoints_without_metrics=False))
+          get_metric_fn=lambda metrics: sign * float(metrics[best_metric]), n=1,
+          keep_checkpoints_without_metrics=False))
     # A read-only manager logs warnings that it is read-only; for evaluation and `load` that is the intent.
     verbosity = absl_logging.get_verbosity()
     if read_only:
@@ -75,16 +81,19 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.close()
 
+  def __enter__(self) -> Checkpointer:
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
+
 
 def latest_step(workdir: str) -> Optional[int]:
   """The newest complete checkpoint step in `workdir`, or None; reads only (no directory is created)."""
   if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
     return None
-  ckpt = Checkpointer(workdir, read_only=True)
-  try:
-    return ckpt.latest_step()
-  finally:
-    ckpt.close()
+  with Checkpointer(workdir, read_only=True) as checkpointer:
+    return checkpointer.latest_step()
 
 
 @dataclasses.dataclass
@@ -98,40 +107,25 @@ class LoadedCheckpoint:
 
 def load(workdir: str, step: Optional[int] = None) -> LoadedCheckpoint:
   """Loads a checkpoint of `workdir` (the latest if `step` is None) onto the local devices."""
-  from resnet_jax import classifier  # pylint: disable=g-import-not-at-top
-  from resnet_jax import optim  # pylint: disable=g-import-not-at-top
-  from resnet_jax import parallel  # pylint: disable=g-import-not-at-top
-  from resnet_jax import train  # pylint: disable=g-import-not-at-top
   directory = os.path.join(workdir, CHECKPOINT_DIR)
   if not os.path.isdir(directory):
     raise UserError(f"no checkpoints in {workdir} (expected {directory}); train first with "
                     f"python -m resnet_jax.main --config CONFIG --workdir {workdir}")
-  ckpt = Checkpointer(workdir, read_only=True)
-  steps = ckpt.all_steps()
-  if not steps:
-    raise UserError(f"{directory} holds no complete checkpoint; train first")
-  if step is None:
-    step = max(steps)
-  elif step not in steps:
-    raise UserError(f"{directory} has no checkpoint for step {step}; available: {sorted(steps)}")
-  meta = ckpt.restore_meta(step)
-  config = config_lib.from_json(_json(meta['config']))
-  info = meta['model']
-  model = classifier.model_from_config(config, info['num_classes'], _tuplify(info['mean']), _tuplify(info['std']))
-  # The optimizer's state structure does not depend on the schedule's values: any schedule will do.
-  tx = optim.make_optimizer(config, lambda count: 0.0)
-  mesh = parallel.make_mesh(jax.local_devices()[:1])
-  state, _ = ckpt.restore(step, train.abstract_train_state(model, tx, info['image_shape'], mesh))
-  ckpt.close()
+  with Checkpointer(workdir, read_only=True) as checkpointer:
+    steps = checkpointer.all_steps()
+    if not steps:
+      raise UserError(f"{directory} holds no complete checkpoint; train first")
+    if step is None:
+      step = max(steps)
+    elif step not in steps:
+      raise UserError(f"{directory} has no checkpoint for step {step}; available: {sorted(steps)}")
+    meta = checkpointer.restore_meta(step)
+    config = config_lib.from_json(json.dumps(meta['config']))
+    info = meta['model']
+    model = classifier.model_from_config(config, info['num_classes'], config_lib.nested_tuple(info['mean']),
+                                         config_lib.nested_tuple(info['std']))
+    # The optimizer's state structure does not depend on the schedule's values: any schedule will do.
+    tx = optim.make_optimizer(config, lambda count: 0.0)
+    mesh = parallel.make_mesh(jax.local_devices()[:1])
+    state, _ = checkpointer.restore(step, state_lib.abstract_train_state(model, tx, info['image_shape'], mesh))
   return LoadedCheckpoint(model=model, variables=state.variables, config=config, step=int(step))
-
-
-def _json(value: Any) -> str:
-  import json  # pylint: disable=g-import-not-at-top
-  return json.dumps(value)
-
-
-def _tuplify(value: Any) -> Any:
-  if isinstance(value, list):
-    return tuple(_tuplify(v) for v in value)
-  return value

@@ -193,7 +193,7 @@ def build_config(spec: str, overrides: Sequence[tuple[str, str]] = ()) -> ml_col
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks the fields shared by every run. Section-specific checks live with their consumers
-  (optim.validate_schedule, models.create_model, data.sources.open_split)."""
+  (optim.make_schedule, models.create_model, data.sources.open_split)."""
   for name in ('seed', 'batch_size', 'model', 'dataset'):
     if name not in config:
       raise UserError(f"config has no field {name!r}; start your config from configs/default.py")

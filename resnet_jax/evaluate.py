@@ -6,18 +6,38 @@ removes the padding from the sums (big_vision's approach; the Flax example drops
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from resnet_jax import checkpoints
 from resnet_jax import parallel
+from resnet_jax.data import pipelines
+from resnet_jax.data import sources
 from resnet_jax.errors import UserError
 from resnet_jax.losses import cross_entropy
-from resnet_jax.data import pipelines
+
+
+def compiled_per_model(build: Callable[[Any], Callable]) -> Callable[[Any], Callable]:
+  """Caches `build(model)`, a jitted function of `model`, keyed by the model itself: Flax modules compare by
+  their attributes, so equal models share one compilation and models that merely hash alike do not. The 16 most
+  recently used are kept; a model with unhashable attributes (e.g. an array) gets an uncached function."""
+  cached = functools.lru_cache(maxsize=16)(build)
+
+  @functools.wraps(build)
+  def get(model):
+    try:
+      hash(model)
+    except TypeError:
+      return build(model)
+    return cached(model)
+
+  return get
 
 
 class Evaluator:
@@ -33,7 +53,8 @@ class Evaluator:
 
     @jax.jit
     def eval_step(variables, batch, totals):
-      logits = pipelines.apply_multi_view(lambda x: model.apply(variables, x, train=False), batch['image'])
+      logits = pipelines.apply_multi_view(lambda images: model.apply(variables, images, train=False),
+                                          batch['image'])
       mask = batch['mask'].astype(jnp.float32)
       loss = cross_entropy(logits, batch['label'])
       correct = (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32)
@@ -85,14 +106,9 @@ def predict(model, variables, images_uint8: np.ndarray, batch_size: int = 256) -
   return np.concatenate(outputs).astype(np.float32)
 
 
-_APPLY_CACHE: dict[int, Any] = {}
-
-
+@compiled_per_model
 def _jitted_apply(model):
-  key = hash(model)
-  if key not in _APPLY_CACHE:
-    _APPLY_CACHE[key] = jax.jit(lambda variables, x: model.apply(variables, x, train=False))
-  return _APPLY_CACHE[key]
+  return jax.jit(lambda variables, images: model.apply(variables, images, train=False))
 
 
 def evaluate_checkpoint(workdir: str, step: Optional[int] = None, config=None) -> dict[str, float]:
@@ -100,21 +116,19 @@ def evaluate_checkpoint(workdir: str, step: Optional[int] = None, config=None) -
 
   The record is appended to `workdir/eval_results.jsonl` with the checkpoint step.
   """
-  from resnet_jax import checkpoints  # pylint: disable=g-import-not-at-top
-  from resnet_jax.data import sources  # pylint: disable=g-import-not-at-top
   loaded = checkpoints.load(workdir, step=step)
   config = config or loaded.config
-  ds = config.dataset
-  source = sources.open_split(ds.name, ds.eval_split, ds.get('data_dir'))
+  dataset = config.dataset
+  source = sources.open_split(dataset.name, dataset.eval_split, dataset.get('data_dir'))
   mesh = parallel.make_mesh()
   variables = jax.device_put(loaded.variables, parallel.replicated(mesh))
   eval_data = pipelines.make_eval_batches(config, mesh, source)
   result = Evaluator(loaded.model, mesh).evaluate(variables, eval_data)
-  result = {'step': loaded.step, 'split': ds.eval_split, **result}
+  result = {'step': loaded.step, 'split': dataset.eval_split, **result}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'eval_results.jsonl'), 'a') as f:
-      f.write(json.dumps(result) + '\n')
-    print(f"step {loaded.step}: {ds.name}:{ds.eval_split} test_accuracy {result['test_accuracy']:.4f} "
+    with open(os.path.join(workdir, 'eval_results.jsonl'), 'a') as file:
+      file.write(json.dumps(result) + '\n')
+    print(f"step {loaded.step}: {dataset.name}:{dataset.eval_split} test_accuracy {result['test_accuracy']:.4f} "
           f"(error {100 * result['test_error']:.2f}%) test_loss {result['test_loss']:.4f} "
           f"on {result['num_examples']} examples")
   return result

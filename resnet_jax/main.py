@@ -12,13 +12,12 @@ dataset, model name) print one `error:` line and exit with status 2 before anyth
 
 from __future__ import annotations
 
-import sys
-
 from absl import app
 from absl import flags
 from absl import logging
 
 from resnet_jax import config as config_lib
+from resnet_jax import errors
 from resnet_jax.errors import UserError
 
 flags.DEFINE_string('config', None, 'Config file, optionally with an argument: configs/F.py[:ARG]. '
@@ -37,47 +36,34 @@ _OVERRIDES: list[tuple[str, str]] = []
 
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl parsing for the named flags; `--config.a.b=v` overrides are collected separately."""
-  try:
+  with errors.exit_on_error():
     rest, overrides = config_lib.split_override_args(argv)
-  except UserError as e:
-    _fail(e)
   _OVERRIDES.extend(overrides)
   try:
     return FLAGS(rest)
-  except flags.Error as e:
-    _fail(f'{e}; see --help')
-
-
-def _fail(message) -> None:
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
+  except flags.Error as error:
+    errors.fail(f'{error}; see --help')
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
-    _fail(f"unexpected arguments {' '.join(argv[1:])}; see --help for the flags")
+    errors.fail(f"unexpected arguments {' '.join(argv[1:])}; see --help for the flags")
   if not FLAGS.workdir:
-    _fail('--workdir is required (the directory for checkpoints and metrics)')
-  try:
-    from resnet_jax import parallel  # pylint: disable=g-import-not-at-top  (imports jax)
+    errors.fail('--workdir is required (the directory for checkpoints and metrics)')
+  with errors.exit_on_error():
+    if FLAGS.mode == 'train' and not FLAGS.config:
+      raise UserError('--config is required to train, e.g. --config configs/quickstart.py')
+    config = config_lib.build_config(FLAGS.config, _OVERRIDES) if FLAGS.config else None
+    if config is None and _OVERRIDES:
+      raise UserError('--config.* overrides need --config in eval mode')
+    # Imported only now: they load JAX, Flax, Orbax and the input stack (seconds), which --help and mistakes in
+    # the flags or the config do not need before their one error line.
+    from resnet_jax import evaluate, parallel, train  # pylint: disable=g-import-not-at-top
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     if FLAGS.mode == 'train':
-      if not FLAGS.config:
-        raise UserError('--config is required to train, e.g. --config configs/quickstart.py')
-      config = config_lib.build_config(FLAGS.config, _OVERRIDES)
-      from resnet_jax import train  # pylint: disable=g-import-not-at-top
       train.train_and_evaluate(config, FLAGS.workdir)
     else:
-      config = config_lib.build_config(FLAGS.config, _OVERRIDES) if FLAGS.config else None
-      if config is None and _OVERRIDES:
-        raise UserError('--config.* overrides need --config in eval mode')
-      from resnet_jax import evaluate  # pylint: disable=g-import-not-at-top
       evaluate.evaluate_checkpoint(FLAGS.workdir, step=FLAGS.step, config=config)
-  except UserError as e:
-    _fail(e)
-  except FloatingPointError as e:  # divergence: the message names the step and the kept checkpoint
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(3)
 
 
 def run() -> None:

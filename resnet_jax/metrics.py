@@ -25,8 +25,8 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  with open(path) as file:
+    return [json.loads(line) for line in file if line.strip()]
 
 
 class MetricWriter:
@@ -50,19 +50,19 @@ class MetricWriter:
     path = os.path.join(self.workdir, METRICS_FILE)
     if not os.path.exists(path):
       return
-    kept = [m for m in read_metrics(self.workdir) if m.get('step', 0) <= step]
+    kept = [record for record in read_metrics(self.workdir) if record.get('step', 0) <= step]
     tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-      f.writelines(json.dumps(m) + '\n' for m in kept)
+    with open(tmp, 'w') as file:
+      file.writelines(json.dumps(record) + '\n' for record in kept)
     os.replace(tmp, path)
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     if not self.enabled:
       return
     record = {'step': int(step)}
-    record.update({k: _plain(v) for k, v in metrics.items()})
-    with open(os.path.join(self.workdir, METRICS_FILE), 'a') as f:
-      f.write(json.dumps(record) + '\n')
+    record.update({name: _plain(value) for name, value in metrics.items()})
+    with open(os.path.join(self.workdir, METRICS_FILE), 'a') as file:
+      file.write(json.dumps(record) + '\n')
     if self._tb is not None:
       for key, value in record.items():
         if key != 'step' and isinstance(value, (int, float)) and math.isfinite(value):
@@ -82,8 +82,8 @@ class MetricWriter:
 
 def plot_curves(workdir: str) -> Optional[str]:
   records = read_metrics(workdir)
-  train = [(m['step'], m['train_loss']) for m in records if 'train_loss' in m]
-  test = [(m['step'], 100.0 * (1.0 - m['test_accuracy'])) for m in records if 'test_accuracy' in m]
+  train = [(record['step'], record['train_loss']) for record in records if 'train_loss' in record]
+  test = [(record['step'], 100.0 * (1.0 - record['test_accuracy'])) for record in records if 'test_accuracy' in record]
   if not train and not test:
     return None
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -161,7 +161,8 @@ class Progress:
   def _show(self, step: int, images_per_sec: float, fields: Mapping[str, Any]) -> None:
     eta = (self.total_steps - step) / self._rate if self._rate else float('nan')
     parts = [f'step {step}/{self.total_steps}']
-    parts += [f'{k} {v:.4g}' if isinstance(v, float) else f'{k} {v}' for k, v in fields.items()]
+    parts += [f'{name} {value:.4g}' if isinstance(value, float) else f'{name} {value}'
+              for name, value in fields.items()]
     parts += [f'{images_per_sec:,.0f} img/s', f'ETA {format_duration(eta) if math.isfinite(eta) else "?"}']
     text = ' | '.join(parts)
     if self.interactive:

@@ -39,34 +39,35 @@ def base_learning_rate(schedule_config: ml_collections.ConfigDict, batch_size: i
 
 def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: float, total_steps: int) -> optax.Schedule:
   """Builds the learning-rate schedule; raises UserError for an inconsistent one (before any compile)."""
-  sc = config.schedule
-  if sc.name not in SCHEDULES:
-    raise UserError(f"unknown schedule {sc.name!r}; choose one of {', '.join(SCHEDULES)}")
-  warmup_kind = sc.get('warmup') or 'none'
+  schedule_config = config.schedule
+  if schedule_config.name not in SCHEDULES:
+    raise UserError(f"unknown schedule {schedule_config.name!r}; choose one of {', '.join(SCHEDULES)}")
+  warmup_kind = schedule_config.get('warmup') or 'none'
   if warmup_kind not in WARMUPS:
     raise UserError(f"unknown warmup {warmup_kind!r}; choose one of {', '.join(WARMUPS)}")
-  base_lr = base_learning_rate(sc, config.batch_size)
-  warmup_steps = 0 if warmup_kind == 'none' else resolve_steps(sc, 'warmup', steps_per_epoch, default=0)
+  base_lr = base_learning_rate(schedule_config, config.batch_size)
+  warmup_steps = 0 if warmup_kind == 'none' else resolve_steps(schedule_config, 'warmup', steps_per_epoch, default=0)
   if warmup_steps >= total_steps and warmup_steps > 0:
     raise UserError(f"warm-up of {warmup_steps} steps is not shorter than training ({total_steps} steps); "
                     "shorten config.schedule.warmup_steps/warmup_epochs or train longer")
 
   boundaries: Sequence[int] = ()
-  if sc.name == 'step':
-    boundaries = _boundaries(sc, steps_per_epoch)
-    if any(b <= 0 for b in boundaries) or any(b2 <= b1 for b1, b2 in zip(boundaries, boundaries[1:])):
+  if schedule_config.name == 'step':
+    boundaries = _boundaries(schedule_config, steps_per_epoch)
+    increasing = all(earlier < later for earlier, later in zip(boundaries, boundaries[1:]))
+    if any(boundary <= 0 for boundary in boundaries) or not increasing:
       raise UserError(f"learning-rate boundaries must be positive and strictly increasing, got {list(boundaries)}")
     # Boundaries past the end are allowed: a shortened (debug) or to-be-extended run keeps the recipe.
-  decay_factor = float(sc.decay_factor)
+  decay_factor = float(schedule_config.decay_factor)
   boundaries_array = jnp.asarray(boundaries, jnp.int32)
-  warmup_factor = float(sc.get('warmup_factor') or 0.0)
+  warmup_factor = float(schedule_config.get('warmup_factor') or 0.0)
 
   def schedule(step):
     step = jnp.asarray(step, jnp.int32)
-    if sc.name == 'step':
+    if schedule_config.name == 'step':
       decays = jnp.sum(step >= boundaries_array) if boundaries else 0
       lr = base_lr * decay_factor ** decays
-    elif sc.name == 'cosine':
+    elif schedule_config.name == 'cosine':
       progress = jnp.clip((step - warmup_steps) / max(total_steps - warmup_steps, 1), 0.0, 1.0)
       lr = base_lr * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
     else:
@@ -80,15 +81,15 @@ def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: float, tot
   return schedule
 
 
-def _boundaries(sc: ml_collections.ConfigDict, steps_per_epoch: float) -> tuple[int, ...]:
-  in_steps, in_epochs = sc.get('boundaries_steps'), sc.get('boundaries_epochs')
+def _boundaries(schedule_config: ml_collections.ConfigDict, steps_per_epoch: float) -> tuple[int, ...]:
+  in_steps, in_epochs = schedule_config.get('boundaries_steps'), schedule_config.get('boundaries_epochs')
   if in_steps is not None and in_epochs is not None:
     raise UserError("config.schedule sets both boundaries_steps and boundaries_epochs; keep one")
   as_tuple = lambda value: tuple(value) if isinstance(value, (tuple, list)) else (value,)  # '8' -> (8,)
   if in_steps is not None:
-    return tuple(int(b) for b in as_tuple(in_steps))
+    return tuple(int(boundary) for boundary in as_tuple(in_steps))
   if in_epochs is not None:
-    return tuple(int(round(float(e) * steps_per_epoch)) for e in as_tuple(in_epochs))
+    return tuple(int(round(float(epoch) * steps_per_epoch)) for epoch in as_tuple(in_epochs))
   return ()
 
 
@@ -106,16 +107,14 @@ def weight_decay_mask(target: str) -> Callable:
 
 
 def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
-  oc = config.optimizer
-  decay = optax.add_decayed_weights(float(oc.weight_decay), mask=weight_decay_mask(oc.weight_decay_on)) \
-      if oc.weight_decay else optax.identity()
-  if oc.name not in OPTIMIZERS:
-    raise UserError(f"unknown optimizer {oc.name!r}; choose one of {', '.join(OPTIMIZERS)}")
+  optimizer_config = config.optimizer
+  decay = optax.identity()
+  if optimizer_config.weight_decay:
+    decay = optax.add_decayed_weights(float(optimizer_config.weight_decay),
+                                      mask=weight_decay_mask(optimizer_config.weight_decay_on))
+  if optimizer_config.name not in OPTIMIZERS:
+    raise UserError(f"unknown optimizer {optimizer_config.name!r}; choose one of {', '.join(OPTIMIZERS)}")
   # Torch/Caffe SGD: v <- momentum * v + g; p <- p - lr * v (optax.sgd is the same update).
-  update = optax.sgd(schedule, momentum=float(oc.momentum) or None, nesterov=bool(oc.nesterov))
+  update = optax.sgd(schedule, momentum=float(optimizer_config.momentum) or None,
+                     nesterov=bool(optimizer_config.nesterov))
   return optax.chain(decay, update)
-
-
-def describe(schedule: optax.Schedule, steps: Sequence[int]) -> dict[int, float]:
-  """Learning rates at `steps` (for logs and tests)."""
-  return {int(s): float(schedule(s)) for s in steps}

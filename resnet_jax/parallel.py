@@ -67,23 +67,15 @@ def check_batch_divisible(global_batch: int, mesh: Mesh, what: str = 'config.bat
                     f"{devices} such as {max(lower, devices)} or {lower + devices}")
 
 
-def local_batch_size(global_batch: int, mesh: Mesh) -> int:
-  """Rows of a global batch that this process loads."""
-  return global_batch * _local_device_count(mesh) // mesh.devices.size
-
-
 def local_batch_slice(global_batch: int, mesh: Mesh) -> slice:
   """The rows [start, stop) of each global batch that belong to this process's devices."""
   per_device = global_batch // mesh.devices.size
-  positions = [i for i, d in enumerate(mesh.devices.flat) if d.process_index == jax.process_index()]
+  positions = [index for index, device in enumerate(mesh.devices.flat)
+               if device.process_index == jax.process_index()]
   start, stop = min(positions) * per_device, (max(positions) + 1) * per_device
   if stop - start != len(positions) * per_device:
     raise ValueError('this process\'s devices are not contiguous in the mesh')
   return slice(start, stop)
-
-
-def _local_device_count(mesh: Mesh) -> int:
-  return sum(1 for d in mesh.devices.flat if d.process_index == jax.process_index())
 
 
 def host_to_global(local: Mapping[str, np.ndarray], mesh: Mesh, global_batch: int) -> dict[str, jax.Array]:
@@ -96,16 +88,10 @@ def host_to_global(local: Mapping[str, np.ndarray], mesh: Mesh, global_batch: in
   return out
 
 
-def replicate(tree: Any, mesh: Mesh) -> Any:
-  """Places a host pytree on every device (same value everywhere)."""
-  sharding = replicated(mesh)
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
-
-
 def fetch(tree: Any) -> Any:
   """Device -> host for replicated or fully addressable values (metrics, small state)."""
-  def get(x):
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-      return np.asarray(x.addressable_data(0))
-    return np.asarray(x)
+  def get(leaf):
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+      return np.asarray(leaf.addressable_data(0))
+    return np.asarray(leaf)
   return jax.tree.map(get, tree)

@@ -13,14 +13,17 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import sys
 from typing import Any, Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 
 from resnet_jax import config as config_lib
+from resnet_jax import errors
+from resnet_jax import parallel
+from resnet_jax import train
 from resnet_jax.errors import UserError
 
 flags.DEFINE_string('config', None, 'Config file with its row, e.g. configs/cifar.py:preact_resnet164.')
@@ -58,50 +61,44 @@ def markdown_table(name: str, source: str, summary: dict[str, Any]) -> str:
 
 def reproduce(config, workdir: str, seeds: int) -> dict[str, Any]:
   """Trains `seeds` runs of `config` (seed, seed+1, ...) under `workdir` and summarises their test errors."""
-  from resnet_jax import train  # pylint: disable=g-import-not-at-top
   if seeds < 1:
     raise UserError(f'--seeds must be at least 1, got {seeds}')
   paper = config.get('paper') or {}
-  errors = []
-  for k in range(seeds):
+  test_errors = []
+  for index in range(seeds):
     run_config = config_lib.from_json(config_lib.to_json(config))
-    run_config.seed = int(config.seed) + k
-    result = train.train_and_evaluate(run_config, os.path.join(workdir, f'seed_{k}'))
-    errors.append(100.0 * result['test_error'])
-  summary = summarize(errors, paper.get('published_error'))
+    run_config.seed = int(config.seed) + index
+    result = train.train_and_evaluate(run_config, os.path.join(workdir, f'seed_{index}'))
+    test_errors.append(100.0 * result['test_error'])
+  summary = summarize(test_errors, paper.get('published_error'))
   summary.update({'row': paper.get('row', config.model.name), 'source': paper.get('source', ''),
                   'note': paper.get('note', '')})
   table = markdown_table(summary['row'], summary['source'], summary)
-  import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'reproduce.json'), 'w') as f:
-      json.dump(summary, f, indent=2)
+    with open(os.path.join(workdir, 'reproduce.json'), 'w') as file:
+      json.dump(summary, file, indent=2)
     print(table)
   return summary
 
 
 def _parse_flags(argv):
-  rest, overrides = config_lib.split_override_args(argv)
+  with errors.exit_on_error():
+    rest, overrides = config_lib.split_override_args(argv)
   _OVERRIDES.extend(overrides)
   try:
     return FLAGS(rest)
-  except flags.Error as e:
-    print(f'error: {e}; see --help', file=sys.stderr)
-    sys.exit(2)
+  except flags.Error as error:
+    errors.fail(f'{error}; see --help')
 
 
 def main(argv):
   del argv
-  try:
+  with errors.exit_on_error():
     if not FLAGS.config or not FLAGS.workdir:
       raise UserError('--config and --workdir are required, e.g. --config configs/cifar.py:resnet110 '
                       '--workdir runs/resnet110')
-    from resnet_jax import parallel  # pylint: disable=g-import-not-at-top
     parallel.initialize_distributed()
     reproduce(config_lib.build_config(FLAGS.config, _OVERRIDES), FLAGS.workdir, FLAGS.seeds)
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
 
 
 if __name__ == '__main__':

@@ -1,6 +1,6 @@
 """Training: `train_and_evaluate(config, workdir)` and the jitted train step.
 
-One step (DESIGN.md): uint8 batch sharded over `data` -> jit(train_step): augment on device -> model.apply
+One step: uint8 batch sharded over `data` -> jit(train_step): augment on device -> model.apply
 (compute dtype per config, float32 params) -> float32 logits -> cross-entropy (float32) -> grads -> coupled L2 +
 SGD -> new state (donated). Metrics stay on the devices, summed over steps, and are fetched once per log
 interval: no host synchronisation per step.
@@ -20,8 +20,8 @@ import time
 from typing import Any, Callable
 
 from absl import logging
-import flax
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -34,6 +34,7 @@ from resnet_jax import evaluate
 from resnet_jax import metrics as metrics_lib
 from resnet_jax import optim
 from resnet_jax import parallel
+from resnet_jax import state as state_lib
 from resnet_jax.data import pipelines
 from resnet_jax.data import sources
 from resnet_jax.errors import UserError
@@ -41,19 +42,6 @@ from resnet_jax.losses import cross_entropy
 
 NONFINITE_POLICIES = ('stop', 'skip')
 _NO_STEP = np.iinfo(np.int32).max
-
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything that changes during training. Pure pytree: jit- and Orbax-friendly."""
-  step: jax.Array
-  params: Any
-  batch_stats: Any
-  opt_state: Any
-
-  @property
-  def variables(self) -> dict[str, Any]:
-    return {'params': self.params, 'batch_stats': self.batch_stats}
 
 
 @dataclasses.dataclass
@@ -108,9 +96,9 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   if config.get('on_nonfinite', 'stop') not in NONFINITE_POLICIES:
     raise UserError(f"unknown config.on_nonfinite {config.on_nonfinite!r}; choose stop or skip")
   pipelines.input_options(config)  # raises for unknown input options
-  ds = config.dataset
-  train_source = sources.open_split(ds.name, ds.train_split, ds.get('data_dir'))
-  eval_source = sources.open_split(ds.name, ds.eval_split, ds.get('data_dir'))
+  dataset = config.dataset
+  train_source = sources.open_split(dataset.name, dataset.train_split, dataset.get('data_dir'))
+  eval_source = sources.open_split(dataset.name, dataset.eval_split, dataset.get('data_dir'))
 
   # Model options and the BN group size are checked before the data is loaded.
   group = classifier.bn_group_size(config)
@@ -141,34 +129,7 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
 
 
 # ----------------------------------------------------------------------------------------------------------
-# State and step.
-
-
-def init_train_state(model: classifier.Classifier, tx: optax.GradientTransformation, image_shape, seed: int,
-                     mesh: jax.sharding.Mesh) -> TrainState:
-  """Initialises parameters directly as replicated global arrays (no host round trip)."""
-  def init(key):
-    variables = model.init(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
-    params = variables['params']
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params))
-  key = jax.random.fold_in(jax.random.key(seed), 0)
-  # Initialisation runs once, so it is compiled without backend optimisation: the per-parameter random
-  # number generation otherwise dominates start-up (quickstart on CPU: 10.8 s -> 1.4 s to compile).
-  compiled = jax.jit(init, out_shardings=parallel.replicated(mesh)).lower(key).compile(
-      compiler_options={'xla_backend_optimization_level': 0})
-  return compiled(key)
-
-
-def abstract_train_state(model, tx, image_shape, mesh) -> TrainState:
-  """Shapes, dtypes and shardings of the train state, without computing it (for restoring)."""
-  def init(key):
-    variables = model.init(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                      batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(variables['params']))
-  shapes = jax.eval_shape(init, jax.random.key(0))
-  sharding = parallel.replicated(mesh)
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+# The step.
 
 
 def step_keys(seed: int, step: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -183,7 +144,7 @@ def make_train_step(model, tx, augment, config) -> Callable:
   skip_nonfinite = config.get('on_nonfinite', 'stop') == 'skip'
   seed = int(config.seed)
 
-  def train_step(state: TrainState, batch):
+  def train_step(state: state_lib.TrainState, batch):
     augment_key, dropout_key = step_keys(seed, state.step)
     images = augment(augment_key, batch['image'])
     labels = batch['label']
@@ -197,12 +158,12 @@ def make_train_step(model, tx, augment, config) -> Callable:
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(loss) & jnp.all(jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    finite = jnp.isfinite(loss) & jnp.all(jnp.asarray([jnp.all(jnp.isfinite(grad)) for grad in jax.tree.leaves(grads)]))
     if skip_nonfinite:  # keep the previous parameters and statistics for this step
-      keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+      keep = lambda new, old: jax.tree.map(lambda new_leaf, old_leaf: jnp.where(finite, new_leaf, old_leaf), new, old)
       params, opt_state, batch_stats = keep(params, state.params), keep(opt_state, state.opt_state), \
           keep(batch_stats, state.batch_stats)
-    new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+    new_state = state_lib.TrainState(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
     correct = jnp.sum(jnp.argmax(logits, -1) == labels)
     metrics = {'loss': jnp.where(finite, loss, 0.0) * labels.shape[0], 'correct': correct.astype(jnp.float32),
                'examples': jnp.float32(labels.shape[0]), 'finite': finite}
@@ -216,40 +177,41 @@ def zero_accumulator() -> dict[str, jax.Array]:
           'first_nonfinite_step': jnp.int32(_NO_STEP), 'nonfinite_steps': jnp.int32(0)}
 
 
-def accumulate(acc, metrics, step):
+def accumulate(totals, metrics, step):
   bad = ~metrics['finite']
-  return {'loss': acc['loss'] + metrics['loss'], 'correct': acc['correct'] + metrics['correct'],
-          'examples': acc['examples'] + jnp.where(bad, 0.0, metrics['examples']),
-          'first_nonfinite_step': jnp.where(bad, jnp.minimum(acc['first_nonfinite_step'], step),
-                                            acc['first_nonfinite_step']),
-          'nonfinite_steps': acc['nonfinite_steps'] + bad.astype(jnp.int32)}
+  return {'loss': totals['loss'] + metrics['loss'], 'correct': totals['correct'] + metrics['correct'],
+          'examples': totals['examples'] + jnp.where(bad, 0.0, metrics['examples']),
+          'first_nonfinite_step': jnp.where(bad, jnp.minimum(totals['first_nonfinite_step'], step),
+                                            totals['first_nonfinite_step']),
+          'nonfinite_steps': totals['nonfinite_steps'] + bad.astype(jnp.int32)}
 
 
-def make_resident_runner(exp: Experiment) -> Callable:
-  """jit(run(state, acc, arrays, num_steps)): `num_steps` train steps on device-resident data per dispatch."""
-  train_step = make_train_step(exp.model, exp.tx, exp.augment, exp.config)
-  data = exp.train_data
-  replicated = parallel.replicated(exp.mesh)
+def make_resident_runner(experiment: Experiment) -> Callable:
+  """jit(resident_steps(state, totals, arrays, num_steps)): `num_steps` train steps on device-resident data in
+  one dispatch."""
+  train_step = make_train_step(experiment.model, experiment.tx, experiment.augment, experiment.config)
+  data = experiment.train_data
+  replicated = parallel.replicated(experiment.mesh)
 
-  def one(carry, _):
-    state, acc, arrays = carry
+  def one_step(carry, _):
+    state, totals, arrays = carry
     step = state.step
     state, metrics = train_step(state, data.batch(arrays, step))
-    return (state, accumulate(acc, metrics, step), arrays), None
+    return (state, accumulate(totals, metrics, step), arrays), None
 
   @functools.partial(jax.jit, static_argnums=(3,), donate_argnums=(0, 1), out_shardings=(replicated, replicated))
-  def run(state, acc, arrays, num_steps):
+  def resident_steps(state, totals, arrays, num_steps):
     if num_steps == 1:
-      (state, acc, _), _ = one((state, acc, arrays), None)
+      (state, totals, _), _ = one_step((state, totals, arrays), None)
     else:
-      (state, acc, _), _ = jax.lax.scan(one, (state, acc, arrays), None, length=num_steps)
-    return state, acc
+      (state, totals, _), _ = jax.lax.scan(one_step, (state, totals, arrays), None, length=num_steps)
+    return state, totals
 
-  return run
+  return resident_steps
 
 
 def make_streaming_runner(model, tx, augment, config, mesh: jax.sharding.Mesh) -> Callable:
-  """jit(run(state, acc, batch)): one train step on a batch fed from the host pipeline.
+  """jit(fed_step(state, totals, batch)): one train step on a batch fed from the host pipeline.
 
   Built from parts rather than an Experiment so that benchmarks can run the very same step on synthetic
   batches (`augment` is the on-device part of the input's augmentation)."""
@@ -257,47 +219,51 @@ def make_streaming_runner(model, tx, augment, config, mesh: jax.sharding.Mesh) -
   replicated = parallel.replicated(mesh)
 
   @functools.partial(jax.jit, donate_argnums=(0, 1), out_shardings=(replicated, replicated))
-  def run(state, acc, batch):
+  def fed_step(state, totals, batch):
     step = state.step
     state, metrics = train_step(state, batch)
-    return state, accumulate(acc, metrics, step)
+    return state, accumulate(totals, metrics, step)
 
-  return run
+  return fed_step
 
 
-class _Steps:
-  """Runs n train steps from the experiment's input, compiling ahead of time so compile time is reported."""
+class StepDispatcher:
+  """Advances training by n steps from the experiment's input, dispatching compiled programs. Each program is
+  compiled ahead of time, so that `on_compile(seconds, steps_per_program, step)` can report its compile time."""
 
-  def __init__(self, exp: Experiment, on_compile: Callable[[float, int], None], steps_per_dispatch: int = 1):
-    self.exp = exp
+  def __init__(self, experiment: Experiment, on_compile: Callable[[float, int, int], None],
+               steps_per_dispatch: int = 1):
+    self.experiment = experiment
     self.on_compile = on_compile
     self.steps_per_dispatch = steps_per_dispatch
-    self.resident = exp.train_data.kind == 'device'
-    self.runner = (make_resident_runner(exp) if self.resident else
-                   make_streaming_runner(exp.model, exp.tx, exp.augment, exp.config, exp.mesh))
+    self.resident = experiment.train_data.kind == 'device'
+    self.jitted = (make_resident_runner(experiment) if self.resident else
+                   make_streaming_runner(experiment.model, experiment.tx, experiment.augment, experiment.config,
+                                         experiment.mesh))
     self.compiled: dict[int, Any] = {}
 
-  def _compile(self, key: int, *args) -> Any:
-    if key not in self.compiled:
+  def _program(self, num_steps: int, step: int, *args) -> Any:
+    if num_steps not in self.compiled:
       started = time.perf_counter()
-      self.compiled[key] = self.runner.lower(*args).compile()
-      self.on_compile(time.perf_counter() - started, key)
-    return self.compiled[key]
+      self.compiled[num_steps] = self.jitted.lower(*args).compile()
+      self.on_compile(time.perf_counter() - started, num_steps, step)
+    return self.compiled[num_steps]
 
-  def __call__(self, state: TrainState, acc, num_steps: int):
+  def advance(self, state: state_lib.TrainState, totals, step: int, num_steps: int):
+    """Runs train steps step .. step + num_steps - 1; returns the new state and metric totals."""
     if self.resident:
       # Two programs at most: steps_per_dispatch steps, and one. A shorter stretch (up to a log, eval or checkpoint
       # step that steps_per_dispatch does not divide, e.g. with fractional epochs) runs one step per dispatch
-      # rather than compiling a program per length (~10 s each for a ResNet-56 on an H100).
+      # rather than compiling a program per length: each program costs a full compile (README, Performance).
       chunk = num_steps if num_steps == self.steps_per_dispatch else 1
-      arrays = self.exp.train_data.arrays
-      for _ in range(num_steps // chunk):
-        state, acc = self._compile(chunk, state, acc, arrays, chunk)(state, acc, arrays)
-      return state, acc
-    for _ in range(num_steps):
-      batch = next(self.exp.train_data)
-      state, acc = self._compile(1, state, acc, batch)(state, acc, batch)
-    return state, acc
+      arrays = self.experiment.train_data.arrays
+      for first in range(step, step + num_steps, chunk):
+        state, totals = self._program(chunk, first, state, totals, arrays, chunk)(state, totals, arrays)
+      return state, totals
+    for current in range(step, step + num_steps):
+      batch = next(self.experiment.train_data)
+      state, totals = self._program(1, current, state, totals, batch)(state, totals, batch)
+    return state, totals
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -334,7 +300,6 @@ class _Preemption:
 
   def should_stop(self, step: int) -> bool:
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       return multihost_utils.reached_preemption_sync_point(step)
     return self.requested
 
@@ -350,8 +315,8 @@ def prepare_workdir(workdir: str) -> None:
     return
   try:
     os.makedirs(path, exist_ok=True)  # several processes may race here
-  except OSError as e:
-    raise UserError(f"--workdir {workdir} cannot be created ({e.strerror}); choose a writable path") from None
+  except OSError as error:
+    raise UserError(f"--workdir {workdir} cannot be created ({error.strerror}); choose a writable path") from None
 
 
 def check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -359,8 +324,8 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     return
-  with open(path) as f:
-    saved = config_lib.from_json(f.read())
+  with open(path) as file:
+    saved = config_lib.from_json(file.read())
   for section in ('model', 'dataset'):
     if saved.get(section) is not None and saved[section].to_dict() != config[section].to_dict():
       raise UserError(f"--workdir {workdir} holds a run with a different config.{section} "
@@ -374,8 +339,8 @@ def enable_compilation_cache(path: str) -> None:
   path = os.path.abspath(os.path.expanduser(path))
   try:
     os.makedirs(path, exist_ok=True)
-  except OSError as e:
-    raise UserError(f"config.compilation_cache_dir {path!r} cannot be created ({e.strerror}); choose a writable "
+  except OSError as error:
+    raise UserError(f"config.compilation_cache_dir {path!r} cannot be created ({error.strerror}); choose a writable "
                     "directory, or '' for no cache") from None
   jax.config.update('jax_compilation_cache_dir', path)
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
@@ -391,53 +356,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   check_same_run(config, workdir)
   if config.get('compilation_cache_dir'):
     enable_compilation_cache(config.compilation_cache_dir)
-  exp = build_experiment(config, mesh, start_step=checkpoints.latest_step(workdir) or 0)
+  experiment = build_experiment(config, mesh, start_step=checkpoints.latest_step(workdir) or 0)
   try:
     prepare_workdir(workdir)
-    return _train_loop(exp, workdir)
+    return _train_loop(experiment, workdir)
   finally:
-    exp.close()
+    experiment.close()
 
 
-def _train_loop(exp: Experiment, workdir: str) -> dict[str, float]:
+def _train_loop(experiment: Experiment, workdir: str) -> dict[str, float]:
   """The loop of train_and_evaluate, on a built experiment and a prepared workdir."""
-  config, mesh = exp.config, exp.mesh
+  config, mesh, total_steps = experiment.config, experiment.mesh, experiment.total_steps
 
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config_lib.to_json(config))
-  ckpt = checkpoints.Checkpointer(workdir, keep=int(config.get('keep_checkpoints', 3)),
-                                  best_metric=config.get('best_metric', 'test_accuracy'))
-  state = None
-  start_step = ckpt.latest_step()
+    with open(os.path.join(workdir, 'config.json'), 'w') as file:
+      file.write(config_lib.to_json(config))
+  checkpointer = checkpoints.Checkpointer(workdir, keep=int(config.get('keep_checkpoints', 3)),
+                                          best_metric=config.get('best_metric', 'test_accuracy'))
+  start_step = checkpointer.latest_step()
   if start_step is not None:
-    state, meta = ckpt.restore(start_step, abstract_train_state(exp.model, exp.tx, exp.image_shape, mesh))
-    if exp.train_data.kind == 'grain':
-      exp.train_data.set_state(meta.get('data_state', {'step': start_step}))
+    state, meta = checkpointer.restore(start_step, state_lib.abstract_train_state(
+        experiment.model, experiment.tx, experiment.image_shape, mesh))
+    if experiment.train_data.kind == 'grain':
+      experiment.train_data.set_state(meta.get('data_state', {'step': start_step}))
     logging.info('Resumed from step %d', start_step)
   else:
-    state = init_train_state(exp.model, exp.tx, exp.image_shape, config.seed, mesh)
+    state = state_lib.init_train_state(experiment.model, experiment.tx, experiment.image_shape, config.seed, mesh)
     start_step = 0
 
   writer = metrics_lib.MetricWriter(workdir, resume_step=start_step)
-  progress = metrics_lib.Progress(exp.total_steps, start_step)
-  def on_compile(seconds: float, num_steps: int) -> None:
+  progress = metrics_lib.Progress(total_steps, start_step)
+
+  def on_compile(seconds: float, num_steps: int, step: int) -> None:
     progress.message(f'compiled the train step ({num_steps} step{"s" * (num_steps > 1)} per dispatch) in '
                      f'{seconds:.1f}s')
     writer.write(step, {'compile_s': seconds})
     progress.restart_clock()
 
   steps_per_dispatch = max(1, int(config.get('steps_per_dispatch', 1)))
-  run = _Steps(exp, on_compile, steps_per_dispatch)
-  evaluator = evaluate.Evaluator(exp.model, mesh)
-  acc = jax.device_put(zero_accumulator(), parallel.replicated(mesh))
+  dispatcher = StepDispatcher(experiment, on_compile, steps_per_dispatch)
+  evaluator = evaluate.Evaluator(experiment.model, mesh)
+  totals = jax.device_put(zero_accumulator(), parallel.replicated(mesh))
   eval_metrics: dict[str, float] = {}
   last_saved = start_step
-  if start_step >= exp.total_steps:
+  if start_step >= total_steps:
     progress.message(f'{workdir}: training already finished at step {start_step}; evaluating')
 
-  def run_eval(step):
-    result = evaluator.evaluate(state.variables, exp.eval_data)
+  def evaluate_and_log(step):
+    result = evaluator.evaluate(state.variables, experiment.eval_data)
     writer.write(step, result)
     progress.message(f"step {step}: test_accuracy {result['test_accuracy']:.4f} "
                      f"(error {100 * result['test_error']:.2f}%), test_loss {result['test_loss']:.4f}")
@@ -446,50 +412,49 @@ def _train_loop(exp: Experiment, workdir: str) -> dict[str, float]:
 
   step = start_step
   with _Preemption() as preemption:
-    while step < exp.total_steps:
-      boundaries = [exp.total_steps, step + steps_per_dispatch]
-      boundaries += [(step // every + 1) * every for every in (exp.log_every, exp.eval_every, exp.checkpoint_every)]
-      stop = min(boundaries)
-      state, acc = run(state, acc, stop - step)
+    while step < total_steps:
+      intervals = (experiment.log_every, experiment.eval_every, experiment.checkpoint_every)
+      stop = min([total_steps, step + steps_per_dispatch] + [(step // every + 1) * every for every in intervals])
+      state, totals = dispatcher.advance(state, totals, step, stop - step)
       step = stop
-      log_due = step % exp.log_every == 0 or step == exp.total_steps
-      eval_due = step % exp.eval_every == 0 or step == exp.total_steps
-      ckpt_due = step % exp.checkpoint_every == 0 or step == exp.total_steps
+      log_due = step % experiment.log_every == 0 or step == total_steps
+      eval_due = step % experiment.eval_every == 0 or step == total_steps
+      save_due = step % experiment.checkpoint_every == 0 or step == total_steps
       stop_now = preemption.should_stop(step)
-      if log_due or eval_due or ckpt_due or stop_now:
-        summary = parallel.fetch(acc)  # the one host sync: before logging, evaluating or saving
+      if log_due or eval_due or save_due or stop_now:
+        summary = parallel.fetch(totals)  # the one host sync: before logging, evaluating or saving
         if summary['nonfinite_steps'] and config.get('on_nonfinite', 'stop') == 'stop':
-          ckpt.wait()
+          checkpointer.wait()
           raise FloatingPointError(
               f"loss or gradients became NaN/Inf at step {int(summary['first_nonfinite_step'])}; stopped. The "
-              f"last good checkpoint (step {ckpt.latest_step()}) in {workdir} is kept. Lower the learning rate, "
-              "add warm-up, or set config.on_nonfinite=skip")
+              f"last good checkpoint (step {checkpointer.latest_step()}) in {workdir} is kept. Lower the learning "
+              "rate, add warm-up, or set config.on_nonfinite=skip")
         if log_due and summary['examples'] > 0:
           loss = float(summary['loss'] / summary['examples'])
-          lr = float(exp.schedule(step - 1))
-          images_per_sec = progress.update(step, config.batch_size, loss=loss, lr=lr)
+          learning_rate = float(experiment.schedule(step - 1))
+          images_per_sec = progress.update(step, config.batch_size, loss=loss, lr=learning_rate)
           writer.write(step, {'train_loss': loss, 'train_accuracy': float(summary['correct'] / summary['examples']),
-                              'learning_rate': lr, 'images_per_sec': images_per_sec,
-                              'epoch': step / exp.steps_per_epoch,
+                              'learning_rate': learning_rate, 'images_per_sec': images_per_sec,
+                              'epoch': step / experiment.steps_per_epoch,
                               **({'nonfinite_steps': int(summary['nonfinite_steps'])}
                                  if summary['nonfinite_steps'] else {})})
-          acc = jax.device_put(zero_accumulator(), parallel.replicated(mesh))
+          totals = jax.device_put(zero_accumulator(), parallel.replicated(mesh))
       if eval_due:
-        eval_metrics = run_eval(step)
+        eval_metrics = evaluate_and_log(step)
         writer.plot_curves()
-      if ckpt_due or stop_now:
-        ckpt.save(step, state, exp.checkpoint_meta(), metrics=eval_metrics if eval_due else None)
+      if save_due or stop_now:
+        checkpointer.save(step, state, experiment.checkpoint_meta(), metrics=eval_metrics if eval_due else None)
         last_saved = step
-      if stop_now and step < exp.total_steps:
+      if stop_now and step < total_steps:
         progress.message(f'SIGTERM: saved a checkpoint at step {step} in {workdir}; rerun the same command to resume')
-        ckpt.wait()
+        checkpointer.wait()
         writer.close()
         return eval_metrics
   if not eval_metrics:
-    eval_metrics = run_eval(step)
+    eval_metrics = evaluate_and_log(step)
   if last_saved != step:
-    ckpt.save(step, state, exp.checkpoint_meta(), metrics=eval_metrics)
-  ckpt.wait()
+    checkpointer.save(step, state, experiment.checkpoint_meta(), metrics=eval_metrics)
+  checkpointer.wait()
   writer.plot_curves()
   writer.close()
   return eval_metrics

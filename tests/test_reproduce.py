@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from conftest import run_python
 from resnet_jax import config as config_lib
 from resnet_jax import reproduce
 
@@ -31,3 +32,23 @@ def test_reproduce_trains_each_seed_and_writes_the_summary(tmp_path, capsys):
   assert seeds == [0, 1]
   assert json.load(open(tmp_path / 'reproduce.json'))['median'] == summary['median']
   assert '| cifar_preact_resnet20 |' in capsys.readouterr().out
+
+
+def test_override_without_a_value_is_one_error_line(tmp_path):
+  result = run_python(['-m', 'resnet_jax.reproduce', '--config', 'configs/quickstart.py', '--workdir',
+                       str(tmp_path / 'never'), '--config.seed'])
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert result.stderr.strip().splitlines()[-1] == 'error: --config.seed: missing value; write --config.seed=VALUE'
+  assert 'Traceback' not in result.stderr
+
+
+def test_a_diverged_seed_exits_with_the_status_main_uses(tmp_path):
+  # lr 0.1 for 4 steps, then 1e8: the loss overflows within a few steps (as in test_distributed).
+  result = run_python(['-m', 'resnet_jax.reproduce', '--config', 'configs/quickstart.py', '--seeds', '1',
+                       '--workdir', str(tmp_path), '--config.batch_size=32', '--config.model.stage_widths=(8,8,8)',
+                       '--config.total_steps=12', '--config.schedule.boundaries_epochs=None',
+                       '--config.schedule.boundaries_steps=4', '--config.schedule.decay_factor=1e9',
+                       '--config.log_every_steps=4', '--config.checkpoint_every_steps=4'])
+  assert result.returncode == 3, result.stderr[-3000:]
+  assert result.stderr.strip().splitlines()[-1].startswith('error: loss or gradients became NaN/Inf at step ')
+  assert 'Traceback' not in result.stderr

@@ -1,14 +1,22 @@
 """The end-to-end path in-process on 2 fake devices: train -> evaluate -> checkpoint -> metrics -> resume -> load."""
 
+import gc
 import json
 import os
+from typing import Any
+import weakref
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from resnet_jax import checkpoints
 from resnet_jax import config as config_lib
 from resnet_jax import evaluate
+from resnet_jax import parallel
+from resnet_jax import state as state_lib
 from resnet_jax import train
 from resnet_jax.data import sources
 from resnet_jax.errors import UserError
@@ -100,7 +108,6 @@ def test_workdir_of_another_run_is_refused(trained):
 
 
 def _leaves(tree):
-  import jax  # pylint: disable=g-import-not-at-top
   return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
@@ -121,7 +128,6 @@ def _flat(tree):
     ({'model.unit_order': 'sideways'}, 'sideways'),
 ])
 def test_bad_config_is_one_clear_error_before_compiling(overrides, message):
-  from resnet_jax import parallel  # pylint: disable=g-import-not-at-top
   with pytest.raises(UserError, match=message):
     train.build_experiment(tiny_config(**overrides), parallel.make_mesh())
 
@@ -137,3 +143,73 @@ def test_several_steps_per_dispatch_compile_two_programs_and_match_one_step(trai
   assert [l['step'] for l in lines if 'train_loss' in l] == [5, 10, 12]
   a, b = checkpoints.load(trained[0]), checkpoints.load(workdir)
   np.testing.assert_allclose(_flat(a.variables), _flat(b.variables), rtol=1e-4, atol=1e-5)
+
+
+def test_step_dispatcher_reports_each_compile_with_the_step_it_happened_at():
+  """The compile record names the step passed in, not a variable of the loop read through a closure."""
+  mesh = parallel.make_mesh()
+  experiment = train.build_experiment(tiny_config(steps_per_dispatch='2'), mesh)
+  compiles = []
+  dispatcher = train.StepDispatcher(experiment, lambda seconds, num_steps, step: compiles.append((num_steps, step)),
+                                    steps_per_dispatch=2)
+  state = state_lib.init_train_state(experiment.model, experiment.tx, experiment.image_shape, 0, mesh)
+  totals = jax.device_put(train.zero_accumulator(), parallel.replicated(mesh))
+  state, totals = dispatcher.advance(state, totals, step=0, num_steps=2)
+  state, totals = dispatcher.advance(state, totals, step=2, num_steps=2)
+  assert compiles == [(2, 0)] and int(state.step) == 4
+
+
+def test_load_closes_its_checkpoint_manager_when_restoring_fails(trained, monkeypatch):
+  workdir, _ = trained
+  closed = []
+  close = checkpoints.Checkpointer.close
+  monkeypatch.setattr(checkpoints.Checkpointer, 'close', lambda self: closed.append(close(self)))
+  with pytest.raises(UserError, match='has no checkpoint for step 7'):
+    checkpoints.load(workdir, step=7)
+  assert len(closed) == 1
+
+  def broken_restore(self, step, abstract_state):
+    raise OSError('disk gone')
+  monkeypatch.setattr(checkpoints.Checkpointer, 'restore', broken_restore)
+  with pytest.raises(OSError, match='disk gone'):
+    checkpoints.load(workdir)
+  assert len(closed) == 2
+
+
+class _Scale(nn.Module):
+  """Flattened pixels times `factor`: a model without parameters whose output shows which model ran."""
+  factor: Any
+
+  def __call__(self, images, train=False):
+    return jnp.asarray(images, jnp.float32).reshape(images.shape[0], -1) * jnp.asarray(self.factor, jnp.float32)
+
+
+class _ScaleWithOneHash(_Scale):
+  """Every instance hashes alike: distinct models may collide on hash, never on equality."""
+
+  def __hash__(self):
+    return 0
+
+
+IMAGES = np.arange(8, dtype=np.uint8).reshape(2, 2, 2, 1)
+
+
+def test_predict_compiles_per_model_not_per_hash():
+  for factor in (2.0, 3.0):
+    np.testing.assert_array_equal(evaluate.predict(_ScaleWithOneHash(factor), {}, IMAGES),
+                                  factor * IMAGES.reshape(2, -1))
+
+
+def test_predict_accepts_a_model_with_unhashable_attributes():
+  np.testing.assert_array_equal(evaluate.predict(_Scale(np.array([2.0])), {}, IMAGES), 2.0 * IMAGES.reshape(2, -1))
+
+
+def test_predict_keeps_a_bounded_number_of_compiled_models():
+  first = _Scale(100.0)
+  alive = weakref.ref(first)
+  evaluate.predict(first, {}, IMAGES)
+  for factor in range(40):
+    evaluate.predict(_Scale(float(factor)), {}, IMAGES)
+  del first
+  gc.collect()
+  assert alive() is None  # evicted: the cache does not hold every model ever predicted with

@@ -11,14 +11,22 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 import numpy as np
 
+from resnet_jax import checkpoints
+from resnet_jax import errors
+from resnet_jax import parallel
+from resnet_jax.analysis import lesion
+from resnet_jax.analysis import paths
+from resnet_jax.data import pipelines
+from resnet_jax.data import sources
 from resnet_jax.errors import UserError
+from resnet_jax.models import num_residual_units
 
 flags.DEFINE_string('workdir', None, 'A run directory with checkpoints (from python -m resnet_jax.main).')
 flags.DEFINE_integer('step', None, 'Checkpoint step (default: latest).')
@@ -34,14 +42,11 @@ STUDIES = ('lesion', 'paths')
 
 def eval_images(config, limit: int) -> tuple[np.ndarray, np.ndarray]:
   """Up to `limit` examples of the run's eval split as the model takes them (uint8, centre-cropped)."""
-  from resnet_jax import parallel  # pylint: disable=g-import-not-at-top
-  from resnet_jax.data import pipelines, sources  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
   if config.input.get('eval_crop_mode') == 'ten':
     config.input.eval_crop_mode = 'center'  # one view per example
-  ds = config.dataset
-  source = sources.open_split(ds.name, ds.eval_split, ds.get('data_dir'))
+  dataset = config.dataset
+  source = sources.open_split(dataset.name, dataset.eval_split, dataset.get('data_dir'))
   mesh = parallel.make_mesh(jax.local_devices()[:1])
   images, labels = [], []
   for batch in pipelines.make_eval_batches(config, mesh, source, limit=limit):
@@ -52,24 +57,23 @@ def eval_images(config, limit: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def lesion_study(run, images, labels, remove, samples, seed) -> dict:
-  from resnet_jax.analysis import lesion  # pylint: disable=g-import-not-at-top
-  from resnet_jax.models import num_residual_units  # pylint: disable=g-import-not-at-top
   single = lesion.single_unit_lesions(run.model, run.variables, images, labels)
-  n = num_residual_units(run.model)
-  ks = sorted({k for k in remove if 0 < k <= n})
-  random = lesion.random_unit_lesions(run.model, run.variables, images, labels, ks, num_samples=samples,
-                                      seed=seed) if ks else {}
+  num_units = num_residual_units(run.model)
+  counts = sorted({count for count in remove if 0 < count <= num_units})
+  random = lesion.random_unit_lesions(run.model, run.variables, images, labels, counts, num_samples=samples,
+                                      seed=seed) if counts else {}
   return {
       'baseline_error': 1.0 - single.baseline_accuracy,
-      'units': [{'index': u.index, 'stage': u.stage, 'position': u.position, 'changes_shape': u.changes_shape,
-                 'error': 1.0 - float(a)} for u, a in zip(single.units, single.accuracies)],
-      'random_removal': {str(k): {'mean_error': float(1 - v.mean()), 'std_error': float(v.std()),
-                                  'errors': [float(1 - a) for a in v]} for k, v in random.items()},
+      'units': [{'index': unit.index, 'stage': unit.stage, 'position': unit.position,
+                 'changes_shape': unit.changes_shape, 'error': 1.0 - float(accuracy)}
+                for unit, accuracy in zip(single.units, single.accuracies)],
+      'random_removal': {str(count): {'mean_error': float(1 - accuracies.mean()), 'std_error': float(accuracies.std()),
+                                      'errors': [float(1 - accuracy) for accuracy in accuracies]}
+                         for count, accuracies in random.items()},
   }
 
 
 def path_study(run, images, labels, samples, seed) -> dict:
-  from resnet_jax.analysis import paths  # pylint: disable=g-import-not-at-top
   result = paths.gradient_magnitude_by_path_length(run.model, run.variables, images, labels,
                                                    samples_per_length=samples, seed=seed)
   return {'lengths': result.lengths.tolist(), 'distribution': result.distribution.tolist(),
@@ -89,11 +93,11 @@ def plot_lesion(result: dict, path: str) -> None:
   ax_unit.set_xlabel('removed unit (red: changes shape)')
   ax_unit.set_ylabel('test error (%)')
   ax_unit.legend()
-  ks = sorted(int(k) for k in result['random_removal'])
-  if ks:
-    means = [100 * result['random_removal'][str(k)]['mean_error'] for k in ks]
-    stds = [100 * result['random_removal'][str(k)]['std_error'] for k in ks]
-    ax_k.errorbar(ks, means, yerr=stds, marker='o', capsize=3)
+  counts = sorted(int(count) for count in result['random_removal'])
+  if counts:
+    means = [100 * result['random_removal'][str(count)]['mean_error'] for count in counts]
+    stds = [100 * result['random_removal'][str(count)]['std_error'] for count in counts]
+    ax_k.errorbar(counts, means, yerr=stds, marker='o', capsize=3)
   ax_k.set_xlabel('units removed at random')
   ax_k.set_ylabel('test error (%)')
   for ax in (ax_unit, ax_k):
@@ -124,7 +128,6 @@ def plot_paths(result: dict, path: str) -> None:
 def analyze(workdir: str, studies=STUDIES, step=None, limit: int = 2000, remove=(1, 2, 5, 10, 20),
             samples: int = 10, seed: int = 0) -> dict:
   """Runs the studies on a checkpoint of `workdir`; writes WORKDIR/analysis/<study>.json and .png."""
-  from resnet_jax import checkpoints  # pylint: disable=g-import-not-at-top
   unknown = [s for s in studies if s not in STUDIES]
   if unknown:
     raise UserError(f"unknown study {unknown[0]!r}; choose from {', '.join(STUDIES)}")
@@ -142,36 +145,33 @@ def analyze(workdir: str, studies=STUDIES, step=None, limit: int = 2000, remove=
     results['paths'] = path_study(run, images, labels, samples, seed)
     plot_paths(results['paths'], os.path.join(out_dir, 'paths.png'))
   for name, result in results.items():
-    with open(os.path.join(out_dir, f'{name}.json'), 'w') as f:
-      json.dump({'step': run.step, 'num_examples': int(len(labels)), **result}, f, indent=1)
+    with open(os.path.join(out_dir, f'{name}.json'), 'w') as file:
+      json.dump({'step': run.step, 'num_examples': int(len(labels)), **result}, file, indent=1)
   return results
 
 
 def main(argv):
   if len(argv) > 1:
-    print(f"error: unexpected arguments {' '.join(argv[1:])}", file=sys.stderr)
-    sys.exit(2)
-  try:
+    errors.fail(f"unexpected arguments {' '.join(argv[1:])}")
+  with errors.exit_on_error():
     if not FLAGS.workdir:
       raise UserError('--workdir is required')
-    results = analyze(FLAGS.workdir, FLAGS.study, FLAGS.step, FLAGS.limit, [int(k) for k in FLAGS.remove],
+    results = analyze(FLAGS.workdir, FLAGS.study, FLAGS.step, FLAGS.limit, [int(count) for count in FLAGS.remove],
                       FLAGS.samples, FLAGS.seed)
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
   if 'lesion' in results:
-    lesion = results['lesion']
-    print(f"no unit removed: test error {100 * lesion['baseline_error']:.2f}%")
-    for unit in lesion['units']:
+    lesions = results['lesion']
+    print(f"no unit removed: test error {100 * lesions['baseline_error']:.2f}%")
+    for unit in lesions['units']:
       mark = '  (changes shape)' if unit['changes_shape'] else ''
       print(f"  remove stage {unit['stage']} unit {unit['position']:>3}: {100 * unit['error']:6.2f}%{mark}")
-    for k, v in lesion['random_removal'].items():
-      print(f"  remove {k:>3} random units: {100 * v['mean_error']:6.2f}% +- {100 * v['std_error']:.2f}")
+    for count, removal in lesions['random_removal'].items():
+      print(f"  remove {count:>3} random units: {100 * removal['mean_error']:6.2f}% "
+            f"+- {100 * removal['std_error']:.2f}")
   if 'paths' in results:
-    paths = results['paths']
-    peak = int(np.argmax(paths['total_gradient']))
-    print(f"gradient: most of it through paths of length ~{paths['lengths'][peak]} "
-          f"(of {paths['lengths'][-1]} units)")
+    gradients = results['paths']
+    peak = int(np.argmax(gradients['total_gradient']))
+    print(f"gradient: most of it through paths of length ~{gradients['lengths'][peak]} "
+          f"(of {gradients['lengths'][-1]} units)")
   print(f'results in {os.path.join(FLAGS.workdir, "analysis")}')
 
 

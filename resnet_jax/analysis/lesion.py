@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax.analysis._cache import per_model
 from resnet_jax.errors import UserError
+from resnet_jax.evaluate import compiled_per_model
 from resnet_jax.models import describe_units, num_residual_units
 from resnet_jax.models.resnet import UnitInfo
 
@@ -52,11 +52,11 @@ def _check_data(images, labels):
   return images, labels
 
 
-@per_model
+@compiled_per_model
 def _correct_fn(model):
-  def correct(variables, x, y, mask, gates):
-    logits = model.apply(variables, x, train=False, branch_gates=gates)
-    return jnp.sum((jnp.argmax(logits, -1) == y) * mask)
+  def correct(variables, images, labels, mask, gates):
+    logits = model.apply(variables, images, train=False, branch_gates=gates)
+    return jnp.sum((jnp.argmax(logits, -1) == labels) * mask)
   return jax.jit(correct)
 
 
@@ -71,25 +71,26 @@ def gated_accuracies(model, variables, images, labels, gate_matrix, *, batch_siz
   gate_matrix = np.asarray(gate_matrix, np.float32)
   if gate_matrix.ndim != 2 or gate_matrix.shape[1] != num_units:
     raise UserError(f"gate_matrix must have shape (K, {num_units}), got {gate_matrix.shape}")
-  n = images.shape[0]
-  if n == 0:
+  num_images = images.shape[0]
+  if num_images == 0:
     raise UserError("no images to evaluate")
-  batch_size = min(batch_size, n)
-  fn = _correct_fn(model)
-  gates = [jnp.asarray(g) for g in gate_matrix]
-  counts = [[] for _ in gates]
-  for start in range(0, n, batch_size):
-    xb = np.asarray(images[start:start + batch_size])
-    yb = labels[start:start + batch_size]
-    valid = xb.shape[0]
+  batch_size = min(batch_size, num_images)
+  count_correct = _correct_fn(model)
+  gate_rows = [jnp.asarray(row) for row in gate_matrix]
+  counts = [[] for _ in gate_rows]
+  for start in range(0, num_images, batch_size):
+    batch_images = np.asarray(images[start:start + batch_size])
+    batch_labels = labels[start:start + batch_size]
+    valid = batch_images.shape[0]
     if valid < batch_size:  # pad to the compiled shape; padded rows are masked out
-      xb = np.concatenate([xb, np.zeros((batch_size - valid,) + xb.shape[1:], xb.dtype)])
-      yb = np.concatenate([yb, np.zeros((batch_size - valid,), yb.dtype)])
+      batch_images = np.concatenate([batch_images, np.zeros((batch_size - valid,) + batch_images.shape[1:],
+                                                            batch_images.dtype)])
+      batch_labels = np.concatenate([batch_labels, np.zeros((batch_size - valid,), batch_labels.dtype)])
     mask = (np.arange(batch_size) < valid).astype(np.float32)
-    xb, yb, mask = jax.device_put((xb, yb, mask))
-    for k, g in enumerate(gates):
-      counts[k].append(fn(variables, xb, yb, mask, g))
-  return np.array([float(sum(np.asarray(c) for c in cs)) for cs in counts]) / n
+    batch_images, batch_labels, mask = jax.device_put((batch_images, batch_labels, mask))
+    for row, gates in enumerate(gate_rows):
+      counts[row].append(count_correct(variables, batch_images, batch_labels, mask, gates))
+  return np.array([float(sum(np.asarray(count) for count in row_counts)) for row_counts in counts]) / num_images
 
 
 def single_unit_lesions(model, variables, images, labels, *, batch_size: int = 256) -> LesionResult:
@@ -97,8 +98,8 @@ def single_unit_lesions(model, variables, images, labels, *, batch_size: int = 2
   num_units = num_residual_units(model)
   gate_matrix = np.ones((num_units + 1, num_units), np.float32)
   gate_matrix[np.arange(1, num_units + 1), np.arange(num_units)] = 0.0
-  acc = gated_accuracies(model, variables, images, labels, gate_matrix, batch_size=batch_size)
-  return LesionResult(float(acc[0]), acc[1:], describe_units(model))
+  accuracies = gated_accuracies(model, variables, images, labels, gate_matrix, batch_size=batch_size)
+  return LesionResult(float(accuracies[0]), accuracies[1:], describe_units(model))
 
 
 def random_unit_lesions(model, variables, images, labels, num_removed: Union[int, Sequence[int]], *,
@@ -114,31 +115,33 @@ def random_unit_lesions(model, variables, images, labels, num_removed: Union[int
     {k: accuracies of shape (num_samples,)}.
   """
   num_units = num_residual_units(model)
-  ks = [int(num_removed)] if np.ndim(num_removed) == 0 else [int(k) for k in num_removed]
-  candidates = np.array([u.index for u in describe_units(model) if not (exclude_downsampling and u.changes_shape)])
-  for k in ks:
-    if not 0 <= k <= len(candidates):
-      raise UserError(f"cannot remove {k} units: {len(candidates)} removable units (model has {num_units})")
+  removed_counts = [int(num_removed)] if np.ndim(num_removed) == 0 else [int(count) for count in num_removed]
+  candidates = np.array([unit.index for unit in describe_units(model)
+                         if not (exclude_downsampling and unit.changes_shape)])
+  for count in removed_counts:
+    if not 0 <= count <= len(candidates):
+      raise UserError(f"cannot remove {count} units: {len(candidates)} removable units (model has {num_units})")
   if num_samples < 1:
     raise UserError("num_samples must be >= 1")
   rng = np.random.default_rng(seed)
   rows = []
-  for k in ks:
+  for count in removed_counts:
     for _ in range(num_samples):
-      g = np.ones((num_units,), np.float32)
-      g[rng.choice(candidates, size=k, replace=False)] = 0.0
-      rows.append(g)
-  acc = gated_accuracies(model, variables, images, labels, np.stack(rows), batch_size=batch_size)
-  return {k: acc[i * num_samples:(i + 1) * num_samples] for i, k in enumerate(ks)}
+      gates = np.ones((num_units,), np.float32)
+      gates[rng.choice(candidates, size=count, replace=False)] = 0.0
+      rows.append(gates)
+  accuracies = gated_accuracies(model, variables, images, labels, np.stack(rows), batch_size=batch_size)
+  return {count: accuracies[index * num_samples:(index + 1) * num_samples]
+          for index, count in enumerate(removed_counts)}
 
 
 def lesion_accuracy(model, variables, images, labels, removed: Sequence[int] = (), *,
                     batch_size: int = 256) -> float:
   """Accuracy with the listed units removed (empty: the intact network)."""
   num_units = num_residual_units(model)
-  g = np.ones((1, num_units), np.float32)
-  bad = [u for u in removed if not 0 <= u < num_units]
+  gates = np.ones((1, num_units), np.float32)
+  bad = [unit for unit in removed if not 0 <= unit < num_units]
   if bad:
     raise UserError(f"unit indices {bad} out of range 0..{num_units - 1}")
-  g[0, list(removed)] = 0.0
-  return float(gated_accuracies(model, variables, images, labels, g, batch_size=batch_size)[0])
+  gates[0, list(removed)] = 0.0
+  return float(gated_accuracies(model, variables, images, labels, gates, batch_size=batch_size)[0])

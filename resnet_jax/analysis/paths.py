@@ -22,14 +22,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax.analysis._cache import per_model
 from resnet_jax.errors import UserError
+from resnet_jax.evaluate import compiled_per_model
 from resnet_jax.models import num_residual_units, residual_backbone
 
 
 def path_counts(num_units: int) -> list[int]:
   """Exact number of paths of each length 0..n: C(n, k) (2^n in total)."""
-  return [math.comb(num_units, k) for k in range(num_units + 1)]
+  return [math.comb(num_units, length) for length in range(num_units + 1)]
 
 
 def path_length_distribution(num_units: int) -> np.ndarray:
@@ -53,20 +53,20 @@ class PathGradientResult:
   @property
   def total_gradient(self) -> np.ndarray:
     """distribution * magnitude, normalised to sum to 1 over the measured lengths (Fig. 6(c))."""
-    t = self.distribution * self.mean_grad_norm
-    return t / t.sum() if t.sum() > 0 else t
+    total = self.distribution * self.mean_grad_norm
+    return total / total.sum() if total.sum() > 0 else total
 
 
-@per_model
+@compiled_per_model
 def _grad_norm_fn(model):
-  def mean_input_grad_norm(variables, x, y, branch_grad_gates, shortcut_grad_gates):
-    def loss(x):
-      logits = model.apply(variables, x, train=False, branch_grad_gates=branch_grad_gates,
+  def mean_input_grad_norm(variables, images, labels, branch_grad_gates, shortcut_grad_gates):
+    def loss(images):
+      logits = model.apply(variables, images, train=False, branch_grad_gates=branch_grad_gates,
                            shortcut_grad_gates=shortcut_grad_gates)
-      logp = jax.nn.log_softmax(logits.astype(jnp.float32))
-      return -jnp.sum(jnp.take_along_axis(logp, y[:, None], axis=-1))
-    g = jax.grad(loss)(x)  # train=False: examples are independent, so row i is d loss_i / d x_i
-    return jnp.mean(jnp.sqrt(jnp.sum(jnp.square(g.astype(jnp.float32)), axis=(1, 2, 3))))
+      log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
+      return -jnp.sum(jnp.take_along_axis(log_probs, labels[:, None], axis=-1))
+    grad = jax.grad(loss)(images)  # train=False: examples are independent, so row i is d loss_i / d image_i
+    return jnp.mean(jnp.sqrt(jnp.sum(jnp.square(grad.astype(jnp.float32)), axis=(1, 2, 3))))
   return jax.jit(mean_input_grad_norm)
 
 
@@ -90,31 +90,32 @@ def gradient_magnitude_by_path_length(model, variables, images, labels, *, lengt
     PathGradientResult; BatchNorm in inference mode (running averages), the gradient is that of the summed
     softmax cross-entropy, the magnitude the per-example L2 norm of d loss / d image, averaged.
   """
-  n = num_residual_units(model)
+  num_units = num_residual_units(model)
   if residual_backbone(model).shortcut == "none":
     raise UserError("a plain network (shortcut='none') has a single path; path analysis needs shortcuts")
   images = np.asarray(images, np.float32)
   labels = np.asarray(labels)
   if images.ndim != 4 or labels.shape != (images.shape[0],):
     raise UserError(f"need float NHWC images and matching labels, got {images.shape} and {labels.shape}")
-  lengths = np.arange(n + 1) if lengths is None else np.asarray(lengths, int)
-  if lengths.size == 0 or lengths.min() < 0 or lengths.max() > n:
-    raise UserError(f"path lengths must be within 0..{n}")
+  lengths = np.arange(num_units + 1) if lengths is None else np.asarray(lengths, int)
+  if lengths.size == 0 or lengths.min() < 0 or lengths.max() > num_units:
+    raise UserError(f"path lengths must be within 0..{num_units}")
   if samples_per_length < 1:
     raise UserError("samples_per_length must be >= 1")
   batch_size = min(batch_size, images.shape[0])
-  fn = _grad_norm_fn(model)
+  grad_norm = _grad_norm_fn(model)
   rng = np.random.default_rng(seed)
   values = np.zeros((len(lengths), samples_per_length))
   pending = []
-  for i, k in enumerate(lengths):
-    for s in range(samples_per_length):
-      chosen = np.zeros((n,), np.float32)
-      chosen[rng.choice(n, size=int(k), replace=False)] = 1.0
-      shortcut = (1.0 - chosen) if isolate_paths else np.ones((n,), np.float32)
-      idx = rng.choice(images.shape[0], size=batch_size, replace=False)
-      pending.append((i, s, fn(variables, images[idx], labels[idx], chosen, shortcut)))
-  for i, s, v in pending:
-    values[i, s] = float(v)
-  dist = path_length_distribution(n)[lengths]
-  return PathGradientResult(lengths, values.mean(1), values.std(1), samples_per_length, dist, isolate_paths)
+  for row, length in enumerate(lengths):
+    for sample in range(samples_per_length):
+      chosen = np.zeros((num_units,), np.float32)
+      chosen[rng.choice(num_units, size=int(length), replace=False)] = 1.0
+      shortcut = (1.0 - chosen) if isolate_paths else np.ones((num_units,), np.float32)
+      batch = rng.choice(images.shape[0], size=batch_size, replace=False)
+      pending.append((row, sample, grad_norm(variables, images[batch], labels[batch], chosen, shortcut)))
+  for row, sample, value in pending:  # fetched after every dispatch: no host sync between samples
+    values[row, sample] = float(value)
+  distribution = path_length_distribution(num_units)[lengths]
+  return PathGradientResult(lengths, values.mean(1), values.std(1), samples_per_length, distribution,
+                            isolate_paths)
