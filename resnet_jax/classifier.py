@@ -14,7 +14,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from resnet_jax import models
 from resnet_jax.errors import UserError
@@ -32,11 +31,6 @@ class Classifier(nn.Module):
     x = images.astype(jnp.float32)
     x = (x - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
     return self.backbone(x, train=train, **kwargs)
-
-  def channel_means(self) -> np.ndarray:
-    """The per-channel mean colour (of the mean image for 'per_pixel_mean')."""
-    mean = np.asarray(self.mean, np.float32)
-    return mean.reshape(-1, mean.shape[-1]).mean(axis=0) if mean.ndim > 1 else mean
 
 
 def compute_dtype(name: str) -> jnp.dtype:

@@ -219,10 +219,6 @@ def apply_multi_view(apply_fn: Callable[[jax.Array], jax.Array], images: jax.Arr
   return apply_fn(images)
 
 
-def num_eval_batches(num_examples: int, global_batch: int) -> int:
-  return math.ceil(num_examples / global_batch)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Options and factories.
 
