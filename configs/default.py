@@ -50,6 +50,9 @@ def get_config():
   # (fb.resnet.torch), 'kernels' only conv/dense kernels (excludes BN and biases).
   config.optimizer.weight_decay = 1e-4
   config.optimizer.weight_decay_on = 'all'
+  # Learning-rate factors of parameter groups: {pattern: factor}, the first matching pattern applies (patterns
+  # as config.freeze's), e.g. {'head': 10.0}; on the command line --config.optimizer.lr_multipliers=head=10,stage3=2.
+  config.optimizer.lr_multipliers = ml_collections.config_dict.placeholder(object)
 
   config.schedule = ml_collections.ConfigDict()
   config.schedule.name = 'step'      # 'step', 'cosine' or 'constant'
@@ -68,11 +71,24 @@ def get_config():
 
   config.label_smoothing = 0.0
 
+  # Fine-tuning (resnet_jax.finetune). init_from: a workdir (its latest checkpoint), a directory written by
+  # `python -m resnet_jax.convert`, or a torchvision/timm .safetensors/.pth/.pt/.bin file (converted for
+  # config.model.name); read only when the workdir has no checkpoint of its own. Variables are copied by name;
+  # init_exclude (regexes over paths such as 'stage1_unit1/conv1/kernel', or stage names) start fresh, by default
+  # the head when its shape differs from the source's. freeze: regexes or stage names ('stem', 'stage1'..'stage4',
+  # 'head') whose parameters get no update and no weight decay, e.g. --config.freeze=stem,stage1.
+  config.init_from = ''
+  config.init_exclude = ml_collections.config_dict.placeholder(object)
+  config.freeze = ml_collections.config_dict.placeholder(object)
+
   # BatchNorm statistics: 'global' over the whole global batch (synced across devices and hosts), or
   # 'ghost' over groups of `group_size` examples (the papers' per-GPU BN: 64 per GPU on CIFAR).
   config.batch_norm = ml_collections.ConfigDict()
   config.batch_norm.mode = 'global'
   config.batch_norm.group_size = ml_collections.config_dict.placeholder(int)
+  # BatchNorm layers whose parameters config.freeze freezes also normalise with (and keep) their running
+  # statistics during training (a frozen backbone, as detection fine-tuning uses); False: batch statistics.
+  config.batch_norm.freeze_frozen_stats = True
 
   config.log_every_steps = 100
   config.eval_every_steps = 2_000

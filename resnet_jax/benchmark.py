@@ -588,24 +588,40 @@ def make_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def check_output_path(path: str) -> None:
+  """Raises UserError unless `path` can be appended to (or created, with its missing folders)."""
+  full = os.path.abspath(path)
+  if os.path.isdir(full):
+    raise UserError(f"--json {path} is a directory; name a file in it, e.g. {os.path.join(path, 'bench.jsonl')}")
+  existing = full if os.path.exists(full) else os.path.dirname(full)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if existing != full and not os.path.isdir(existing):
+    raise UserError(f"--json {path} cannot be created: {existing} is a file, not a directory")
+  if not os.access(existing, os.W_OK | (os.X_OK if existing != full else 0)):
+    raise UserError(f"--json {path} is not writable; choose a writable file, or - for stdout only")
+
+
 def run(argv: Sequence[str]) -> dict[str, Any]:
   rest, overrides = config_lib.split_override_args(list(argv))
   args = make_parser().parse_args(rest)
   if args.compilation_cache:
     train.enable_compilation_cache(args.compilation_cache)
   config = config_lib.build_config(args.config, overrides)
+  if args.json != '-':  # checked before running (and writing nothing): a record lost after the run helps no one
+    check_output_path(args.json)
   if args.batch_size is not None:
     if args.batch_size <= 0:
       raise UserError(f'--batch_size must be positive, got {args.batch_size}')
     config.batch_size = int(args.batch_size)
-  common = dict(synthetic=args.synthetic, feed=args.feed, image_shape=args.image_shape,
-                num_classes=args.num_classes, num_examples=args.num_examples)
+  data_options = dict(synthetic=args.synthetic, feed=args.feed, image_shape=args.image_shape,
+                      num_classes=args.num_classes, num_examples=args.num_examples)
   if args.input_only:
     workers = None if args.workers is None else [int(w) for w in args.workers.split(',')]
-    record = benchmark_input(config, steps=args.steps, warmup=args.warmup, worker_counts=workers, **common)
+    record = benchmark_input(config, steps=args.steps, warmup=args.warmup, worker_counts=workers, **data_options)
   else:
     record = benchmark_train(config, steps=args.steps, warmup=args.warmup, pipelined=not args.no_pipelined,
-                             peak_flops=args.peak_flops, profile_dir=args.profile, **common)
+                             peak_flops=args.peak_flops, profile_dir=args.profile, **data_options)
   record['argv'] = list(argv)
   if args.tag is not None:
     record['tag'] = args.tag

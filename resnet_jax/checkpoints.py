@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import sys
 from typing import Any, Mapping, Optional
 
 from absl import logging as absl_logging
@@ -30,6 +32,21 @@ from resnet_jax import state as state_lib
 from resnet_jax.errors import UserError
 
 CHECKPOINT_DIR = 'checkpoints'
+#: Where training moves checkpoint steps that do not restore (never deleted: they may still be recoverable).
+UNUSABLE_DIR = 'unusable_checkpoints'
+
+
+def warn(message: str) -> None:
+  """One `warning:` line on stderr (process 0 only)."""
+  if jax.process_index() == 0:
+    print(f'warning: {message}', file=sys.stderr, flush=True)
+
+
+def describe_error(error: BaseException) -> str:
+  """The first line of an error, at most 160 characters (Orbax/TensorStore errors run to pages)."""
+  text = (str(error).strip().splitlines() or [''])[0]
+  text = text if len(text) <= 160 else text[:157] + '...'
+  return f'{type(error).__name__}: {text}' if text else type(error).__name__
 
 
 class Checkpointer:
@@ -75,6 +92,33 @@ class Checkpointer:
   def restore_meta(self, step: int) -> dict[str, Any]:
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
 
+  def restore_newest(self, abstract_state_fn, steps: Optional[list[int]] = None):
+    """Restores the newest of `steps` (default: all) that restores, trying older steps when newer ones are
+    damaged (files deleted, truncated or garbage, metadata gone). `abstract_state_fn(meta)` gives the target
+    structure. Returns (step, state, meta, failures) with failures [(step, reason)] for the newer steps that did
+    not restore, or None when there are no steps; raises UserError when none restores."""
+    failures = []
+    for step in sorted(self.all_steps() if steps is None else steps, reverse=True):
+      verbosity = absl_logging.get_verbosity()
+      absl_logging.set_verbosity(absl_logging.FATAL)  # Orbax logs each failed read at length
+      try:
+        meta = self.restore_meta(step)
+        state, meta = self.restore(step, abstract_state_fn(meta))
+      except UserError:
+        raise
+      except Exception as error:  # pylint: disable=broad-except
+        failures.append((step, describe_error(error)))
+        continue
+      finally:
+        absl_logging.set_verbosity(verbosity)
+      return step, state, meta, failures
+    if failures:
+      reasons = '; '.join(f'step {step}: {reason}' for step, reason in failures)
+      raise UserError(f"no checkpoint in {self.directory} can be restored ({reasons}). If the config changed "
+                      "since they were written (optimizer, model options), rerun with the original config; "
+                      "otherwise start a new --workdir")
+    return None
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 
@@ -86,6 +130,37 @@ class Checkpointer:
 
   def __exit__(self, *exc_info) -> None:
     self.close()
+
+
+def resume(workdir: str, abstract_state: Any) -> Optional[tuple[int, Any, dict[str, Any]]]:
+  """For training: (step, state, meta) of the newest checkpoint of `workdir` that restores, or None if there is
+  none. Newer steps that do not restore are named in a warning and moved to `workdir/unusable_checkpoints/`
+  (kept, not deleted), so that training can save those steps again. Writes nothing when all restore or none
+  does (then UserError); reads before anything else of the workdir is written."""
+  if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
+    return None
+  with Checkpointer(workdir, read_only=True) as checkpointer:
+    found = checkpointer.restore_newest(lambda meta: abstract_state)
+  if found is None:
+    return None
+  step, state, meta, failures = found
+  if failures:
+    moved = os.path.join(workdir, UNUSABLE_DIR)
+    if jax.process_index() == 0:
+      os.makedirs(moved, exist_ok=True)
+      for bad_step, _ in failures:
+        target = os.path.join(moved, str(bad_step))
+        suffix = 1
+        while os.path.exists(target):
+          target, suffix = os.path.join(moved, f'{bad_step}.{suffix}'), suffix + 1
+        shutil.move(os.path.join(workdir, CHECKPOINT_DIR, str(bad_step)), target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices('resnet_jax.checkpoints.resume')
+    bad = ', '.join(f'step {s} ({reason})' for s, reason in failures)
+    warn(f"checkpoint {bad} in {workdir} cannot be restored; resuming from step {step}, the newest that "
+         f"restores. The damaged step{'s were' if len(failures) > 1 else ' was'} moved to {moved}")
+  return step, state, meta
 
 
 def latest_step(workdir: str) -> Optional[int]:
@@ -115,17 +190,26 @@ def load(workdir: str, step: Optional[int] = None) -> LoadedCheckpoint:
     steps = checkpointer.all_steps()
     if not steps:
       raise UserError(f"{directory} holds no complete checkpoint; train first")
-    if step is None:
-      step = max(steps)
-    elif step not in steps:
+    if step is not None and step not in steps:
       raise UserError(f"{directory} has no checkpoint for step {step}; available: {sorted(steps)}")
-    meta = checkpointer.restore_meta(step)
-    config = config_lib.from_json(json.dumps(meta['config']))
-    info = meta['model']
-    model = classifier.model_from_config(config, info['num_classes'], config_lib.nested_tuple(info['mean']),
-                                         config_lib.nested_tuple(info['std']))
-    # The optimizer's state structure does not depend on the schedule's values: any schedule will do.
-    tx = optim.make_optimizer(config, lambda count: 0.0)
     mesh = parallel.make_mesh(jax.local_devices()[:1])
-    state, _ = checkpointer.restore(step, state_lib.abstract_train_state(model, tx, info['image_shape'], mesh))
-  return LoadedCheckpoint(model=model, variables=state.variables, config=config, step=int(step))
+    built = {}
+
+    def abstract_state(meta):
+      config = config_lib.from_json(json.dumps(meta['config']))
+      info = meta['model']
+      model = classifier.model_from_config(config, info['num_classes'], config_lib.nested_tuple(info['mean']),
+                                           config_lib.nested_tuple(info['std']))
+      # The optimizer's state structure does not depend on the schedule's values: any schedule will do.
+      tx = optim.make_optimizer(config, lambda count: 0.0)
+      built.update(model=model, config=config)
+      return state_lib.abstract_train_state(model, tx, info['image_shape'], mesh)
+
+    # The requested step, or else the newest that restores (a damaged newer one is named in a warning).
+    found_step, state, _, failures = checkpointer.restore_newest(abstract_state,
+                                                                  None if step is None else [step])
+    if failures:
+      bad = ', '.join(f'step {s} ({reason})' for s, reason in failures)
+      warn(f"checkpoint {bad} in {workdir} cannot be restored; loaded step {found_step}, the newest that restores")
+  return LoadedCheckpoint(model=built['model'], variables=state.variables, config=built['config'],
+                          step=int(found_step))

@@ -207,6 +207,36 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if (steps is None) == (epochs is None):
     raise UserError("set exactly one of config.total_steps and config.total_epochs "
                     f"(got total_steps={steps}, total_epochs={epochs})")
+  _check_ranges(config)
+
+
+# (field, lowest, highest, whether the lowest is allowed, what it means): values nobody can have meant.
+_RANGES = (
+    ('schedule.base_lr', 0.0, None, False, 'the peak learning rate'),
+    ('schedule.decay_factor', 0.0, None, False, 'the factor applied at each boundary; > 1 raises the rate'),
+    ('schedule.warmup_factor', 0.0, 1.0, False, 'the fraction of base_lr held during warm-up'),
+    ('optimizer.momentum', 0.0, 1.0, True, None),
+    ('optimizer.weight_decay', 0.0, None, True, None),
+    ('label_smoothing', 0.0, 1.0, True, 'the probability mass spread over all classes'),
+    ('eval_batch_size', 1, None, True, 'the global evaluation batch'),
+    ('keep_checkpoints', 1, None, True, 'how many of the latest checkpoints are kept'),
+)
+
+
+def _check_ranges(config: ml_collections.ConfigDict) -> None:
+  for field, low, high, low_ok, meaning in _RANGES:
+    value: Any = config
+    for part in field.split('.'):
+      value = value.get(part) if hasattr(value, 'get') else None
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+      continue
+    too_low = value < low if low_ok else value <= low
+    too_high = high is not None and (value >= high if field == 'label_smoothing' else value > high)
+    if too_low or too_high or value != value:  # value != value: NaN
+      interval = (f"{'[' if low_ok else '('}{low}, {high}{')' if field == 'label_smoothing' else ']'}"
+                  if high is not None else f"{'>=' if low_ok else '>'} {low}")
+      raise UserError(f"config.{field}={value} is out of range: it must be {interval}"
+                      f"{f' ({meaning})' if meaning else ''}")
 
 
 def resolve_steps(config: ml_collections.ConfigDict, prefix: str, steps_per_epoch: float,

@@ -117,14 +117,22 @@ def evaluate_checkpoint(workdir: str, step: Optional[int] = None, config=None) -
   The record is appended to `workdir/eval_results.jsonl` with the checkpoint step.
   """
   loaded = checkpoints.load(workdir, step=step)
+  if config is not None and config.model.to_dict() != loaded.config.model.to_dict():
+    raise UserError(f"--mode eval takes the model from the checkpoint of {workdir}; config.model differs from it "
+                    f"({json.dumps(loaded.config.model.to_dict(), sort_keys=True)}): drop the model overrides")
   config = config or loaded.config
   dataset = config.dataset
   source = sources.open_split(dataset.name, dataset.eval_split, dataset.get('data_dir'))
+  classes = getattr(loaded.model.backbone, 'num_classes', None)
+  if classes is not None and source.num_classes != classes:
+    raise UserError(f"{dataset.name}:{dataset.eval_split} has {source.num_classes} classes but the model of "
+                    f"{workdir} (step {loaded.step}) predicts {classes}; evaluate it on a dataset with the same "
+                    f"classes as {loaded.config.dataset.name}")
   mesh = parallel.make_mesh()
   variables = jax.device_put(loaded.variables, parallel.replicated(mesh))
   eval_data = pipelines.make_eval_batches(config, mesh, source)
   result = Evaluator(loaded.model, mesh).evaluate(variables, eval_data)
-  result = {'step': loaded.step, 'split': dataset.eval_split, **result}
+  result = {'step': loaded.step, 'dataset': dataset.name, 'split': dataset.eval_split, **result}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'eval_results.jsonl'), 'a') as file:
       file.write(json.dumps(result) + '\n')

@@ -56,14 +56,20 @@ def main(argv: list[str]) -> None:
     config = config_lib.build_config(FLAGS.config, _OVERRIDES) if FLAGS.config else None
     if config is None and _OVERRIDES:
       raise UserError('--config.* overrides need --config in eval mode')
+    if FLAGS.mode == 'train' and FLAGS.step is not None:
+      raise UserError('--step is for --mode eval (the checkpoint to evaluate); training resumes from the latest '
+                      'checkpoint by itself')
     # Imported only now: they load JAX, Flax, Orbax and the input stack (seconds), which --help and mistakes in
     # the flags or the config do not need before their one error line.
     from resnet_jax import evaluate, parallel, train  # pylint: disable=g-import-not-at-top
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    if FLAGS.mode == 'train':
-      train.train_and_evaluate(config, FLAGS.workdir)
-    else:
-      evaluate.evaluate_checkpoint(FLAGS.workdir, step=FLAGS.step, config=config)
+    try:
+      if FLAGS.mode == 'train':
+        train.train_and_evaluate(config, FLAGS.workdir)
+      else:
+        evaluate.evaluate_checkpoint(FLAGS.workdir, step=FLAGS.step, config=config)
+    except KeyboardInterrupt:  # a second Ctrl-C (the first saves at the next step boundary and exits 0)
+      errors.fail(f'interrupted; the checkpoints already saved in {FLAGS.workdir} are kept', 130)
 
 
 def run() -> None:

@@ -17,16 +17,31 @@ from typing import Any, Mapping, Optional
 
 import jax
 
+from resnet_jax.errors import UserError
+
 METRICS_FILE = 'metrics.jsonl'
 CURVES_FILE = 'curves.png'
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """The records of `workdir/metrics.jsonl`. A last line cut short (the run was killed while writing it) is
+  dropped with a warning; an unreadable line before it is a UserError naming the line."""
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
   with open(path) as file:
-    return [json.loads(line) for line in file if line.strip()]
+    lines = [(number, line) for number, line in enumerate(file, 1) if line.strip()]
+  records = []
+  for index, (number, line) in enumerate(lines):
+    try:
+      records.append(json.loads(line))
+    except ValueError:
+      if index == len(lines) - 1:
+        print(f'warning: {path}: dropped line {number}, cut short ({line.strip()[:60]!r}; the run was probably '
+              'stopped while writing it)', file=sys.stderr)
+        break
+      raise UserError(f"{path}: line {number} is not JSON ({line.strip()[:60]!r}); delete or fix that line") from None
+  return records
 
 
 class MetricWriter:
@@ -80,29 +95,67 @@ class MetricWriter:
       self._tb.close()
 
 
+CURVE_KEYS = {'error': (('train_accuracy', True), ('test_accuracy', True)),
+              'loss': (('train_loss', False), ('test_loss', False))}
+
+
+def curve_series(records: list[dict[str, Any]], label: str, metric: str = 'error') -> dict[str, Any]:
+  """One run's training and test curves from its metrics.jsonl records: {'label', 'train': (steps, values),
+  'test': (steps, values)}; 'error' is 100 * (1 - accuracy) in %, 'loss' the cross-entropy."""
+  if metric not in CURVE_KEYS:
+    raise ValueError(f"metric must be one of {', '.join(CURVE_KEYS)}, got {metric!r}")
+  series = {'label': label}
+  for part, (key, is_accuracy) in zip(('train', 'test'), CURVE_KEYS[metric]):
+    points = [(r['step'], 100.0 * (1.0 - r[key]) if is_accuracy else r[key]) for r in records
+              if r.get(key) is not None]
+    series[part] = tuple(list(v) for v in zip(*points)) if points else ([], [])
+  return series
+
+
+def draw_curves(ax, series: list[dict[str, Any]], metric: str = 'error') -> None:
+  """The papers' training-curve figure (He et al. 2015 Fig. 6, He et al. 2016 Fig. 6) on `ax`: per series the
+  training curve thin and dashed, the test curve bold, in one colour; an optional min-max band per part
+  ('train_band' / 'test_band': (steps, low, high)). The one drawing function of curves.png and resnet_jax.plot."""
+  colors = ['tab:blue', 'tab:red', 'tab:green', 'tab:orange', 'tab:purple', 'tab:brown', 'tab:pink', 'tab:gray',
+            'tab:olive', 'tab:cyan']
+  for index, s in enumerate(series):
+    color = colors[index % len(colors)]
+    for part, style in (('train', dict(linestyle='--', linewidth=0.9)), ('test', dict(linewidth=2.2))):
+      steps, values = s.get(part, ([], []))
+      band = s.get(f'{part}_band')
+      if band and len(band[0]):
+        ax.fill_between(band[0], band[1], band[2], color=color, alpha=0.15, linewidth=0)
+      if len(steps):
+        ax.plot(steps, values, color=color, label=s['label'] if part == 'test' or not len(s['test'][0]) else None,
+                marker='o' if part == 'test' and len(steps) < 12 else None, markersize=3, **style)
+  ax.set_xlabel('iterations')
+  ax.set_ylabel('error (%)' if metric == 'error' else 'loss')
+  if metric == 'loss':
+    ax.set_yscale('log')
+  ax.grid(alpha=0.3)
+  handles, labels = ax.get_legend_handles_labels()
+  if handles:
+    ax.legend(handles, labels, fontsize=7, title='dashed: training, bold: test', title_fontsize=7)
+
+
 def plot_curves(workdir: str) -> Optional[str]:
+  """WORKDIR/curves.png: training (dashed) and test (bold) error, and the same for the loss, against step."""
   records = read_metrics(workdir)
-  train = [(record['step'], record['train_loss']) for record in records if 'train_loss' in record]
-  test = [(record['step'], 100.0 * (1.0 - record['test_accuracy'])) for record in records if 'test_accuracy' in record]
-  if not train and not test:
+  label = os.path.basename(os.path.normpath(workdir))
+  panels = [curve_series(records, label, metric) for metric in ('error', 'loss')]
+  if not any(len(s[part][0]) for s in panels for part in ('train', 'test')):
     return None
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 3.8))
-  if train:
-    ax_loss.plot(*zip(*train), color='tab:blue', linewidth=1)
-  ax_loss.set_xlabel('step')
-  ax_loss.set_ylabel('training loss')
-  ax_loss.set_yscale('log')
-  ax_loss.grid(alpha=0.3)
-  if test:
-    ax_err.plot(*zip(*test), color='tab:red', marker='o', markersize=3, linewidth=1)
-    ax_err.annotate(f'{test[-1][1]:.2f}%', test[-1], textcoords='offset points', xytext=(-10, 8))
-  ax_err.set_xlabel('step')
-  ax_err.set_ylabel('test error (%)')
-  ax_err.grid(alpha=0.3)
-  fig.suptitle(os.path.basename(os.path.normpath(workdir)))
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+  for ax, metric, series in zip(axes, ('error', 'loss'), panels):
+    draw_curves(ax, [series], metric)
+  test_steps, test_errors = panels[0]['test']
+  if test_errors:
+    axes[0].annotate(f'{test_errors[-1]:.2f}%', (test_steps[-1], test_errors[-1]), textcoords='offset points',
+                     xytext=(-10, 8))
+  fig.suptitle(label)
   fig.tight_layout()
   path = os.path.join(workdir, CURVES_FILE)
   fig.savefig(path + '.tmp.png', dpi=110)

@@ -12,7 +12,8 @@ Caffe/Torch SGD do.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import re
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -106,7 +107,123 @@ def weight_decay_mask(target: str) -> Callable:
   return kernels_only
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Parameter groups: frozen parameters (`config.freeze`) and per-group learning rates
+# (`config.optimizer.lr_multipliers`). They live here, not in `finetune`, because the optimizer state's
+# structure depends on them and `checkpoints.load` rebuilds the optimizer from the saved config alone.
+
+#: Names that stand for a part of the network rather than a regex (`stage_regex`).
+STAGE_NAMES = ('stem', 'stage1', 'stage2', 'stage3', 'stage4', 'head')
+FROZEN = 'frozen'
+TRAINED = 'trained'
+
+
+def parameter_path(path: Sequence[Any]) -> str:
+  """A tree path as the '/'-joined names patterns are matched against, relative to the backbone:
+  ('backbone', 'stage1_unit1', 'conv1', 'kernel') -> 'stage1_unit1/conv1/kernel'."""
+  names = [str(getattr(key, 'key', getattr(key, 'name', key))) for key in path]
+  return '/'.join(names[1:] if names and names[0] == 'backbone' else names)
+
+
+def stage_regex(pattern: str, last_stage: int) -> str:
+  """The regex (matched with re.search) a `config.freeze` / `lr_multipliers` entry stands for. Stage names
+  select a part of the network: 'stem' (stem_conv, stem_bn), 'stageN' (its units, scanned or not; the last
+  stage also owns the pre-activation nets' final_bn, as in `features_only`'s last map), 'head'. Anything else
+  is a regex over '/'-joined paths such as 'stage1_unit1/conv1/kernel'."""
+  if pattern == 'stem':
+    return r'^stem_'
+  if pattern == 'head':
+    return r'^head/'
+  stage = re.fullmatch(r'stage(\d)', pattern)
+  if stage:
+    return rf'^stage{stage[1]}_' + (r'|^final_bn/' if int(stage[1]) == last_stage else '')
+  return pattern
+
+
+def as_patterns(value: Any, field: str) -> tuple[str, ...]:
+  """`config.freeze` / `config.init_exclude` as a tuple of patterns: None or '' -> (), 'stem,stage1' (the
+  command line) -> ('stem', 'stage1'), a list or tuple as it is. Raises UserError for a bad regex."""
+  if value is None or value == '':
+    return ()
+  if isinstance(value, str):
+    patterns = tuple(part.strip() for part in value.split(',') if part.strip())
+  elif isinstance(value, (tuple, list)) and all(isinstance(part, str) for part in value):
+    patterns = tuple(value)
+  else:
+    raise UserError(f"config.{field} must be a list of regexes or stage names ({', '.join(STAGE_NAMES)}), got "
+                    f"{value!r}")
+  for pattern in patterns:
+    try:
+      re.compile(pattern)
+    except re.error as error:
+      raise UserError(f"config.{field}: {pattern!r} is not a valid regex ({error})") from None
+  return patterns
+
+
+def lr_multipliers(config: ml_collections.ConfigDict) -> tuple[tuple[str, float], ...]:
+  """`config.optimizer.lr_multipliers` as ((pattern, factor), ...): a dict (config files), pairs, or
+  'head=10,stage4=2' (the command line). The first matching entry applies."""
+  value = config.optimizer.get('lr_multipliers')
+  if value is None or value == '' or value == ():
+    return ()
+  if isinstance(value, str):
+    pairs = []
+    for part in filter(None, (part.strip() for part in value.split(','))):
+      pattern, sep, factor = part.rpartition('=')
+      if not sep or not pattern:
+        raise UserError(f"config.optimizer.lr_multipliers: {part!r} is not PATTERN=FACTOR (e.g. head=10,stage4=2)")
+      pairs.append((pattern.strip(), factor.strip()))
+  elif hasattr(value, 'items'):
+    pairs = list(value.items())
+  elif isinstance(value, (tuple, list)) and all(isinstance(pair, (tuple, list)) and len(pair) == 2 for pair in value):
+    pairs = [tuple(pair) for pair in value]
+  else:
+    raise UserError("config.optimizer.lr_multipliers must map regexes or stage names to factors, e.g. "
+                    f"{{'head': 10.0}} or head=10 on the command line; got {value!r}")
+  result = []
+  for pattern, factor in pairs:
+    try:
+      factor = float(factor)
+    except (TypeError, ValueError):
+      raise UserError(f"config.optimizer.lr_multipliers[{pattern!r}] = {factor!r} is not a number") from None
+    if not factor >= 0:
+      raise UserError(f"config.optimizer.lr_multipliers[{pattern!r}] = {factor} must be >= 0 (0: use config.freeze)")
+    as_patterns((pattern,), 'optimizer.lr_multipliers')
+    result.append((str(pattern), factor))
+  return tuple(result)
+
+
+def _last_stage(paths: Sequence[str]) -> int:
+  stages = [int(match[1]) for match in (re.match(r'stage(\d+)_', path) for path in paths) if match]
+  return max(stages, default=0)
+
+
+def parameter_groups(paths: Sequence[str], freeze: Sequence[str],
+                     multipliers: Sequence[tuple[str, float]]) -> dict[str, str]:
+  """path -> FROZEN, TRAINED or 'lr_x<factor>' (the first multiplier entry that matches)."""
+  last = _last_stage(paths)
+  freeze_regexes = [re.compile(stage_regex(pattern, last)) for pattern in freeze]
+  multiplier_regexes = [(re.compile(stage_regex(pattern, last)), factor) for pattern, factor in multipliers]
+  groups = {}
+  for path in paths:
+    if any(regex.search(path) for regex in freeze_regexes):
+      groups[path] = FROZEN
+      continue
+    factor = next((factor for regex, factor in multiplier_regexes if regex.search(path)), 1.0)
+    groups[path] = TRAINED if factor == 1.0 else f'lr_x{factor!r}'
+  return groups
+
+
+def matches(paths: Sequence[str], pattern: str) -> list[str]:
+  """The paths `pattern` (a regex or stage name) selects."""
+  regex = re.compile(stage_regex(pattern, _last_stage(paths)))
+  return [path for path in paths if regex.search(path)]
+
+
 def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
+  """Coupled L2 + SGD. With `config.freeze` or `config.optimizer.lr_multipliers`, an `optax.multi_transform`
+  over parameter groups: frozen parameters get a zero update (no weight decay either), a group with factor f
+  the same update scaled by f (its learning rate times f, weight decay included)."""
   optimizer_config = config.optimizer
   decay = optax.identity()
   if optimizer_config.weight_decay:
@@ -117,4 +234,18 @@ def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) 
   # Torch/Caffe SGD: v <- momentum * v + g; p <- p - lr * v (optax.sgd is the same update).
   update = optax.sgd(schedule, momentum=float(optimizer_config.momentum) or None,
                      nesterov=bool(optimizer_config.nesterov))
-  return optax.chain(decay, update)
+  freeze = as_patterns(config.get('freeze'), 'freeze')
+  multipliers = lr_multipliers(config)
+  if not freeze and not multipliers:
+    return optax.chain(decay, update)  # the state structure of every run without parameter groups
+
+  def labels(params):
+    paths = {}
+    jax.tree_util.tree_map_with_path(lambda path, _: paths.setdefault(path, parameter_path(path)), params)
+    groups = parameter_groups(list(paths.values()), freeze, multipliers)
+    return jax.tree_util.tree_map_with_path(lambda path, _: groups[paths[path]], params)
+
+  transforms = {FROZEN: optax.set_to_zero(), TRAINED: optax.chain(decay, update)}
+  for _, factor in multipliers:
+    transforms[f'lr_x{factor!r}'] = optax.chain(decay, update, optax.scale(factor))
+  return optax.multi_transform(transforms, labels)

@@ -1,85 +1,346 @@
 r"""Reproduce a paper row: several seeds of one config, summarised beside the published number.
 
+  python -m resnet_jax.reproduce --list [FILTER]          # every paper row: --config value, source, error, recipe
   python -m resnet_jax.reproduce --config configs/cifar.py:preact_resnet164 --seeds 5 --workdir runs/p164
+  python -m resnet_jax.reproduce --config ... --seeds 5 --workdir runs/p164 --print_commands   # one line per seed
+  python -m resnet_jax.reproduce --config ... --seeds 5 --workdir runs/p164 --seed_index 3     # seed 3 only
+  python -m resnet_jax.reproduce --aggregate runs/p164 runs/r110 runs/single_run ...
 
-Each seed trains in WORKDIR/seed_<k> (resumable: rerun the same command after an interruption), then the
-test errors are summarised as the papers do: median (He et al. 2016 report medians of 5 runs) and
-mean +- std (He et al. 2015 Table 6, Xie et al. 2017 Table 7), next to the row's published error. The summary
-is printed as a Markdown table and written to WORKDIR/reproduce.json.
+Each seed trains in WORKDIR/seed_<k> with config.seed + k (resumable: rerun the same command after an
+interruption), then the test errors are summarised as the papers do: median (He et al. 2016 report medians of
+5 runs) and mean +- std (He et al. 2015 Table 6, Xie et al. 2017 Table 7), next to the row's published error.
+WORKDIR gets reproduce.json (the plan and the summary) and results.{md,csv}. `--aggregate` builds the
+same table from existing workdirs (reproduce directories or single runs of `resnet_jax.main`), grouped by the
+paper row each run's config.json records (`config.paper`), in the papers' order; unfinished runs are counted
+and listed, not dropped.
 """
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import importlib
+import io
 import json
+import math
 import os
+import re
+import shlex
 import statistics
-from typing import Any, Sequence
+import sys
+from typing import Any, Optional, Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 
 from resnet_jax import config as config_lib
 from resnet_jax import errors
-from resnet_jax import parallel
-from resnet_jax import train
 from resnet_jax.errors import UserError
 
 flags.DEFINE_string('config', None, 'Config file with its row, e.g. configs/cifar.py:preact_resnet164.')
 flags.DEFINE_string('workdir', None, 'Directory holding one sub-directory per seed.')
 flags.DEFINE_integer('seeds', 5, 'Number of seeds (runs) to train: seeds 0..N-1, offset by config.seed.')
+flags.DEFINE_integer('seed_index', None, 'Train only this seed (0..seeds-1), e.g. one per machine.')
+flags.DEFINE_bool('print_commands', False, 'Print the `python -m resnet_jax.main` command of every seed; train none.')
+flags.DEFINE_bool('list', False, 'List the paper rows (optionally those whose line contains the argument).')
+flags.DEFINE_bool('aggregate', False, 'Summarise the workdirs given as arguments (reproduce dirs or single runs).')
 FLAGS = flags.FLAGS
 
 _OVERRIDES: list[tuple[str, str]] = []
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_MODULES = ('cifar', 'imagenet')   # configs/<module>.py, each with ROWS: {row name: configs._rows.Row}
+PLAN_FILE = 'reproduce.json'
+RESULTS = 'results'              # WORKDIR/results.{md,csv}
+SEED_DIR = re.compile(r'^seed_(\d+)$')
 
 
-def summarize(errors: Sequence[float], published: Any = None) -> dict[str, Any]:
+# ------------------------------------------------------------------------------------------------- the rows
+
+@dataclasses.dataclass(frozen=True)
+class PaperRow:
+  config: str       # the --config value: configs/cifar.py:resnet110
+  name: str         # the row: resnet110
+  spec: Any         # configs._rows.Row (model, source, published_error, recipe, dataset, note)
+  order: int        # position in the papers' order
+
+
+def _paper_key(source: str, index: int):
+  """Papers' order: by year, then author, then table (or section / figure) number, then the configs' order."""
+  year = re.search(r'\b(19|20)\d\d\b', source)
+  number = re.search(r'(Table|Sec\.|Fig\.)\s*(\d+)', source)
+  author = source.split(' et al.')[0] if year else source
+  return (int(year.group(0)) if year else 9999, author, int(number.group(2)) if number else 99, index)
+
+
+def config_rows() -> dict[str, dict]:
+  """`{module: ROWS}` of configs/cifar.py and configs/imagenet.py, imported as the README's one-liner does."""
+  if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+  return {module: importlib.import_module(f'configs.{module}').ROWS for module in CONFIG_MODULES}
+
+
+def paper_rows() -> list[PaperRow]:
+  """Every paper row of configs/cifar.py and configs/imagenet.py, in the papers' order."""
+  found = []
+  for module, table in config_rows().items():
+    for name, spec in table.items():
+      found.append((f'configs/{module}.py:{name}', name, spec))
+  keys = sorted(range(len(found)), key=lambda i: _paper_key(found[i][2].source, i))
+  return [PaperRow(*found[i], order=rank) for rank, i in enumerate(keys)]
+
+
+def recipe_summary(config) -> str:
+  """The recipe at a glance: length, batch, learning-rate schedule, warm-up, optimizer."""
+  def count(value):
+    return f'{value / 1000:g}k' if value >= 1000 and value % 100 == 0 else f'{value:g}'
+  schedule, optimizer = config.schedule, config.optimizer
+  if config.get('total_steps') is not None:
+    length, unit = f'{count(config.total_steps)} steps', ''
+  else:
+    length, unit = f'{config.total_epochs:g} epochs', 'ep '
+  bounds = schedule.get('boundaries_steps') or schedule.get('boundaries_epochs') or ()
+  lr = f'lr {schedule.base_lr:g}'
+  if schedule.name == 'step' and bounds:
+    lr += f' /{1 / schedule.decay_factor:g} at {unit}{",".join(count(b) for b in bounds)}'
+  elif schedule.name != 'step':
+    lr += f' {schedule.name}'
+  parts = [length, f'batch {config.batch_size}', lr]
+  if schedule.get('warmup', 'none') != 'none':
+    warm = schedule.get('warmup_steps')
+    warm = f'{warm} steps' if warm is not None else f"{schedule.get('warmup_epochs'):g} epochs"
+    parts.append(f"warm-up {warm} {schedule.warmup}"
+                 + (f' {schedule.base_lr * schedule.warmup_factor:g}' if schedule.warmup == 'constant' else ''))
+  parts.append(f'wd {optimizer.weight_decay:g}' + (', Nesterov' if optimizer.get('nesterov') else ''))
+  return ', '.join(parts)
+
+
+def _published(value) -> str:
+  return f'{value:.2f}' if isinstance(value, (int, float)) else '–'
+
+
+def list_rows(pattern: str = '') -> list[str]:
+  """Lines of `--list`: one per row whose line contains `pattern` (ignoring case and '_' vs ' '); raises if
+  none does."""
+  lines = []
+  for row in paper_rows():
+    config = config_lib.build_config(os.path.join(REPO, row.config))
+    note = f' [{row.spec.note}]' if row.spec.note else ''
+    lines.append(f'{row.config:<58} {row.spec.source}{note} | published {_published(row.spec.published_error)} '
+                 f'| {row.spec.model} | {row.spec.dataset} | {recipe_summary(config)}')
+  def norm(text):  # case and '_' / ' ' do not matter: `--list table_1` finds "Table 1"
+    return text.lower().replace('_', ' ')
+  selected = [line for line in lines if norm(pattern) in norm(line)]
+  if not selected:
+    raise UserError(f'no paper row matches {pattern!r}; `python -m resnet_jax.reproduce --list` shows all '
+                    f'{len(lines)}')
+  return selected
+
+
+# ------------------------------------------------------------------------------------------------- seeds
+
+@dataclasses.dataclass(frozen=True)
+class SeedRun:
+  index: int
+  seed: int
+  workdir: str
+
+
+def seed_runs(config, workdir: str, seeds: int) -> list[SeedRun]:
+  """The runs of a reproduction: seed config.seed + k in WORKDIR/seed_k, k = 0..seeds-1 (the one place)."""
+  if seeds < 1:
+    raise UserError(f'--seeds must be at least 1, got {seeds}')
+  return [SeedRun(k, int(config.seed) + k, os.path.join(workdir, f'seed_{k}')) for k in range(seeds)]
+
+
+def seed_config(config, run: SeedRun):
+  run_config = config_lib.from_json(config_lib.to_json(config))
+  run_config.seed = run.seed
+  return run_config
+
+
+def commands(spec: str, overrides: Sequence[tuple[str, str]], config, workdir: str, seeds: int) -> list[str]:
+  """One `python -m resnet_jax.main` line per seed, training exactly what `reproduce` trains."""
+  extra = ''.join(f' {shlex.quote(f"--config.{path}={value}")}' for path, value in overrides if path != 'seed')
+  return [f'python -m resnet_jax.main --config {shlex.quote(spec)} --workdir {shlex.quote(run.workdir)}{extra} '
+          f'--config.seed={run.seed}' for run in seed_runs(config, workdir, seeds)]
+
+
+def reproduce(config, workdir: str, seeds: int, seed_index: Optional[int] = None) -> dict[str, Any]:
+  """Trains the runs of `config` under `workdir` (all, or only `seed_index`); writes reproduce.json and
+  results.{md,csv}; returns the row's summary (see `aggregate`)."""
+  from resnet_jax import train  # pylint: disable=g-import-not-at-top  (--list/--aggregate need no JAX)
+  import jax  # pylint: disable=g-import-not-at-top
+  runs = seed_runs(config, workdir, seeds)
+  if seed_index is not None and not 0 <= seed_index < seeds:
+    raise UserError(f'--seed_index {seed_index} is out of range: --seeds {seeds} gives seeds 0..{seeds - 1}')
+  os.makedirs(workdir, exist_ok=True)
+  paper = dict(config.get('paper') or {})
+  plan = {'row': paper.get('row', config.model.name), 'source': paper.get('source', ''),
+          'published': paper.get('published_error'), 'note': paper.get('note', ''), 'seeds': seeds,
+          'runs': [dataclasses.asdict(run) for run in runs]}
+  if jax.process_index() == 0:
+    _write_json(os.path.join(workdir, PLAN_FILE), plan)
+  for run in runs:
+    if seed_index is None or run.index == seed_index:
+      train.train_and_evaluate(seed_config(config, run), run.workdir)
+  groups = aggregate([workdir])
+  summary = groups[0] if groups else {}
+  if jax.process_index() == 0:
+    write_results(groups, workdir)
+    _write_json(os.path.join(workdir, PLAN_FILE), {**plan, 'summary': summary})
+    print(markdown_table(groups))
+  return summary
+
+
+def _write_json(path: str, value) -> None:
+  with open(path + '.tmp', 'w') as file:
+    json.dump(value, file, indent=2)
+  os.replace(path + '.tmp', path)
+
+
+# ------------------------------------------------------------------------------------------------- aggregation
+
+def summarize(errors_pct: Sequence[float], published: Any = None) -> dict[str, Any]:
   """Median, mean and standard deviation (sample, as the papers' '+-') of test errors in %."""
-  errors = list(errors)
+  errors_pct = list(errors_pct)
+  if not errors_pct:
+    return {'runs': 0, 'errors': [], 'median': None, 'mean': None, 'std': None, 'best': None,
+            'published': published}
   return {
-      'runs': len(errors),
-      'errors': errors,
-      'median': statistics.median(errors),
-      'mean': statistics.fmean(errors),
-      'std': statistics.stdev(errors) if len(errors) > 1 else 0.0,
-      'best': min(errors),
+      'runs': len(errors_pct),
+      'errors': errors_pct,
+      'median': statistics.median(errors_pct),
+      'mean': statistics.fmean(errors_pct),
+      'std': statistics.stdev(errors_pct) if len(errors_pct) > 1 else 0.0,
+      'best': min(errors_pct),
       'published': published,
   }
 
 
-def markdown_table(name: str, source: str, summary: dict[str, Any]) -> str:
-  published = summary['published']
-  published = f'{published:.2f}' if isinstance(published, (int, float)) else (published or '–')
-  return '\n'.join([
-      '| row | source | published error (%) | median (%) | mean ± std (%) | best (%) | runs |',
-      '|---|---|---|---|---|---|---|',
-      f"| {name} | {source} | {published} | {summary['median']:.2f} | {summary['mean']:.2f} ± {summary['std']:.2f} "
-      f"| {summary['best']:.2f} | {summary['runs']} |",
-  ])
-
-
-def reproduce(config, workdir: str, seeds: int) -> dict[str, Any]:
-  """Trains `seeds` runs of `config` (seed, seed+1, ...) under `workdir` and summarises their test errors."""
-  if seeds < 1:
-    raise UserError(f'--seeds must be at least 1, got {seeds}')
+def run_status(workdir: str) -> dict[str, Any]:
+  """What a run directory holds: its row (config.paper, else the model name), steps done of total, the final
+  test error (%) if it finished (an evaluation at the last step)."""
+  with open(os.path.join(workdir, 'config.json')) as file:
+    config = json.load(file)
+  records = []
+  if os.path.exists(os.path.join(workdir, 'metrics.jsonl')):
+    with open(os.path.join(workdir, 'metrics.jsonl')) as file:
+      records = [json.loads(line) for line in file if line.strip()]
+  total = config.get('total_steps')
+  if total is None:   # epochs: the training lines record step / steps_per_epoch as 'epoch'
+    per_epoch = [r['step'] / r['epoch'] for r in records if r.get('epoch')]
+    total = int(math.ceil(config['total_epochs'] * per_epoch[-1] - 1e-6)) if per_epoch else None
+  evals = [r for r in records if 'test_accuracy' in r]
+  step = max((r['step'] for r in records), default=0)
+  finished = bool(evals) and total is not None and evals[-1]['step'] >= total
   paper = config.get('paper') or {}
-  test_errors = []
-  for index in range(seeds):
-    run_config = config_lib.from_json(config_lib.to_json(config))
-    run_config.seed = int(config.seed) + index
-    result = train.train_and_evaluate(run_config, os.path.join(workdir, f'seed_{index}'))
-    test_errors.append(100.0 * result['test_error'])
-  summary = summarize(test_errors, paper.get('published_error'))
-  summary.update({'row': paper.get('row', config.model.name), 'source': paper.get('source', ''),
-                  'note': paper.get('note', '')})
-  table = markdown_table(summary['row'], summary['source'], summary)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'reproduce.json'), 'w') as file:
-      json.dump(summary, file, indent=2)
-    print(table)
-  return summary
+  return {'workdir': workdir, 'row': paper.get('row') or config['model']['name'], 'source': paper.get('source', ''),
+          'published': paper.get('published_error'), 'note': paper.get('note', ''), 'seed': config.get('seed'),
+          'started': True, 'step': step, 'total_steps': total, 'finished': finished,
+          'test_error': 100.0 * (1.0 - evals[-1]['test_accuracy']) if evals else None}
 
+
+def find_runs(directory: str) -> list[dict[str, Any]]:
+  """The runs of `directory`: itself if it is a run, else its seed_<k> sub-directories (planned seeds that have
+  not started are listed as such). Raises UserError if it holds none."""
+  if not os.path.isdir(directory):
+    raise UserError(f'{directory}: no such directory')
+  if os.path.exists(os.path.join(directory, 'config.json')):
+    return [run_status(directory)]
+  plan = {}
+  if os.path.exists(os.path.join(directory, PLAN_FILE)):
+    with open(os.path.join(directory, PLAN_FILE)) as file:
+      plan = json.load(file)
+  seeds = sorted((int(m.group(1)), name) for name in os.listdir(directory) if (m := SEED_DIR.match(name)))
+  runs, seen = [], set()
+  for index, name in seeds:
+    path = os.path.join(directory, name)
+    if os.path.exists(os.path.join(path, 'config.json')):
+      runs.append(run_status(path))
+      seen.add(index)
+  for planned in plan.get('runs', []):
+    if planned['index'] not in seen:
+      runs.append({'workdir': planned['workdir'], 'row': plan.get('row'), 'source': plan.get('source', ''),
+                   'published': plan.get('published'), 'note': plan.get('note', ''), 'seed': planned['seed'],
+                   'started': False, 'step': 0, 'total_steps': None, 'finished': False, 'test_error': None})
+  if not runs:
+    raise UserError(f'{directory}: no runs (neither a config.json nor seed_<k>/config.json); '
+                    'pass a run directory or a reproduce --workdir')
+  return runs
+
+
+def _row_order() -> dict[tuple[str, str], int]:
+  return {(row.name, row.spec.source): row.order for row in paper_rows()}
+
+
+def aggregate(directories: Sequence[str]) -> list[dict[str, Any]]:
+  """One summary per paper row over all runs found under `directories`, in the papers' order."""
+  runs = [run for directory in directories for run in find_runs(directory)]
+  groups: dict[tuple[str, str], list[dict]] = {}
+  for run in runs:
+    groups.setdefault((run['row'], run['source']), []).append(run)
+  order = _row_order()
+  summaries = []
+  for (row, source), members in groups.items():
+    done = [run for run in members if run['finished']]
+    summary = summarize([run['test_error'] for run in done], members[0]['published'])
+    summary.update({'row': row, 'source': source, 'note': members[0]['note'], 'finished': len(done),
+                    'total': len(members),
+                    'unfinished': [{'workdir': run['workdir'], 'started': run['started'], 'step': run['step'],
+                                    'total_steps': run['total_steps'],
+                                    'test_error': run['test_error']} for run in members if not run['finished']]})
+    summaries.append(summary)
+  summaries.sort(key=lambda s: (order.get((s['row'], s['source']), len(order)), _paper_key(s['source'], 0),
+                                s['row']))
+  return summaries
+
+
+def _pct(value) -> str:
+  return '–' if value is None else f'{value:.2f}'
+
+
+def markdown_table(summaries: Sequence[dict[str, Any]]) -> str:
+  lines = ['| row | source | published error (%) | median (%) | mean ± std (%) | best (%) | runs | finished/total |',
+           '|---|---|---|---|---|---|---|---|']
+  for s in summaries:
+    mean = '–' if s['mean'] is None else f"{s['mean']:.2f} ± {s['std']:.2f}"
+    published = _published(s['published']) if s['published'] is not None else (s.get('note') or '–')
+    lines.append(f"| {s['row']} | {s['source'] or '–'} | {published} | {_pct(s['median'])} | {mean} "
+                 f"| {_pct(s['best'])} | {s['runs']} | {s['finished']}/{s['total']} |")
+  unfinished = [(s['row'], run) for s in summaries for run in s['unfinished']]
+  if unfinished:
+    lines.append('')
+    lines.append('Unfinished runs:')
+    for row, run in unfinished:
+      at = f"step {run['step']} of {run['total_steps'] or '?'}" if run.get('started', True) else 'not started'
+      last = '' if run['test_error'] is None else f", last test error {run['test_error']:.2f}%"
+      lines.append(f"- {row}: {run['workdir']} ({at}{last})")
+  return '\n'.join(lines)
+
+
+CSV_FIELDS = ('row', 'source', 'published', 'median', 'mean', 'std', 'best', 'runs', 'finished', 'total')
+
+
+def csv_text(summaries: Sequence[dict[str, Any]]) -> str:
+  out = io.StringIO()
+  writer = csv.writer(out, lineterminator='\n')
+  writer.writerow(CSV_FIELDS)
+  for s in summaries:
+    writer.writerow(['' if s[field] is None else (f'{s[field]:.4f}' if isinstance(s[field], float) else s[field])
+                     for field in CSV_FIELDS])
+  return out.getvalue()
+
+
+def write_results(summaries: Sequence[dict[str, Any]], directory: str) -> None:
+  """WORKDIR/results.{md,csv}: the Markdown table, and one CSV line per row."""
+  with open(os.path.join(directory, f'{RESULTS}.md'), 'w') as file:
+    file.write(markdown_table(summaries) + '\n')
+  with open(os.path.join(directory, f'{RESULTS}.csv'), 'w') as file:
+    file.write(csv_text(summaries))
+
+
+# ------------------------------------------------------------------------------------------------- CLI
 
 def _parse_flags(argv):
   with errors.exit_on_error():
@@ -92,13 +353,38 @@ def _parse_flags(argv):
 
 
 def main(argv):
-  del argv
+  args = argv[1:]
   with errors.exit_on_error():
+    if FLAGS.list:
+      if len(args) > 1:
+        raise UserError(f"--list takes at most one filter, got {' '.join(args)}")
+      print('\n'.join(list_rows(args[0] if args else '')))
+      return
+    if FLAGS.aggregate:
+      if not args:
+        raise UserError('--aggregate needs one or more directories: reproduce workdirs or run workdirs')
+      summaries = aggregate(args)
+      out = FLAGS.workdir or (args[0] if len(args) == 1 else None)
+      if out:
+        os.makedirs(out, exist_ok=True)
+        write_results(summaries, out)
+      print(markdown_table(summaries))
+      return
+    if args:
+      raise UserError(f"unexpected arguments {' '.join(args)}")
     if not FLAGS.config or not FLAGS.workdir:
       raise UserError('--config and --workdir are required, e.g. --config configs/cifar.py:resnet110 '
-                      '--workdir runs/resnet110')
+                      '--workdir runs/resnet110 (or --list to see the rows, --aggregate DIR... to summarise)')
+    config = config_lib.build_config(FLAGS.config, _OVERRIDES)
+    if FLAGS.seed_index is not None and not 0 <= FLAGS.seed_index < FLAGS.seeds:
+      raise UserError(f'--seed_index {FLAGS.seed_index} is out of range: --seeds {FLAGS.seeds} gives seeds '
+                      f'0..{FLAGS.seeds - 1}')
+    if FLAGS.print_commands:
+      print('\n'.join(commands(FLAGS.config, _OVERRIDES, config, FLAGS.workdir, FLAGS.seeds)))
+      return
+    from resnet_jax import parallel  # pylint: disable=g-import-not-at-top
     parallel.initialize_distributed()
-    reproduce(config_lib.build_config(FLAGS.config, _OVERRIDES), FLAGS.workdir, FLAGS.seeds)
+    reproduce(config, FLAGS.workdir, FLAGS.seeds, FLAGS.seed_index)
 
 
 if __name__ == '__main__':

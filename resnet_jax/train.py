@@ -16,6 +16,7 @@ import functools
 import json
 import os
 import signal
+import sys
 import time
 from typing import Any, Callable
 
@@ -31,6 +32,7 @@ from resnet_jax import checkpoints
 from resnet_jax import classifier
 from resnet_jax import config as config_lib
 from resnet_jax import evaluate
+from resnet_jax import finetune
 from resnet_jax import metrics as metrics_lib
 from resnet_jax import optim
 from resnet_jax import parallel
@@ -86,6 +88,12 @@ class Experiment:
   def close(self) -> None:
     if hasattr(self.train_data, 'close'):
       self.train_data.close()
+    checkpointer = getattr(self, 'checkpointer', None)  # set by the loop; closed here on every exit path
+    if checkpointer is not None:
+      try:
+        checkpointer.close()  # else its background threads keep a failed run's process alive
+      except Exception:  # pylint: disable=broad-except  (a failed save, already reported)
+        pass
 
 
 def build_experiment(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, start_step: int = 0) -> Experiment:
@@ -99,6 +107,7 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   dataset = config.dataset
   train_source = sources.open_split(dataset.name, dataset.train_split, dataset.get('data_dir'))
   eval_source = sources.open_split(dataset.name, dataset.eval_split, dataset.get('data_dir'))
+  check_eval_settings(config, train_source, eval_source)
 
   # Model options and the BN group size are checked before the data is loaded.
   group = classifier.bn_group_size(config)
@@ -123,9 +132,36 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   eval_data = pipelines.make_eval_batches(config, mesh, eval_source)
   train_data = pipelines.make_train_data(config, mesh, train_source, start_step=start_step)
   model = classifier.model_from_config(config, train_data.num_classes, train_data.mean, train_data.std)
+  finetune.check_parameter_groups(config, model, train_data.image_shape)  # config.freeze, lr_multipliers
   return Experiment(config=config, mesh=mesh, model=model, tx=tx, schedule=schedule, train_data=train_data,
                     eval_data=eval_data, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                     log_every=log_every, eval_every=eval_every, checkpoint_every=checkpoint_every)
+
+
+#: The metrics an evaluation records, i.e. the names config.best_metric can choose from.
+EVAL_METRICS = ('test_accuracy', 'test_error', 'test_loss')
+
+
+def check_eval_settings(config: ml_collections.ConfigDict, train_source, eval_source) -> None:
+  """What the first evaluation or save would otherwise find after training: the splits' classes and image
+  format, and the metric that picks the best checkpoint."""
+  sources.check_same_classes(train_source, eval_source)
+  if train_source.channels != eval_source.channels:
+    raise UserError(f"{train_source.dataset}: training images ({train_source.split!r}) have {train_source.channels} "
+                    f"channel(s) but evaluation images ({eval_source.split!r}) have {eval_source.channels}; store "
+                    "both splits in the same format (grey or RGB)")
+  crop = pipelines.resolve_eval_crop(pipelines.input_options(config), eval_source)
+  if (crop == 'none' and train_source.image_shape is not None and eval_source.image_shape is not None and
+      tuple(train_source.image_shape) != tuple(eval_source.image_shape)):
+    raise UserError(f"{train_source.dataset}: training images are {tuple(train_source.image_shape)} but evaluation "
+                    f"images are {tuple(eval_source.image_shape)}; store both splits at one size, or set "
+                    "config.input.eval_crop_mode='center' with config.input.eval_crop")
+  best = config.get('best_metric', 'test_accuracy')
+  if best and best not in EVAL_METRICS:
+    raise UserError(f"config.best_metric {best!r} is not a metric of the evaluation; choose one of "
+                    f"{', '.join(EVAL_METRICS)} (or None to keep only the latest checkpoints)")
+  if config.get('best_mode', 'max') not in ('max', 'min'):
+    raise UserError(f"config.best_mode {config.best_mode!r}: choose max or min")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -143,6 +179,7 @@ def make_train_step(model, tx, augment, config) -> Callable:
   label_smoothing = float(config.get('label_smoothing', 0.0))
   skip_nonfinite = config.get('on_nonfinite', 'stop') == 'skip'
   seed = int(config.seed)
+  apply = finetune.training_apply(model, config)  # model.apply; frozen BatchNorm in inference mode
 
   def train_step(state: state_lib.TrainState, batch):
     augment_key, dropout_key = step_keys(seed, state.step)
@@ -150,8 +187,8 @@ def make_train_step(model, tx, augment, config) -> Callable:
     labels = batch['label']
 
     def loss_fn(params):
-      logits, updates = model.apply({'params': params, 'batch_stats': state.batch_stats}, images, train=True,
-                                    rngs={'dropout': dropout_key}, mutable=['batch_stats'])
+      logits, updates = apply({'params': params, 'batch_stats': state.batch_stats}, images, train=True,
+                              rngs={'dropout': dropout_key}, mutable=['batch_stats'])
       loss = jnp.mean(cross_entropy(logits, labels, label_smoothing))
       return loss, (logits, updates.get('batch_stats', state.batch_stats))
 
@@ -271,32 +308,45 @@ class StepDispatcher:
 
 
 class _Preemption:
-  """Turns SIGTERM (cluster preemption) into 'save at the next step boundary and exit cleanly'.
+  """Turns SIGTERM (cluster preemption) and SIGINT (Ctrl-C) into 'save at the next step boundary and exit
+  cleanly' (status 0; rerun the command to resume). A second SIGINT exits at once (KeyboardInterrupt), keeping
+  the checkpoints already saved.
 
   One process: a SIGTERM handler sets a flag. Several processes: JAX's coordination service propagates the
   notice to every process and `reached_preemption_sync_point` names the same step on all of them, at no
   per-step communication cost.
   """
 
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self.signal_name = 'SIGTERM'
+    self._previous = {}
 
   def __enter__(self):
     if jax.process_count() == 1:
-      try:
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-      except ValueError:  # not the main thread (e.g. a notebook worker): no handler
-        self._previous = None
+      for signum in self.SIGNALS:
+        try:
+          self._previous[signum] = signal.signal(signum, self._handle)
+        except ValueError:  # not the main thread (e.g. a notebook worker): no handler
+          pass
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
+    del frame
+    if signum == signal.SIGINT and self.requested:  # a second Ctrl-C: stop now
+      raise KeyboardInterrupt
     self.requested = True
+    self.signal_name = signal.Signals(signum).name
+    if signum == signal.SIGINT:
+      print('\nSIGINT: saving a checkpoint at the next step boundary, then stopping (Ctrl-C again to stop now)',
+            file=sys.stderr, flush=True)
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      if previous is not None:
+        signal.signal(signum, previous)
 
   def should_stop(self, step: int) -> bool:
     if jax.process_count() > 1:
@@ -312,6 +362,10 @@ def prepare_workdir(workdir: str) -> None:
       raise UserError(f"--workdir {workdir} is a file, not a directory; choose another path")
     if not os.access(path, os.W_OK | os.X_OK):
       raise UserError(f"--workdir {workdir} is not writable; choose a directory you can write to")
+    inner = os.path.join(path, checkpoints.CHECKPOINT_DIR)
+    if os.path.exists(inner) and not os.path.isdir(inner):
+      raise UserError(f"{inner} is a file, but the run keeps its checkpoints in that directory; move the file "
+                      "away or choose another --workdir")
     return
   try:
     os.makedirs(path, exist_ok=True)  # several processes may race here
@@ -325,7 +379,13 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
   if not os.path.exists(path):
     return
   with open(path) as file:
-    saved = config_lib.from_json(file.read())
+    text = file.read()
+  try:
+    saved = config_lib.from_json(text)
+  except ValueError:
+    raise UserError(f"{path} is not valid JSON (cut short or edited?), so this run cannot be checked against "
+                    f"the workdir's run; delete it to resume (the checkpoints keep the run's config), or use a "
+                    "new --workdir") from None
   for section in ('model', 'dataset'):
     if saved.get(section) is not None and saved[section].to_dict() != config[section].to_dict():
       raise UserError(f"--workdir {workdir} holds a run with a different config.{section} "
@@ -356,36 +416,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   check_same_run(config, workdir)
   if config.get('compilation_cache_dir'):
     enable_compilation_cache(config.compilation_cache_dir)
-  experiment = build_experiment(config, mesh, start_step=checkpoints.latest_step(workdir) or 0)
+  resume_step = checkpoints.latest_step(workdir)
+  experiment = build_experiment(config, mesh, start_step=resume_step or 0)
   try:
+    # config.init_from is read only to start a run: a workdir with its own checkpoint resumes from that.
+    init = None if resume_step is not None else finetune.load_initialization(
+        config, experiment.model, experiment.image_shape)
     prepare_workdir(workdir)
-    return _train_loop(experiment, workdir)
+    return _train_loop(experiment, workdir, init)
   finally:
     experiment.close()
 
 
-def _train_loop(experiment: Experiment, workdir: str) -> dict[str, float]:
+def _train_loop(experiment: Experiment, workdir: str,
+                init: finetune.Initialization | None = None) -> dict[str, float]:
   """The loop of train_and_evaluate, on a built experiment and a prepared workdir."""
   config, mesh, total_steps = experiment.config, experiment.mesh, experiment.total_steps
 
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as file:
-      file.write(config_lib.to_json(config))
-  checkpointer = checkpoints.Checkpointer(workdir, keep=int(config.get('keep_checkpoints', 3)),
-                                          best_metric=config.get('best_metric', 'test_accuracy'))
-  start_step = checkpointer.latest_step()
-  if start_step is not None:
-    state, meta = checkpointer.restore(start_step, state_lib.abstract_train_state(
-        experiment.model, experiment.tx, experiment.image_shape, mesh))
+  # Restore first, write after: a resume that fails leaves config.json and the checkpoints as they were.
+  resumed = checkpoints.resume(workdir, state_lib.abstract_train_state(
+      experiment.model, experiment.tx, experiment.image_shape, mesh))
+  if resumed is not None:
+    start_step, state, meta = resumed
     if experiment.train_data.kind == 'grain':
       experiment.train_data.set_state(meta.get('data_state', {'step': start_step}))
     logging.info('Resumed from step %d', start_step)
   else:
     state = state_lib.init_train_state(experiment.model, experiment.tx, experiment.image_shape, config.seed, mesh)
+    state = finetune.initialize(state, init)  # config.init_from
     start_step = 0
 
   writer = metrics_lib.MetricWriter(workdir, resume_step=start_step)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as file:
+      file.write(config_lib.to_json(config))
+  checkpointer = checkpoints.Checkpointer(workdir, keep=int(config.get('keep_checkpoints', 3)),
+                                          best_metric=config.get('best_metric', 'test_accuracy'))
+  experiment.checkpointer = checkpointer
   progress = metrics_lib.Progress(total_steps, start_step)
+  if init is not None and start_step == 0:
+    progress.message(init.summary())
 
   def on_compile(seconds: float, num_steps: int, step: int) -> None:
     progress.message(f'compiled the train step ({num_steps} step{"s" * (num_steps > 1)} per dispatch) in '
@@ -410,6 +480,20 @@ def _train_loop(experiment: Experiment, workdir: str) -> dict[str, float]:
     progress.restart_clock()  # evaluation time is not training throughput
     return result
 
+  def save(step, metrics=None):
+    """Saves (asynchronously); a failed save (full disk, lost mount) stops the run with one error line."""
+    try:
+      checkpointer.save(step, state, experiment.checkpoint_meta(), metrics=metrics)
+    except Exception as error:  # pylint: disable=broad-except
+      raise _save_failed(workdir, step, checkpointer, error) from None
+
+  def wait():
+    try:
+      checkpointer.wait()
+    except Exception as error:  # pylint: disable=broad-except  (an asynchronous save that failed)
+      raise _save_failed(workdir, last_saved, checkpointer, error) from None
+
+  skipped = 0  # steps whose update was skipped (on_nonfinite=skip), this invocation
   step = start_step
   with _Preemption() as preemption:
     while step < total_steps:
@@ -424,11 +508,19 @@ def _train_loop(experiment: Experiment, workdir: str) -> dict[str, float]:
       if log_due or eval_due or save_due or stop_now:
         summary = parallel.fetch(totals)  # the one host sync: before logging, evaluating or saving
         if summary['nonfinite_steps'] and config.get('on_nonfinite', 'stop') == 'stop':
-          checkpointer.wait()
+          wait()
+          kept = checkpointer.latest_step()
+          kept = (f"The last good checkpoint (step {kept}) in {workdir} is kept" if kept is not None else
+                  f"No checkpoint was saved before it (the first save is at step {experiment.checkpoint_every})")
           raise FloatingPointError(
-              f"loss or gradients became NaN/Inf at step {int(summary['first_nonfinite_step'])}; stopped. The "
-              f"last good checkpoint (step {checkpointer.latest_step()}) in {workdir} is kept. Lower the learning "
-              "rate, add warm-up, or set config.on_nonfinite=skip")
+              f"loss or gradients became NaN/Inf at step {int(summary['first_nonfinite_step'])}; stopped. {kept}. "
+              "Lower the learning rate, add warm-up, or set config.on_nonfinite=skip")
+        if log_due and summary['examples'] == 0:  # every step of the interval was skipped: say so
+          writer.write(step, {'nonfinite_steps': int(summary['nonfinite_steps'])})
+          progress.message(f"step {step}: all {int(summary['nonfinite_steps'])} steps since the last log had "
+                           "NaN/Inf loss or gradients and were skipped")
+        if log_due:
+          skipped += int(summary['nonfinite_steps'])
         if log_due and summary['examples'] > 0:
           loss = float(summary['loss'] / summary['examples'])
           learning_rate = float(experiment.schedule(step - 1))
@@ -438,23 +530,51 @@ def _train_loop(experiment: Experiment, workdir: str) -> dict[str, float]:
                               'epoch': step / experiment.steps_per_epoch,
                               **({'nonfinite_steps': int(summary['nonfinite_steps'])}
                                  if summary['nonfinite_steps'] else {})})
+        if log_due:
           totals = jax.device_put(zero_accumulator(), parallel.replicated(mesh))
       if eval_due:
         eval_metrics = evaluate_and_log(step)
         writer.plot_curves()
       if save_due or stop_now:
-        checkpointer.save(step, state, experiment.checkpoint_meta(), metrics=eval_metrics if eval_due else None)
+        save(step, eval_metrics if eval_due else None)
         last_saved = step
       if stop_now and step < total_steps:
-        progress.message(f'SIGTERM: saved a checkpoint at step {step} in {workdir}; rerun the same command to resume')
-        checkpointer.wait()
+        wait()
+        progress.message(f'{preemption.signal_name}: saved a checkpoint at step {step} in {workdir}; rerun the '
+                         'same command to resume')
         writer.close()
         return eval_metrics
   if not eval_metrics:
     eval_metrics = evaluate_and_log(step)
   if last_saved != step:
-    checkpointer.save(step, state, experiment.checkpoint_meta(), metrics=eval_metrics)
-  checkpointer.wait()
+    save(step, eval_metrics)
+    last_saved = step
+  wait()
   writer.plot_curves()
   writer.close()
+  _check_skipped(skipped, step - start_step, workdir)
   return eval_metrics
+
+
+#: A run (invocation) that skipped more than this fraction of its steps (on_nonfinite=skip) fails with exit
+#: status 3 after saving; any skipped step is reported.
+MAX_SKIPPED_FRACTION = 0.5
+
+
+def _check_skipped(skipped: int, steps: int, workdir: str) -> None:
+  if not skipped or not steps:
+    return
+  message = (f"{skipped} of the {steps} steps of this run had NaN/Inf loss or gradients and were skipped "
+             "(config.on_nonfinite=skip)")
+  if skipped > MAX_SKIPPED_FRACTION * steps:
+    raise FloatingPointError(f"{message}: more than {MAX_SKIPPED_FRACTION:.0%}, so the model in {workdir} is "
+                             "not trained as configured. Lower the learning rate or add warm-up")
+  checkpoints.warn(message)
+
+
+def _save_failed(workdir: str, step: int, checkpointer, error: BaseException) -> UserError:
+  reason = checkpoints.describe_error(error)
+  kept = [s for s in checkpointer.all_steps() if s < step]
+  return UserError(f"saving the checkpoint of step {step} in {workdir} failed ({reason}); stopped. Free disk "
+                   f"space or fix the directory and rerun the same command: it resumes from "
+                   f"{f'step {max(kept)}' if kept else 'the start'}")

@@ -1,7 +1,10 @@
 """Multi-seed reproduction of a paper row: per-seed runs, median / mean +- std beside the published error."""
 
+import csv
 import json
 import os
+import shlex
+import shutil
 
 import pytest
 
@@ -12,26 +15,143 @@ from resnet_jax import reproduce
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+TINY = ['--config.total_steps=8', '--config.batch_size=32', '--config.schedule.boundaries_epochs=None',
+        '--config.log_every_steps=4', '--config.eval_every_steps=4', '--config.model.stage_widths=(8,8,8)']
+
+
+def _ok(result):
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+def _error_line(result):
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert lines[-1].startswith('error: '), lines[-1]
+  return lines[-1]
+
+
+@pytest.fixture(scope='module')
+def reproduced(tmp_path_factory):
+  """2 seeds of a tiny digits config, once by `reproduce`, once by running its --print_commands one by one."""
+  root = tmp_path_factory.mktemp('reproduce')
+  by_reproduce, by_commands = str(root / 'by_reproduce'), str(root / 'by_commands')
+  base = ['-m', 'resnet_jax.reproduce', '--config', 'configs/quickstart.py', '--seeds', '2']
+  trained = _ok(run_python(base + ['--workdir', by_reproduce] + TINY))
+  listed = _ok(run_python(base + ['--workdir', by_commands, '--print_commands'] + TINY)).stdout.strip().splitlines()
+  for line in listed:
+    words = shlex.split(line)
+    assert words[:3] == ['python', '-m', 'resnet_jax.main']
+    _ok(run_python(words[1:]))
+  aggregated = _ok(run_python(['-m', 'resnet_jax.reproduce', '--aggregate', by_commands]))
+  return {'by_reproduce': by_reproduce, 'by_commands': by_commands, 'commands': listed, 'stdout': trained.stdout,
+          'aggregate_stdout': aggregated.stdout, 'root': str(root)}
+
+
 def test_summary_statistics_match_the_papers_conventions():
   summary = reproduce.summarize([6.5, 6.2, 6.9, 6.4, 6.6], published=6.43)
   assert summary['median'] == 6.5 and summary['best'] == 6.2 and summary['runs'] == 5
   assert summary['mean'] == pytest.approx(6.52)
   assert summary['std'] == pytest.approx(0.2588, abs=1e-4)  # sample standard deviation
-  table = reproduce.markdown_table('resnet110', 'He et al. 2015, Table 6', summary)
-  assert '| resnet110 | He et al. 2015, Table 6 | 6.43 | 6.50 | 6.52 ± 0.26 | 6.20 | 5 |' in table
+  summary.update(row='resnet110', source='He et al. 2015, Table 6', finished=5, total=5, unfinished=[])
+  table = reproduce.markdown_table([summary])
+  assert '| resnet110 | He et al. 2015, Table 6 | 6.43 | 6.50 | 6.52 ± 0.26 | 6.20 | 5 | 5/5 |' in table
 
 
-def test_reproduce_trains_each_seed_and_writes_the_summary(tmp_path, capsys):
-  config = config_lib.build_config(os.path.join(REPO, 'configs', 'quickstart.py'), [
-      ('total_steps', '4'), ('batch_size', '32'), ('schedule.boundaries_epochs', 'None'), ('log_every_steps', '4'),
-      ('model.stage_widths', '(8,8,8)')])
-  summary = reproduce.reproduce(config, str(tmp_path), seeds=2)
-  assert summary['runs'] == 2 and len(summary['errors']) == 2
-  assert sorted(os.listdir(tmp_path)) == ['reproduce.json', 'seed_0', 'seed_1']
-  seeds = [config_lib.from_json(open(tmp_path / f'seed_{k}' / 'config.json').read()).seed for k in (0, 1)]
+def test_list_names_every_paper_row_with_its_table():
+  rows = reproduce.config_rows()
+  lines = reproduce.list_rows()
+  assert len(lines) == sum(len(table) for table in rows.values()) >= 70
+  listed = {line.split()[0]: line for line in lines}
+  for module, table in rows.items():
+    for name, row in table.items():
+      line = listed[f'configs/{module}.py:{name}']
+      assert row.source in line and row.model in line and row.dataset in line
+      assert (f'published {row.published_error:.2f}' if row.published_error else 'published –') in line
+  assert 'batch 128' in listed['configs/cifar.py:resnet110'] and '32k,48k' in listed['configs/cifar.py:resnet110']
+  # the papers' order: He et al. 2015 before He et al. 2016 before Xie et al. 2017
+  order = [line.split()[0] for line in lines]
+  assert order.index('configs/cifar.py:resnet110') < order.index('configs/cifar.py:preact_resnet164') < order.index(
+      'configs/cifar.py:resnext29_8x64d')
+  assert all('Table 1 ' in line or 'Table 1,' in line for line in reproduce.list_rows('table 1 ('))
+  assert {line.split()[0] for line in reproduce.list_rows('resnext')} >= {
+      'configs/cifar.py:resnext29_8x64d', 'configs/imagenet.py:resnext50_32x4d'}
+
+
+def test_list_cli_and_a_filter_matching_nothing():
+  result = _ok(run_python(['-m', 'resnet_jax.reproduce', '--list', 'table_2']))
+  assert all('Table 2' in line for line in result.stdout.strip().splitlines())
+  assert len(result.stdout.strip().splitlines()) == 3 + 10 + 4  # He et al. 2015, He et al. 2016, Huang et al. 2017
+  result = _ok(run_python(['-m', 'resnet_jax.reproduce', '--list', 'Table 6']))
+  assert len(result.stdout.strip().splitlines()) == 11  # ResNet-20..1202 and plain-20..110
+  assert _error_line(run_python(['-m', 'resnet_jax.reproduce', '--list', 'no_such_row'])).startswith(
+      "error: no paper row matches 'no_such_row'")
+
+
+def test_reproduce_writes_the_table_and_print_commands_reproduce_it(reproduced):
+  workdir = reproduced['by_reproduce']
+  assert sorted(os.listdir(workdir)) == ['reproduce.json', 'results.csv', 'results.md', 'seed_0', 'seed_1']
+  seeds = [config_lib.from_json(open(os.path.join(workdir, f'seed_{k}', 'config.json')).read()).seed for k in (0, 1)]
   assert seeds == [0, 1]
-  assert json.load(open(tmp_path / 'reproduce.json'))['median'] == summary['median']
-  assert '| cifar_preact_resnet20 |' in capsys.readouterr().out
+  assert [c.split('--workdir ')[1].split()[0] for c in reproduced['commands']] == [
+      os.path.join(reproduced['by_commands'], f'seed_{k}') for k in (0, 1)]
+  assert [c.split()[-1] for c in reproduced['commands']] == ['--config.seed=0', '--config.seed=1']
+  plan = json.load(open(os.path.join(workdir, 'reproduce.json')))
+  assert plan['seeds'] == 2 and plan['summary']['runs'] == 2 and plan['summary']['finished'] == 2
+  table = open(os.path.join(workdir, 'results.md')).read()
+  assert '| cifar_preact_resnet20 | – | – |' in table and '| 2 | 2/2 |' in table
+  assert table.strip() in reproduced['stdout']
+  rows = list(csv.DictReader(open(os.path.join(workdir, 'results.csv'))))
+  assert len(rows) == 1 and rows[0]['runs'] == '2' and rows[0]['total'] == '2'
+  assert float(rows[0]['median']) == pytest.approx(plan['summary']['median'], abs=1e-4)
+  # the same seeds trained command by command give the same table
+  other = reproduced['by_commands']
+  assert open(os.path.join(other, 'results.md')).read() == table
+  assert open(os.path.join(other, 'results.csv')).read() == open(os.path.join(workdir, 'results.csv')).read()
+  assert reproduced['aggregate_stdout'].strip() == table.strip()
+
+
+def test_aggregate_groups_by_row_and_lists_unfinished_runs(reproduced, tmp_path):
+  # a third, unfinished run of the same row (a copy of seed 0 cut after its first log line), and one row
+  # recorded as a paper row
+  unfinished = tmp_path / 'unfinished'
+  shutil.copytree(os.path.join(reproduced['by_reproduce'], 'seed_0'), unfinished)
+  lines = open(unfinished / 'metrics.jsonl').read().splitlines()
+  (unfinished / 'metrics.jsonl').write_text('\n'.join(l for l in lines if json.loads(l)['step'] <= 4
+                                                       and 'test_accuracy' not in l) + '\n')
+  paper = tmp_path / 'paper_row'
+  shutil.copytree(os.path.join(reproduced['by_reproduce'], 'seed_1'), paper)
+  config = json.load(open(paper / 'config.json'))
+  config['paper'] = {'row': 'resnet20', 'source': 'He et al. 2015, Table 6', 'published_error': 8.75, 'note': ''}
+  json.dump(config, open(paper / 'config.json', 'w'))
+  summaries = reproduce.aggregate([str(paper), reproduced['by_reproduce'], str(unfinished)])
+  assert [s['row'] for s in summaries] == ['resnet20', 'cifar_preact_resnet20']  # paper rows first
+  assert summaries[0]['published'] == 8.75 and summaries[0]['runs'] == 1
+  assert (summaries[1]['runs'], summaries[1]['finished'], summaries[1]['total']) == (2, 2, 3)
+  table = reproduce.markdown_table(summaries)
+  assert '| resnet20 | He et al. 2015, Table 6 | 8.75 |' in table and '2/3 |' in table
+  assert f'- cifar_preact_resnet20: {unfinished} (step 4 of 8)' in table
+
+
+def test_plot_draws_the_reproduce_directories(reproduced):
+  out = os.path.join(reproduced['root'], 'fig.png')
+  result = _ok(run_python(['-m', 'resnet_jax.plot', reproduced['by_reproduce'],
+                           os.path.join(reproduced['by_commands'], 'seed_0'), '--out', out]))
+  assert os.path.getsize(out) > 5000 and out in result.stdout
+
+
+def test_bad_inputs_are_one_error_line(tmp_path):
+  (tmp_path / 'empty').mkdir()
+  assert _error_line(run_python(['-m', 'resnet_jax.reproduce', '--aggregate', str(tmp_path / 'empty')])).endswith(
+      'pass a run directory or a reproduce --workdir')
+  assert "has no variant 'resnet21'" in _error_line(run_python(
+      ['-m', 'resnet_jax.reproduce', '--config', 'configs/cifar.py:resnet21', '--workdir', str(tmp_path / 'x')]))
+  assert _error_line(run_python(
+      ['-m', 'resnet_jax.reproduce', '--config', 'configs/quickstart.py', '--seeds', '2', '--seed_index', '2',
+       '--workdir', str(tmp_path / 'x')])) == (
+           'error: --seed_index 2 is out of range: --seeds 2 gives seeds 0..1')
+  assert not os.path.exists(tmp_path / 'x')
 
 
 def test_override_without_a_value_is_one_error_line(tmp_path):
@@ -43,11 +163,11 @@ def test_override_without_a_value_is_one_error_line(tmp_path):
 
 
 def test_a_diverged_seed_exits_with_the_status_main_uses(tmp_path):
-  # lr 0.1 for 4 steps, then 1e8: the loss overflows within a few steps (as in test_distributed).
+  # lr 1e8: the loss overflows within a few steps.
   result = run_python(['-m', 'resnet_jax.reproduce', '--config', 'configs/quickstart.py', '--seeds', '1',
                        '--workdir', str(tmp_path), '--config.batch_size=32', '--config.model.stage_widths=(8,8,8)',
                        '--config.total_steps=12', '--config.schedule.boundaries_epochs=None',
-                       '--config.schedule.boundaries_steps=4', '--config.schedule.decay_factor=1e9',
+                       '--config.schedule.base_lr=1e8',
                        '--config.log_every_steps=4', '--config.checkpoint_every_steps=4'])
   assert result.returncode == 3, result.stderr[-3000:]
   assert result.stderr.strip().splitlines()[-1].startswith('error: loss or gradients became NaN/Inf at step ')

@@ -1,10 +1,14 @@
 r"""Analyses of a trained run (Veit et al. 2016), from the command line.
 
   python -m resnet_jax.analysis --workdir runs/resnet110 [--study lesion,paths] [--limit 2000]
+  python -m resnet_jax.analysis --workdir runs/preact164 --study propagation [--compare runs/r164] [--at_init]
 
 lesion: the test accuracy with each residual unit removed (Fig. 3 / 4) and with k random units removed
   (Fig. 5(a)); paths: the path-length distribution and the input-gradient magnitude per path length
-  (Fig. 6). Results go to WORKDIR/analysis/{lesion,paths}.json and .png, and a summary is printed.
+  (Fig. 6); propagation (He et al. 2016 Eq. 5): || d loss / d x_l || at the input of every residual unit
+  against depth, of the checkpoint (or, with --at_init, of a freshly initialised network of the same config);
+  --compare OTHER_WORKDIR draws both runs in one figure. Results go to WORKDIR/analysis/<study>.json and .png
+  (propagation_compare.json / .png for a comparison), and a summary is printed.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from resnet_jax import errors
 from resnet_jax import parallel
 from resnet_jax.analysis import lesion
 from resnet_jax.analysis import paths
+from resnet_jax.analysis import propagation
 from resnet_jax.data import pipelines
 from resnet_jax.data import sources
 from resnet_jax.errors import UserError
@@ -34,10 +39,12 @@ flags.DEFINE_list('study', ['lesion', 'paths'], 'Which analyses: lesion, paths.'
 flags.DEFINE_integer('limit', 2000, 'Evaluation examples to use (from the config\'s eval split).')
 flags.DEFINE_list('remove', ['1', '2', '5', '10', '20'], 'Numbers of random units removed (Fig. 5(a)).')
 flags.DEFINE_integer('samples', 10, 'Random draws per number of removed units / per path length.')
-flags.DEFINE_integer('seed', 0, 'Seed of the random draws.')
+flags.DEFINE_integer('seed', 0, 'Seed of the random draws (and of --at_init).')
+flags.DEFINE_string('compare', None, 'propagation: a second workdir drawn beside WORKDIR.')
+flags.DEFINE_bool('at_init', False, 'propagation: a freshly initialised network of the run\'s config.')
 FLAGS = flags.FLAGS
 
-STUDIES = ('lesion', 'paths')
+STUDIES = ('lesion', 'paths', 'propagation')
 
 
 def eval_images(config, limit: int) -> tuple[np.ndarray, np.ndarray]:
@@ -125,12 +132,25 @@ def plot_paths(result: dict, path: str) -> None:
   plt.close(fig)
 
 
+def propagation_study(run, images, labels, at_init: bool, seed: int) -> dict:
+  variables = run.variables
+  if at_init:
+    variables = jax.jit(lambda rng: run.model.init(rng, images[:1], train=False))(jax.random.key(seed))
+  result = propagation.gradient_by_unit(run.model, variables, images, labels)
+  paper = run.config.get('paper') or {}
+  label = paper.get('row') or run.config.model.name
+  return {'label': f'{label} (initialisation)' if at_init else f'{label} (step {run.step})', 'at_init': at_init,
+          'model': run.config.model.name, **propagation.to_json(result)}
+
+
 def analyze(workdir: str, studies=STUDIES, step=None, limit: int = 2000, remove=(1, 2, 5, 10, 20),
-            samples: int = 10, seed: int = 0) -> dict:
+            samples: int = 10, seed: int = 0, compare=None, at_init: bool = False) -> dict:
   """Runs the studies on a checkpoint of `workdir`; writes WORKDIR/analysis/<study>.json and .png."""
   unknown = [s for s in studies if s not in STUDIES]
   if unknown:
     raise UserError(f"unknown study {unknown[0]!r}; choose from {', '.join(STUDIES)}")
+  if (compare or at_init) and 'propagation' not in studies:
+    raise UserError('--compare and --at_init belong to --study propagation')
   run = checkpoints.load(workdir, step=step)
   if not hasattr(run.model.backbone, 'describe_units'):
     raise UserError(f"{run.config.model.name} has no residual units to analyse (DenseNet)")
@@ -144,6 +164,20 @@ def analyze(workdir: str, studies=STUDIES, step=None, limit: int = 2000, remove=
   if 'paths' in studies:
     results['paths'] = path_study(run, images, labels, samples, seed)
     plot_paths(results['paths'], os.path.join(out_dir, 'paths.png'))
+  if 'propagation' in studies:
+    results['propagation'] = propagation_study(run, images, labels, at_init, seed)
+    curves = {results['propagation']['label']: results['propagation']}
+    if compare:
+      other = checkpoints.load(compare)
+      other_images, other_labels = eval_images(other.config, limit)
+      other_result = propagation_study(other, other_images, other_labels, at_init, seed)
+      if other_result['label'] in curves:
+        other_result['label'] += f' [{os.path.basename(os.path.normpath(compare))}]'
+      curves[other_result['label']] = other_result
+      results['propagation_compare'] = {'workdirs': [workdir, compare], 'runs': list(curves.values())}
+      propagation.plot(curves, os.path.join(out_dir, 'propagation_compare.png'))
+    propagation.plot({results['propagation']['label']: results['propagation']},
+                     os.path.join(out_dir, 'propagation.png'))
   for name, result in results.items():
     with open(os.path.join(out_dir, f'{name}.json'), 'w') as file:
       json.dump({'step': run.step, 'num_examples': int(len(labels)), **result}, file, indent=1)
@@ -157,7 +191,7 @@ def main(argv):
     if not FLAGS.workdir:
       raise UserError('--workdir is required')
     results = analyze(FLAGS.workdir, FLAGS.study, FLAGS.step, FLAGS.limit, [int(count) for count in FLAGS.remove],
-                      FLAGS.samples, FLAGS.seed)
+                      FLAGS.samples, FLAGS.seed, FLAGS.compare, FLAGS.at_init)
   if 'lesion' in results:
     lesions = results['lesion']
     print(f"no unit removed: test error {100 * lesions['baseline_error']:.2f}%")
@@ -172,6 +206,11 @@ def main(argv):
     peak = int(np.argmax(gradients['total_gradient']))
     print(f"gradient: most of it through paths of length ~{gradients['lengths'][peak]} "
           f"(of {gradients['lengths'][-1]} units)")
+  for result in results.get('propagation_compare', {}).get('runs', [results.get('propagation')]):
+    if result:
+      norms = [unit['grad_norm'] for unit in result['units']]
+      print(f"{result['label']}: || d loss / d x_l || from {norms[0]:.3g} (unit 1) to {norms[-1]:.3g} "
+            f"(unit {len(norms)}), ratio first/last {norms[0] / norms[-1]:.3g}")
   print(f'results in {os.path.join(FLAGS.workdir, "analysis")}')
 
 

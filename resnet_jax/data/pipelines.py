@@ -517,6 +517,8 @@ def make_eval_batches(config, mesh: Mesh, eval_source: ExampleSource, *,
   """A re-iterable pass over `eval_source` in padded, masked global batches of config.eval_batch_size
   (rounded up to a multiple of the device count). With eval_crop_mode='ten', 'image' is
   [batch, 10, crop, crop, C]."""
+  if limit is not None and limit <= 0:
+    raise UserError(f"the number of evaluation examples to use must be positive, got {limit} (--limit)")
   options = input_options(config)
   crop = resolve_eval_crop(options, eval_source)
   if crop == 'none' and eval_source.image_shape is None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import zipfile
 from typing import Any, Callable, Optional, Sequence
 from unittest import mock as unittest_mock
 
@@ -60,6 +61,9 @@ class ExampleSource:
   channels: int = 3
   # Names one example in error messages (a file path, a record number).
   describe_fn: Optional[Callable[[int], str]] = None
+  # Local datasets (npz:, folder:): every label of the split, and the class names, for `check_same_classes`.
+  labels: Optional[np.ndarray] = None
+  class_names: Optional[tuple[str, ...]] = None
 
   def __post_init__(self):
     if self.image_shape is not None:
@@ -166,6 +170,9 @@ def _open_tfds(name: str, split: str, data_dir: Optional[str]) -> ExampleSource:
     raise UserError(f"dataset {name!r} has no split {split!r}; its splits are {', '.join(sorted(known_splits))}")
   if name == 'digits' and not builder.is_prepared():
     builder.download_and_prepare()  # embedded data: builds in about a second, no network
+    known_splits = dict(builder.info.splits)
+  if known_splits:
+    _check_tfds_split(name, split, known_splits)
   manual = bool(getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None))
   try:
     source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
@@ -209,6 +216,50 @@ def _open_tfds(name: str, split: str, data_dir: Optional[str]) -> ExampleSource:
                        read_raw_fn=_TfdsRawReader(encoded, decoded), channels=channels, describe_fn=describe)
 
 
+def _check_tfds_split(name: str, split: str, known_splits) -> None:
+  """A malformed or empty split expression is the split's fault, not the dataset's: say so before reading."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  splits = ', '.join(sorted(known_splits))
+  try:
+    instructions = tfds.core.ReadInstruction.from_spec(split)
+    sizes = {key: int(getattr(value, 'num_examples', value)) for key, value in known_splits.items()}
+    absolute = instructions.to_absolute(known_splits)
+  except (ValueError, KeyError, AssertionError) as error:
+    reason = str(error).strip().splitlines()[-1]
+    raise UserError(f"dataset {name!r}: split {split!r} is not a valid split ({reason}); use NAME or "
+                    f"NAME[START:STOP] with integers or percentages in [-100%, 100%], e.g. 'train[:90%]'; "
+                    f"its splits are {splits}") from None
+  for instruction in absolute:
+    total = sizes[instruction.splitname]
+    start, stop = instruction.from_ or 0, total if instruction.to is None else instruction.to
+    start, stop = (start + total if start < 0 else start), (stop + total if stop < 0 else stop)
+    if min(stop, total) <= max(start, 0):
+      raise UserError(f"dataset {name!r}: split {split!r} selects no examples (split {instruction.splitname!r} has "
+                      f"{total}); choose START < STOP")
+
+
+def check_same_classes(train: ExampleSource, test: ExampleSource) -> None:
+  """Refuses train and evaluation splits whose classes differ: the model would be scored on classes it never
+  saw, or label indices would mean different classes. Checked before anything is compiled or written."""
+  if train.num_classes != test.num_classes:
+    raise UserError(f"{train.dataset}: the training split {train.split!r} has {train.num_classes} classes but the "
+                    f"evaluation split {test.split!r} has {test.num_classes}; both splits must have the same "
+                    "classes (for npz files, store the same 'num_classes' array in both)")
+  if train.labels is None or test.labels is None:
+    return
+  seen_train, seen_test = set(np.unique(train.labels).tolist()), set(np.unique(test.labels).tolist())
+  names = lambda labels: ', '.join(
+      train.class_names[i] if train.class_names else str(i) for i in sorted(labels)[:10])
+  if seen_test - seen_train:
+    raise UserError(f"{train.dataset}: classes {names(seen_test - seen_train)} of the evaluation split "
+                    f"{test.split!r} never occur in the training split {train.split!r}; give both splits the same "
+                    "classes")
+  if seen_train - seen_test and parse_split(train.split)[0] != parse_split(test.split)[0]:
+    raise UserError(f"{train.dataset}: classes {names(seen_train - seen_test)} of the training split "
+                    f"{train.split!r} are missing from the evaluation split {test.split!r}; give both splits the "
+                    "same classes")
+
+
 def _open_npz(path: str, split: str) -> ExampleSource:
   """`npz:PATH` is one split; `npz:DIR` or `npz:PREFIX` with files `PREFIX_<split>.npz` holds several.
 
@@ -221,10 +272,13 @@ def _open_npz(path: str, split: str) -> ExampleSource:
   if file is None:
     raise UserError(f"npz dataset: none of {', '.join(candidates)} exists; pass npz:FILE.npz with arrays "
                     "'images' (uint8 N x H x W x C) and 'labels'")
+  if not zipfile.is_zipfile(file):
+    raise UserError(f"{file}: not an .npz archive; write one with np.savez(PATH, images=..., labels=...)")
   try:
-    arrays = np.load(file)
-  except (OSError, ValueError) as e:
-    raise UserError(f"{file}: not a readable .npz file ({e})") from None
+    arrays = np.load(file, allow_pickle=False)
+  except (OSError, ValueError, zipfile.BadZipFile) as e:
+    raise UserError(f"{file}: not a readable .npz archive ({str(e).splitlines()[0][:160]}); write it again with "
+                    "np.savez(PATH, images=..., labels=...)") from None
   missing = [k for k in ('images', 'labels') if k not in arrays.files]
   if missing:
     raise UserError(f"{file}: missing array {missing[0]!r}; the file needs 'images' (uint8 N x H x W x C) "
@@ -254,7 +308,7 @@ def _open_npz(path: str, split: str) -> ExampleSource:
     return {'image': images[indices], 'label': labels[indices]}
 
   return ExampleSource(dataset=f'npz:{path}', split=split, num_classes=num_classes,
-                       image_shape=tuple(images.shape[1:]), num_examples=len(images), read_fn=read)
+                       image_shape=tuple(images.shape[1:]), num_examples=len(images), read_fn=read, labels=labels)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -410,4 +464,4 @@ def _open_folder(root: str, split: str) -> ExampleSource:
   reader = _FolderReader(files, labels, channels, shape)
   return ExampleSource(dataset=f'folder:{root}', split=split, num_classes=len(classes), image_shape=shape,
                        num_examples=len(files), read_fn=reader, read_raw_fn=reader.raw, channels=channels,
-                       describe_fn=reader.describe)
+                       describe_fn=reader.describe, labels=labels, class_names=tuple(classes))
