@@ -24,8 +24,10 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
+from absl import flags
 import ml_collections
 
+from resnet_jax import errors
 from resnet_jax.errors import UserError
 
 # Sub-configs whose keys are open: new keys are accepted and validated by their consumer.
@@ -172,6 +174,20 @@ def split_override_args(argv: Sequence[str]) -> tuple[list[str], list[tuple[str,
       rest.append(arg)
     i += 1
   return rest, overrides
+
+
+def flags_parser(flag_values: flags.FlagValues, overrides: list[tuple[str, str]]):
+  """An absl `app.run(flags_parser=...)` for the CLIs: the named flags are parsed by absl, `--config.a.b=v`
+  overrides are appended to `overrides`; a mistake in either is one `error:` line and exit 2."""
+  def parse(argv: list[str]) -> list[str]:
+    with errors.exit_on_error():
+      rest, parsed = split_override_args(argv)
+    overrides.extend(parsed)
+    try:
+      return flag_values(rest)
+    except flags.Error as error:
+      errors.fail(f'{error}; see --help')
+  return parse
 
 
 def build_config(spec: str, overrides: Sequence[tuple[str, str]] = ()) -> ml_collections.ConfigDict:

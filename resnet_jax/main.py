@@ -34,17 +34,6 @@ FLAGS = flags.FLAGS
 _OVERRIDES: list[tuple[str, str]] = []
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl parsing for the named flags; `--config.a.b=v` overrides are collected separately."""
-  with errors.exit_on_error():
-    rest, overrides = config_lib.split_override_args(argv)
-  _OVERRIDES.extend(overrides)
-  try:
-    return FLAGS(rest)
-  except flags.Error as error:
-    errors.fail(f'{error}; see --help')
-
-
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     errors.fail(f"unexpected arguments {' '.join(argv[1:])}; see --help for the flags")
@@ -74,7 +63,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
   logging.set_verbosity(logging.WARNING)
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=config_lib.flags_parser(FLAGS, _OVERRIDES))
 
 
 if __name__ == '__main__':

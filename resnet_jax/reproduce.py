@@ -342,15 +342,6 @@ def write_results(summaries: Sequence[dict[str, Any]], directory: str) -> None:
 
 # ------------------------------------------------------------------------------------------------- CLI
 
-def _parse_flags(argv):
-  with errors.exit_on_error():
-    rest, overrides = config_lib.split_override_args(argv)
-  _OVERRIDES.extend(overrides)
-  try:
-    return FLAGS(rest)
-  except flags.Error as error:
-    errors.fail(f'{error}; see --help')
-
 
 def main(argv):
   args = argv[1:]
@@ -389,4 +380,4 @@ def main(argv):
 
 if __name__ == '__main__':
   logging.set_verbosity(logging.WARNING)  # Orbax's per-restore INFO lines are not for the terminal
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=config_lib.flags_parser(FLAGS, _OVERRIDES))
