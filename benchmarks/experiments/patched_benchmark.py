@@ -16,7 +16,6 @@ PATCHES (comma-separated):
 """
 
 import os
-import types
 
 
 def _swap_fast_kernels(conv=None, batch_norm_train=None):
