@@ -288,11 +288,10 @@ def write_directory(out: str, variables: Mapping[str, Any], model_name: str, sou
   model = classifier.model_from_config(config, num_classes, IMAGENET_MEAN, IMAGENET_STD)
   # The TrainState `checkpoints.load` restores: the Classifier's variables nest the backbone's under 'backbone',
   # and its optimizer state is that of config.optimizer (any schedule: its structure does not depend on it).
-  params = {'backbone': jax.tree.map(jnp.asarray, variables['params'])}
   tx = optim.make_optimizer(config, lambda count: 0.0)
-  state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                               batch_stats={'backbone': jax.tree.map(jnp.asarray, variables['batch_stats'])},
-                               opt_state=tx.init(params))
+  state = state_lib.from_variables(
+      {collection: {'backbone': jax.tree.map(jnp.asarray, variables[collection])}
+       for collection in ('params', 'batch_stats')}, tx)
   meta = {'model': {'num_classes': num_classes, 'mean': list(model.mean), 'std': list(model.std),
                     'image_shape': list(IMAGE_SHAPE)},
           'config': config.to_dict(), 'converted_from': os.path.abspath(source) if source else ''}

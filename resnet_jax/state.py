@@ -29,13 +29,17 @@ class TrainState:
     return {'params': self.params, 'batch_stats': self.batch_stats}
 
 
+def from_variables(variables, tx: optax.GradientTransformation) -> TrainState:
+  """The TrainState at step 0 holding `variables` ({'params', 'batch_stats'}), optimizer state fresh."""
+  params = variables['params']
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params))
+
+
 def _initializer(model, tx: optax.GradientTransformation, image_shape) -> Callable[[jax.Array], TrainState]:
   """key -> the initial TrainState: computed by `init_train_state`, only shaped by `abstract_train_state`."""
   def init(key):
-    variables = model.init(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
-    params = variables['params']
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params))
+    return from_variables(model.init(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False), tx)
   return init
 
 
