@@ -145,10 +145,9 @@ def plot_curves(workdir: str) -> Optional[str]:
   panels = [curve_series(records, label, metric) for metric in ('error', 'loss')]
   if not any(len(s[part][0]) for s in panels for part in ('train', 'test')):
     return None
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  fig = Figure(figsize=(10, 3.8))
+  axes = fig.subplots(1, 2)
   for ax, metric, series in zip(axes, ('error', 'loss'), panels):
     draw_curves(ax, [series], metric)
   test_steps, test_errors = panels[0]['test']
@@ -159,7 +158,6 @@ def plot_curves(workdir: str) -> Optional[str]:
   fig.tight_layout()
   path = os.path.join(workdir, CURVES_FILE)
   fig.savefig(path + '.tmp.png', dpi=110)
-  plt.close(fig)
   os.replace(path + '.tmp.png', path)
   return path
 

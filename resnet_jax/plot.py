@@ -84,17 +84,15 @@ def plot(workdirs: Sequence[str], out: str, metric: str = 'error', title: str | 
       s['label'] = f"{s['label']} [{os.path.basename(os.path.normpath(workdir))}]"
   if not any(len(s[part][0]) for s in series for part in ('train', 'test')):
     raise UserError(f"no {metric} curves in {', '.join(workdirs)} (metrics.jsonl holds no training or test lines)")
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(6.4, 4.4))
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  fig = Figure(figsize=(6.4, 4.4))
+  ax = fig.subplots()
   metrics_lib.draw_curves(ax, series, metric)
   if title:
     ax.set_title(title)
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   fig.savefig(out, dpi=120)
-  plt.close(fig)
   return out
 
 

@@ -65,3 +65,18 @@ def test_a_directory_without_runs_is_one_error_line(tmp_path):
   result = run_python(['-m', 'resnet_jax.plot', str(tmp_path / 'empty'), '--out', str(tmp_path / 'x.png')])
   assert result.returncode == 2 and 'Traceback' not in result.stderr
   assert result.stderr.strip().splitlines()[-1].startswith('error: ') and 'no runs' in result.stderr
+
+
+def test_drawing_leaves_the_callers_matplotlib_backend_alone(tmp_path):
+  # A notebook's inline backend must survive a call to the library: switching it to Agg blanks plt.show().
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  before = matplotlib.get_backend()
+  matplotlib.use('svg')
+  try:
+    run = _run(tmp_path / 'a', row='resnet20')
+    plot.plot([run], str(tmp_path / 'fig.png'))
+    metrics.plot_curves(run)
+    assert matplotlib.get_backend() == 'svg'
+    assert os.path.getsize(tmp_path / 'fig.png') > 5000 and os.path.exists(os.path.join(run, 'curves.png'))
+  finally:
+    matplotlib.use(before)

@@ -89,10 +89,9 @@ def path_study(run, images, labels, samples, seed) -> dict:
 
 
 def plot_lesion(result: dict, path: str) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, (ax_unit, ax_k) = plt.subplots(1, 2, figsize=(11, 3.8))
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  fig = Figure(figsize=(11, 3.8))
+  ax_unit, ax_k = fig.subplots(1, 2)
   errors = [100 * u['error'] for u in result['units']]
   colors = ['tab:red' if u['changes_shape'] else 'tab:blue' for u in result['units']]
   ax_unit.bar(range(len(errors)), errors, color=colors)
@@ -111,14 +110,12 @@ def plot_lesion(result: dict, path: str) -> None:
     ax.grid(alpha=0.3)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
-  plt.close(fig)
 
 
 def plot_paths(result: dict, path: str) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  fig = Figure(figsize=(13, 3.6))
+  axes = fig.subplots(1, 3)
   lengths = result['lengths']
   for ax, key, label in zip(axes, ('distribution', 'mean_grad_norm', 'total_gradient'),
                             ('fraction of paths', 'gradient magnitude per path', 'total gradient (normalised)')):
@@ -129,7 +126,6 @@ def plot_paths(result: dict, path: str) -> None:
   axes[1].set_yscale('log')
   fig.tight_layout()
   fig.savefig(path, dpi=110)
-  plt.close(fig)
 
 
 def propagation_study(run, images, labels, at_init: bool, seed: int) -> dict:

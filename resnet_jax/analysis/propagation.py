@@ -119,10 +119,9 @@ def to_json(result: PropagationResult) -> dict:
 def plot(curves: dict[str, dict], path: str) -> None:
   """|| d loss / d x_l || against unit l (log scale), one line per labelled result (`to_json` dicts); dotted
   vertical lines at stage boundaries."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  fig = Figure(figsize=(6.4, 4.2))
+  ax = fig.subplots()
   for label, result in curves.items():
     units = result['units']
     ax.plot([u['index'] + 1 for u in units], [u['grad_norm'] for u in units], marker='.', label=label)
@@ -136,4 +135,3 @@ def plot(curves: dict[str, dict], path: str) -> None:
   ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
-  plt.close(fig)
