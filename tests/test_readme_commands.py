@@ -1,0 +1,170 @@
+"""Every command the README shows runs as written on a CPU, offline (issue 14).
+
+The README's ```bash blocks are parsed into commands. Each is either run here, in the README's order, in a
+scratch directory holding the repository's `configs/` (so `runs/...` paths are as written), with only size
+overrides appended (fewer steps, a smaller network, fewer analysis examples), or listed in NOT_RUN with the
+reason it cannot run offline on a CPU. A command added to the README without either fails the first test.
+"""
+
+import json
+import os
+import re
+import shlex
+
+import pytest
+
+from conftest import run_python
+from test_convert import state_dict
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Size overrides: appended to the commands that train (every main/reproduce training run gets the same, so the
+# fine-tuning run's init_from source has its architecture).
+TRAIN_SIZE = ('--config.total_steps=12', '--config.schedule.boundaries_epochs=None', '--config.log_every_steps=6',
+              '--config.eval_every_steps=12', '--config.checkpoint_every_steps=12',
+              '--config.model.stage_sizes=(1,1,1)')
+SIZE = {
+    'resnet_jax.main --config': TRAIN_SIZE,
+    'resnet_jax.reproduce --config configs/quickstart.py': TRAIN_SIZE,
+    'resnet_jax.analysis': ('--limit=64', '--samples=2', '--remove=1,2'),
+    'resnet_jax.benchmark': ('--steps=2', '--warmup=1', '--no_pipelined') + TRAIN_SIZE[-1:],
+}
+
+QUICKSTART = 'python -m resnet_jax.main --config configs/quickstart.py --workdir runs/quickstart'
+EVAL = 'python -m resnet_jax.main --workdir runs/quickstart --mode eval'
+CONVERT = 'python -m resnet_jax.convert resnet50.safetensors --model resnet50 --out runs/resnet50_tv'
+SEEDS = 'python -m resnet_jax.reproduce --config configs/quickstart.py --seeds 2 --workdir runs/quickstart_seeds'
+AGGREGATE = 'python -m resnet_jax.reproduce --aggregate runs/quickstart_seeds runs/quickstart --workdir runs/table'
+PLOT = 'python -m resnet_jax.plot runs/quickstart_seeds runs/quickstart --out runs/quickstart_fig6.png'
+PROPAGATION = 'python -m resnet_jax.analysis --workdir runs/quickstart --study propagation --at_init'
+PROBE = ('python -m resnet_jax.main --config configs/quickstart.py --workdir runs/quickstart_probe '
+         '--config.init_from=runs/quickstart --config.init_exclude=head --config.freeze=stem,stage1,stage2,stage3')
+BENCHMARK = 'python -m resnet_jax.benchmark --config configs/quickstart.py --synthetic --json runs/benchmark.jsonl'
+PRINT_COMMANDS = ('python -m resnet_jax.reproduce --config configs/cifar.py:resnet110 --seeds 5 --workdir runs/r110 '
+                  '--print_commands')
+
+# In the order they run (later commands read what earlier ones wrote).
+RUN = (
+    QUICKSTART,
+    EVAL,
+    'python -m resnet_jax.analysis --workdir runs/quickstart',
+    'python -m resnet_jax.reproduce --list',
+    'python -m resnet_jax.reproduce --list table_1',
+    PRINT_COMMANDS,
+    SEEDS,
+    AGGREGATE,
+    PLOT,
+    PROPAGATION,
+    PROBE,
+    BENCHMARK,
+    CONVERT,
+)
+
+CIFAR = 'needs CIFAR-10, which TFDS downloads'
+IMAGENET = 'needs ImageNet (downloaded by hand)'
+NOT_RUN = {
+    'pip install -e ".[test]"': 'installs (CI runs it in a fresh virtual environment: .ci/run)',
+    'python -m pytest': 'the test suite itself',
+    'python -m resnet_jax.main --config configs/cifar.py:resnet110 --workdir runs/gate '
+    '--config.model.shortcut=exclusive_gate --config.model.gate_bias_init=-6': CIFAR,
+    'python -m resnet_jax.main --workdir runs/r200 --mode eval --config configs/imagenet.py:preact_resnet200 '
+    '--config.input.eval_resize=320 --config.input.eval_crop=320': IMAGENET,
+    'python -m resnet_jax.reproduce --config configs/cifar.py:preact_resnet164 --seeds 5 --workdir runs/p164': CIFAR,
+    'python -m resnet_jax.reproduce --config configs/cifar.py:resnet110 --seeds 5 --workdir runs/r110': CIFAR,
+    'python -m resnet_jax.reproduce --config configs/cifar.py:resnet110 --seeds 5 --workdir runs/r110 '
+    '--seed_index 3': CIFAR,
+    'python -m resnet_jax.reproduce --aggregate runs/r110 runs/p164 runs/my_single_run --workdir runs/table':
+        'reads the CIFAR runs above (the offline block aggregates quickstart runs)',
+    'python -m resnet_jax.plot runs/r110 runs/p164 --out fig6.png [--metric loss]':
+        'draws the CIFAR runs above (the offline block plots quickstart runs)',
+    'python -m resnet_jax.analysis --workdir runs/p164 --study propagation --compare runs/r164':
+        'reads CIFAR runs (the offline block runs the propagation analysis on the quickstart)',
+    'python -m resnet_jax.convert resnet50.pth --model resnet50 --out runs/r50_10cls --num_classes 10 --drop_head':
+        'a .pth file needs torch (tests/test_convert.py::test_pth_file_with_torch runs it where torch is installed)',
+    'python -m resnet_jax.main --workdir runs/resnet50_tv --mode eval --config configs/imagenet.py:resnet50':
+        IMAGENET,
+    'python -m resnet_jax.main --config configs/cifar.py:resnet56 --workdir runs/ft '
+    '--config.dataset.name=npz:data/my_task --config.init_from=runs/pretrained': "the user's own data and weights",
+    'python -m resnet_jax.main --config configs/imagenet.py:resnet50 --workdir runs/r50_ft '
+    '--config.dataset.name=folder:data/flowers --config.init_from=resnet50.safetensors '
+    '--config.input.mean="(123.675,116.28,103.53)" --config.input.std="(58.395,57.12,57.375)"':
+        "the user's own data and weights",
+    'python -m resnet_jax.main ... --config.init_from=runs/pretrained --config.freeze=stem,stage1,stage2,stage3':
+        'a fragment (the rest of the command elided)',
+    'python -m resnet_jax.main ... --config.freeze=stem,stage1 --config.optimizer.lr_multipliers=head=10':
+        'a fragment (the rest of the command elided)',
+}
+
+
+def readme_commands() -> list[str]:
+  """The commands of the README's ```bash blocks: continuation lines joined, comments dropped, `a && b` split."""
+  with open(os.path.join(REPO, 'README.md')) as file:
+    text = file.read()
+  commands = []
+  for block in re.findall(r'```bash\n(.*?)```', text, flags=re.S):
+    for line in block.replace('\\\n', ' ').splitlines():
+      line = re.sub(r'\s+#.*$', '', line).strip()
+      if line and not line.startswith('#'):
+        commands.extend(' '.join(part.split()) for part in line.split(' && '))
+  return commands
+
+
+def test_every_readme_command_is_run_or_says_why_not():
+  commands = readme_commands()
+  assert len(commands) >= 20
+  unaccounted = [c for c in commands if c not in RUN and c not in NOT_RUN]
+  assert not unaccounted, f'README commands neither run nor listed in NOT_RUN: {unaccounted}'
+  assert not set(RUN) & set(NOT_RUN)
+  stale = [c for c in (*RUN, *NOT_RUN) if c not in commands]
+  assert not stale, f'commands no longer in the README: {stale}'
+
+
+def size_overrides(command: str) -> tuple[str, ...]:
+  for prefix, overrides in SIZE.items():
+    if command.startswith('python -m ' + prefix):
+      return overrides
+  return ()
+
+
+def run(command: str, cwd) -> str:
+  """Runs a README command as written (plus its size overrides) in `cwd`; returns stdout + stderr."""
+  args = shlex.split(command)
+  assert args[:2] == ['python', '-m'], command
+  result = run_python(args[1:] + list(size_overrides(command)), cwd=str(cwd))
+  output = result.stdout + result.stderr
+  assert result.returncode == 0, f'{command}\n{output[-3000:]}'
+  assert 'Traceback' not in output, f'{command}\n{output[-3000:]}'
+  return output
+
+
+def test_the_readme_commands_run_offline_as_written(tmp_path):
+  os.symlink(os.path.join(REPO, 'configs'), tmp_path / 'configs')
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  save_file(state_dict('resnet50'), str(tmp_path / 'resnet50.safetensors'))  # "a torchvision file", generated
+  runs = tmp_path / 'runs'
+  outputs = {}
+  for command in RUN:
+    outputs[command] = run(command, tmp_path)
+
+  quickstart = runs / 'quickstart'
+  for name in ('config.json', 'metrics.jsonl', 'curves.png', 'checkpoints'):
+    assert (quickstart / name).exists(), name
+  assert 'step 12/12' in outputs[QUICKSTART]
+  final = [json.loads(l) for l in open(quickstart / 'metrics.jsonl') if 'test_accuracy' in l][-1]
+  assert f"test_accuracy {final['test_accuracy']:.4f}" in outputs[EVAL]
+  assert (quickstart / 'eval_results.jsonl').exists()
+  assert (quickstart / 'analysis' / 'lesion.json').exists() and (quickstart / 'analysis' / 'paths.json').exists()
+  assert (quickstart / 'analysis' / 'propagation.png').exists()
+
+  assert 'table_1' in outputs['python -m resnet_jax.reproduce --list table_1'].lower().replace(' ', '_')
+  printed = [l for l in outputs[PRINT_COMMANDS].splitlines() if l.startswith('python -m resnet_jax.main')]
+  assert len(printed) == 5 and not (runs / 'r110').exists()  # printed, nothing trained
+  assert '2/2' in (runs / 'quickstart_seeds' / 'results.md').read_text()
+  assert (runs / 'table' / 'results.md').exists() and (runs / 'table' / 'results.csv').exists()
+  assert (runs / 'quickstart_fig6.png').stat().st_size > 5000
+
+  probe_config = json.loads((runs / 'quickstart_probe' / 'config.json').read_text())
+  assert probe_config['init_from'] == 'runs/quickstart'
+  benchmark = [json.loads(l) for l in open(runs / 'benchmark.jsonl')]
+  assert len(benchmark) == 1 and benchmark[0]['images_per_sec'] > 0
+  assert (runs / 'resnet50_tv' / 'checkpoints').is_dir()
