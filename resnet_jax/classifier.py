@@ -44,8 +44,22 @@ def compute_dtype(name: str) -> jnp.dtype:
     raise UserError(f"config.model.dtype: {error}, or 'auto'") from None
 
 
+#: create_model options a run decides itself: config.model must not set them.
+RESERVED_OPTIONS = {
+    'num_classes': 'the number of classes comes from the dataset',
+    'features_only': 'training and evaluation need the logits; use create_model(..., features_only=True) for a '
+                     'backbone',
+    'out_indices': 'training and evaluation need the logits; use create_model(..., features_only=True, '
+                   'out_indices=...) for a backbone',
+    'bn_group_size': "set config.batch_norm.mode='ghost' and config.batch_norm.group_size instead",
+}
+
+
 def model_options(model_config) -> dict[str, Any]:
   """The create_model options of `config.model`: every key but `name`, with `dtype` resolved."""
+  for key, reason in RESERVED_OPTIONS.items():
+    if key in model_config:
+      raise UserError(f"config.model.{key} cannot be set: {reason}")
   options = {k: v for k, v in model_config.items() if k != 'name'}
   options['dtype'] = compute_dtype(options.get('dtype', 'auto'))
   return options

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import sys
+import traceback
 from typing import Any, Optional, Sequence
 
 from absl import flags
@@ -51,20 +52,38 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     sys.path.insert(0, root)
   module_spec = importlib.util.spec_from_file_location(f'_resnet_jax_config_{abs(hash(path))}', path)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  try:
+    module_spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise UserError(f"config file {path!r}, line {e.lineno}: {e.msg}; fix the file") from None
+  except Exception as e:  # pylint: disable=broad-except  (the user's file: name it, not a traceback)
+    raise _config_file_error(path, e) from None
   if not hasattr(module, 'get_config'):
     raise UserError(f"config file {path!r} defines no get_config(); see configs/default.py for the shape")
   try:
     config = module.get_config(arg) if arg else module.get_config()
+  except UserError:
+    raise
   except TypeError as e:
     if arg:
       raise UserError(f"config file {path!r} takes no argument, but ':{arg}' was given") from e
-    raise
+    raise _config_file_error(path, e) from None
   except KeyError as e:
     raise UserError(f"config file {path!r} has no variant {arg!r}: {e.args[0]}") from e
+  except Exception as e:  # pylint: disable=broad-except
+    raise _config_file_error(path, e) from None
   if not isinstance(config, ml_collections.ConfigDict):
     raise UserError(f"{path}: get_config() must return an ml_collections.ConfigDict")
   return config
+
+
+def _config_file_error(path: str, error: BaseException) -> UserError:
+  """An exception raised by the code of a config file, as one line naming the file and line."""
+  lines = [frame.lineno for frame in traceback.extract_tb(error.__traceback__)
+           if os.path.abspath(frame.filename) == os.path.abspath(path)]
+  where = f", line {lines[-1]}" if lines else ''
+  message = (str(error).strip().splitlines() or [''])[0]
+  return UserError(f"config file {path!r}{where} failed: {type(error).__name__}: {message}; fix the file")
 
 
 def _parse_value(text: str, current: Any, path: str) -> Any:
@@ -80,7 +99,8 @@ def _parse_value(text: str, current: Any, path: str) -> Any:
     try:
       return ast.literal_eval(text)
     except (ValueError, SyntaxError):
-      return None if text.lower() == 'none' else text
+      # --config.model.scan_units=false must be False, not the (true) string 'false'.
+      return {'none': None, 'true': True, 'false': False}.get(text.lower(), text)
   if text.lower() == 'none':
     return None
   if isinstance(current, int):
@@ -234,6 +254,7 @@ _RANGES = (
     ('optimizer.momentum', 0.0, 1.0, True, None),
     ('optimizer.weight_decay', 0.0, None, True, None),
     ('label_smoothing', 0.0, 1.0, True, 'the probability mass spread over all classes'),
+    ('schedule.reference_batch_size', 1, None, True, 'the batch base_lr is given for; None: no scaling'),
     ('eval_batch_size', 1, None, True, 'the global evaluation batch'),
     ('keep_checkpoints', 1, None, True, 'how many of the latest checkpoints are kept'),
 )
@@ -248,7 +269,7 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
       continue
     too_low = value < low if low_ok else value <= low
     too_high = high is not None and (value >= high if field == 'label_smoothing' else value > high)
-    if too_low or too_high or value != value:  # value != value: NaN
+    if too_low or too_high or value != value or math.isinf(value):  # value != value: NaN
       interval = (f"{'[' if low_ok else '('}{low}, {high}{')' if field == 'label_smoothing' else ']'}"
                   if high is not None else f"{'>=' if low_ok else '>'} {low}")
       raise UserError(f"config.{field}={value} is out of range: it must be {interval}"
@@ -261,6 +282,9 @@ def resolve_steps(config: ml_collections.ConfigDict, prefix: str, steps_per_epoc
   steps, epochs = config.get(f'{prefix}_steps'), config.get(f'{prefix}_epochs')
   if steps is not None and epochs is not None:
     raise UserError(f"config sets both {prefix}_steps={steps} and {prefix}_epochs={epochs}; keep one")
+  for unit, value in (('steps', steps), ('epochs', epochs)):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+      raise UserError(f"config.{prefix}_{unit} must be a number, got {value!r}")
   if steps is not None:
     if steps < 0:
       raise UserError(f"config.{prefix}_steps must be >= 0, got {steps}")

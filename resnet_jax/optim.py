@@ -87,10 +87,14 @@ def _boundaries(schedule_config: ml_collections.ConfigDict, steps_per_epoch: flo
   if in_steps is not None and in_epochs is not None:
     raise UserError("config.schedule sets both boundaries_steps and boundaries_epochs; keep one")
   as_tuple = lambda value: tuple(value) if isinstance(value, (tuple, list)) else (value,)  # '8' -> (8,)
-  if in_steps is not None:
-    return tuple(int(boundary) for boundary in as_tuple(in_steps))
-  if in_epochs is not None:
-    return tuple(int(round(float(epoch) * steps_per_epoch)) for epoch in as_tuple(in_epochs))
+  unit, value = ('steps', in_steps) if in_steps is not None else ('epochs', in_epochs)
+  try:
+    if in_steps is not None:
+      return tuple(int(boundary) for boundary in as_tuple(in_steps))
+    if in_epochs is not None:
+      return tuple(int(round(float(epoch) * steps_per_epoch)) for epoch in as_tuple(in_epochs))
+  except (TypeError, ValueError):
+    raise UserError(f"config.schedule.boundaries_{unit}={value!r}: expected numbers such as 32000,48000") from None
   return ()
 
 

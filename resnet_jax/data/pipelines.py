@@ -288,11 +288,17 @@ def input_options(config) -> InputOptions:
   values = {}
   for field in dataclasses.fields(InputOptions):
     value = _get(config, InputOptions.SECTIONS.get(field.name, 'input'), field.name, field.default)
-    if field.default is None or isinstance(field.default, tuple):  # mean/std (None: computed), ranges
-      element_type = float if field.default is None else type(field.default[0])
-      value = None if value is None else tuple(element_type(element) for element in value)
-    else:
-      value = type(field.default)(value)
+    try:
+      if field.default is None or isinstance(field.default, tuple):  # mean/std (None: computed), ranges
+        element_type = float if field.default is None else type(field.default[0])
+        value = None if value is None else tuple(element_type(element) for element in value)
+      else:
+        value = type(field.default)(value)
+    except (TypeError, ValueError):
+      section = InputOptions.SECTIONS.get(field.name, 'input')
+      expected = (f'a list of {element_type.__name__}s' if field.default is None or isinstance(field.default, tuple)
+                  else f'a {type(field.default).__name__}')
+      raise UserError(f"config.{section}.{field.name}={value!r}: expected {expected}") from None
     values[field.name] = value
   workers = values['num_workers'] if values['num_workers'] >= 0 else default_num_workers()
   values['num_workers'] = workers
@@ -477,6 +483,11 @@ def make_train_data(config, mesh: Mesh, train_source: ExampleSource, *,
   global_batch, seed = int(config.batch_size), int(config.seed)
   parallel.check_batch_divisible(global_batch, mesh)
   kind = choose_pipeline(options, train_source)
+  for name, values in (('mean', options.mean), ('std', options.std)):
+    if values is not None and len(values) not in (1, train_source.channels):
+      raise UserError(f"config.input.{name}={values} has {len(values)} values, but the images of "
+                      f"{train_source.dataset} have {train_source.channels} channel(s); give 1 value or one per "
+                      "channel")
   if kind == 'device':
     arrays = _read_all(train_source, options.corrupt_images)
     if options.mean is not None:

@@ -297,6 +297,10 @@ def _open_npz(path: str, split: str) -> ExampleSource:
     raise UserError(f"{file}: holds no examples")
   if labels.min() < 0:
     raise UserError(f"{file}: labels must be in [0, num_classes), found {labels.min()}")
+  if 'num_classes' in arrays and (arrays['num_classes'].shape != () or
+                                  not np.issubdtype(arrays['num_classes'].dtype, np.integer)):
+    raise UserError(f"{file}: 'num_classes' must be one integer (a scalar array), got {arrays['num_classes'].dtype} "
+                    f"{arrays['num_classes'].shape}")
   num_classes = int(arrays['num_classes']) if 'num_classes' in arrays else int(labels.max()) + 1
   if labels.max() >= num_classes:
     raise UserError(f"{file}: label {labels.max()} out of range for num_classes={num_classes}")

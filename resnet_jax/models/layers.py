@@ -67,11 +67,14 @@ def torch_linear_bias_init(fan_in: int) -> Callable:
 
 
 def canonical_dtype(dtype) -> jnp.dtype:
-  """`jnp.dtype` of a dtype or its name ('float32', 'bfloat16', ...); UserError for anything else."""
+  """`jnp.dtype` of a floating-point dtype or its name ('float32', 'bfloat16', ...); UserError for anything else."""
   try:
-    return jnp.dtype(dtype)
+    result = jnp.dtype(dtype)
   except TypeError as e:
     raise UserError(f"unknown dtype {dtype!r}: use a JAX dtype or its name, e.g. 'float32' or 'bfloat16'") from e
+  if not jnp.issubdtype(result, jnp.floating):
+    raise UserError(f"dtype {dtype!r} is not a floating-point type: use e.g. 'float32' or 'bfloat16'")
+  return result
 
 
 # ---------------------------------------------------------------------------------------------------------------

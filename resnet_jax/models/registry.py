@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
+import numpy as np
 
 from resnet_jax.errors import UserError
 from resnet_jax.models.densenet import DenseNet
@@ -140,9 +142,35 @@ def _entry(name: str) -> _Entry:
   if not isinstance(name, str) or name not in _REGISTRY:
     close = difflib.get_close_matches(str(name), list(_REGISTRY), n=5, cutoff=0.5)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
+    if re.fullmatch(r"cifar_(resnet|preact_resnet|plain)\d+", str(name)):
+      hint += (" CIFAR nets are 6n+2 layers deep with basic units (20, 32, 44, 56, 110, 1202) or 9n+2 with "
+               "bottleneck units (164, 1001); other depths: the option stage_sizes=(n, n, n).")
     raise UserError(f"unknown model name {name!r}.{hint} See resnet_jax.models.list_models() for all "
                     f"{len(_REGISTRY)} names.")
   return _REGISTRY[name]
+
+
+# Scalar option annotations (`ResNet`, `DenseNet` fields) and the Python types a value of each may have.
+_SCALAR_TYPES = {"bool": (bool, np.bool_), "int": (int, np.integer), "float": (int, float, np.integer, np.floating),
+                 "str": (str,)}
+
+
+def _check_option_types(name: str, cls: type, overrides: dict) -> None:
+  """UserError for an option whose value has the wrong type (e.g. 'abc' for a float option): such values would
+  otherwise be accepted silently (a non-empty string is a true bool) or fail deep inside the first compile."""
+  for field in dataclasses.fields(cls):
+    if field.name not in overrides:
+      continue
+    annotation = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", "")
+    optional = annotation.startswith("Optional[")
+    kind = annotation[len("Optional["):-1] if optional else annotation
+    value = overrides[field.name]
+    if kind not in _SCALAR_TYPES or (optional and value is None):
+      continue
+    if not isinstance(value, _SCALAR_TYPES[kind]) or (kind != "bool" and isinstance(value, (bool, np.bool_))):
+      expected = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string"}[kind]
+      raise UserError(f"option {field.name} of model {name!r} must be {expected}"
+                      f"{' or None' if optional else ''}, got {value!r}")
 
 
 def create_model(name: str, *, num_classes: Optional[int] = None, **overrides: Any) -> nn.Module:
@@ -166,6 +194,7 @@ def create_model(name: str, *, num_classes: Optional[int] = None, **overrides: A
     close = sorted({m for u in unknown for m in difflib.get_close_matches(u, valid, n=1)})
     hint = f"did you mean {', '.join(close)}? " if close else ""
     raise UserError(f"unknown option(s) {unknown} for model {name!r}; {hint}valid options: {sorted(valid)}")
+  _check_option_types(name, entry.cls, overrides)
   kwargs = dict(entry.defaults)
   if entry.stages_for_block is not None and "block" in overrides and "stage_sizes" not in overrides:
     kwargs["stage_sizes"] = entry.stages_for_block(overrides["block"])
