@@ -53,10 +53,11 @@ def main(argv: list[str]) -> None:
     from resnet_jax import evaluate, parallel, train  # pylint: disable=g-import-not-at-top
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     try:
-      if FLAGS.mode == 'train':
-        train.train_and_evaluate(config, FLAGS.workdir)
-      else:
-        evaluate.evaluate_checkpoint(FLAGS.workdir, step=FLAGS.step, config=config)
+      with parallel.exit_if_a_process_is_lost(FLAGS.workdir):  # another process died: one line, exit 4
+        if FLAGS.mode == 'train':
+          train.train_and_evaluate(config, FLAGS.workdir)
+        else:
+          evaluate.evaluate_checkpoint(FLAGS.workdir, step=FLAGS.step, config=config)
     except KeyboardInterrupt:  # a second Ctrl-C (the first saves at the next step boundary and exits 0)
       errors.fail(f'interrupted; the checkpoints already saved in {FLAGS.workdir} are kept', 130)
 

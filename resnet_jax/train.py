@@ -103,6 +103,9 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   parallel.check_batch_divisible(config.batch_size, mesh)
   if config.get('on_nonfinite', 'stop') not in NONFINITE_POLICIES:
     raise UserError(f"unknown config.on_nonfinite {config.on_nonfinite!r}; choose stop or skip")
+  dispatch = config.get('steps_per_dispatch', 1)
+  if isinstance(dispatch, bool) or not isinstance(dispatch, int) or dispatch < 1:
+    raise UserError(f"config.steps_per_dispatch must be a positive integer (train steps per dispatch), got {dispatch!r}")
   pipelines.input_options(config)  # raises for unknown input options
   dataset = config.dataset
   train_source = sources.open_split(dataset.name, dataset.train_split, dataset.get('data_dir'))
@@ -124,7 +127,15 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
     raise UserError(f"training length is {total_steps} steps; set config.total_steps or total_epochs > 0")
   schedule = optim.make_schedule(config, steps_per_epoch, total_steps)
   tx = optim.make_optimizer(config, schedule)
-  every = lambda name, default: config_lib.resolve_steps(config, name, steps_per_epoch, default) or total_steps
+
+  def every(name: str, default: int) -> int:
+    steps = config_lib.resolve_steps(config, name, steps_per_epoch, default)
+    if steps == 0:
+      when = 'every 100 steps' if name == 'log_every' else 'once, at the end of training'
+      raise UserError(f"config.{name}_steps/{name}_epochs gives an interval of 0 steps; use a positive interval, "
+                      f"or None for the default ({when})")
+    return steps or total_steps
+
   log_every = every('log_every', 100)
   eval_every = every('eval_every', total_steps)
   checkpoint_every = every('checkpoint_every', total_steps)
@@ -145,6 +156,9 @@ EVAL_METRICS = ('test_accuracy', 'test_error', 'test_loss')
 def check_eval_settings(config: ml_collections.ConfigDict, train_source, eval_source) -> None:
   """What the first evaluation or save would otherwise find after training: the splits' classes and image
   format, and the metric that picks the best checkpoint."""
+  if train_source.num_classes < 2:
+    raise UserError(f"{train_source.dataset}: the training split {train_source.split!r} has "
+                    f"{train_source.num_classes} class(es); a classifier needs at least 2 (are the labels all 0?)")
   sources.check_same_classes(train_source, eval_source)
   if train_source.channels != eval_source.channels:
     raise UserError(f"{train_source.dataset}: training images ({train_source.split!r}) have {train_source.channels} "
@@ -418,14 +432,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     enable_compilation_cache(config.compilation_cache_dir)
   resume_step = checkpoints.latest_step(workdir)
   experiment = build_experiment(config, mesh, start_step=resume_step or 0)
+  lost = False
   try:
     # config.init_from is read only to start a run: a workdir with its own checkpoint resumes from that.
     init = None if resume_step is not None else finetune.load_initialization(
         config, experiment.model, experiment.image_shape)
     prepare_workdir(workdir)
     return _train_loop(experiment, workdir, init)
+  except Exception as error:
+    lost = parallel.lost_process(error)
+    raise
   finally:
-    experiment.close()
+    if not lost:  # else closing would wait for a save in flight at barriers the dead process never reaches
+      experiment.close()
 
 
 def _train_loop(experiment: Experiment, workdir: str,
@@ -447,9 +466,11 @@ def _train_loop(experiment: Experiment, workdir: str,
     start_step = 0
 
   writer = metrics_lib.MetricWriter(workdir, resume_step=start_step)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as file:
+  if jax.process_index() == 0:  # written whole or not at all: a kill mid-write must not block the resume
+    path = os.path.join(workdir, 'config.json')
+    with open(path + '.tmp', 'w') as file:
       file.write(config_lib.to_json(config))
+    os.replace(path + '.tmp', path)
   checkpointer = checkpoints.Checkpointer(workdir, keep=int(config.get('keep_checkpoints', 3)),
                                           best_metric=config.get('best_metric', 'test_accuracy'))
   experiment.checkpointer = checkpointer
@@ -482,6 +503,7 @@ def _train_loop(experiment: Experiment, workdir: str,
 
   def save(step, metrics=None):
     """Saves (asynchronously); a failed save (full disk, lost mount) stops the run with one error line."""
+    wait()  # the previous save first (Orbax's save waits for it too): its failure names its own step, not this one
     try:
       checkpointer.save(step, state, experiment.checkpoint_meta(), metrics=metrics)
     except Exception as error:  # pylint: disable=broad-except
@@ -572,8 +594,16 @@ def _check_skipped(skipped: int, steps: int, workdir: str) -> None:
   checkpoints.warn(message)
 
 
+# The operating system's words for a write that failed for want of room or rights; named first in the error,
+# since TensorStore's messages put them past the first 160 characters.
+_OS_WRITE_ERRORS = ('No space left on device', 'File too large', 'Disk quota exceeded', 'Read-only file system',
+                    'Permission denied', 'Input/output error')
+
+
 def _save_failed(workdir: str, step: int, checkpointer, error: BaseException) -> UserError:
   reason = checkpoints.describe_error(error)
+  cause = next((cause for cause in _OS_WRITE_ERRORS if cause in str(error) and cause not in reason), None)
+  reason = f'{cause}: {reason}' if cause else reason
   kept = [s for s in checkpointer.all_steps() if s < step]
   return UserError(f"saving the checkpoint of step {step} in {workdir} failed ({reason}); stopped. Free disk "
                    f"space or fix the directory and rerun the same command: it resumes from "

@@ -328,11 +328,17 @@ def test_ctrl_c_saves_at_the_next_step_and_returns(tmp_path, monkeypatch, capfd)
     return result
 
   monkeypatch.setattr(train.StepDispatcher, 'advance', interrupted_once)
+  before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN when pytest runs in the background
+  signal.signal(signal.SIGINT, signal.default_int_handler)
   workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(tiny_config(**{'total_steps': '8', 'checkpoint_every_steps': '100'}), workdir)
+  try:
+    train.train_and_evaluate(tiny_config(**{'total_steps': '8', 'checkpoint_every_steps': '100'}), workdir)
+    handler_after = signal.getsignal(signal.SIGINT)
+  finally:
+    signal.signal(signal.SIGINT, before)
   assert checkpoints.latest_step(workdir) == 1
   assert 'SIGINT: saved a checkpoint at step 1' in capfd.readouterr().err
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+  assert handler_after is signal.default_int_handler  # restored
 
 
 def test_a_second_ctrl_c_stops_at_once():
