@@ -6,6 +6,7 @@ Tests needing other device or process counts run in subprocesses (see `run_pytho
 """
 
 import atexit
+import glob
 import os
 import shutil
 import subprocess
@@ -40,3 +41,13 @@ def run_python(args, devices=1, env=None, timeout=600, cwd=REPO):
   full_env.update(env or {})
   return subprocess.run([sys.executable] + list(args), cwd=cwd, env=full_env, capture_output=True, text=True,
                         timeout=timeout)
+
+
+def snapshot(root):
+  """Every file under `root` with its bytes (to show that nothing was written or overwritten)."""
+  files = {}
+  for path in sorted(glob.glob(os.path.join(root, '**'), recursive=True)):
+    if os.path.isfile(path):
+      with open(path, 'rb') as file:
+        files[os.path.relpath(path, root)] = file.read()
+  return files

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import snapshot
 from resnet_jax import config as config_lib
 from resnet_jax import evaluate
 from resnet_jax import train
@@ -62,15 +63,6 @@ def load_main():
 
 MAIN = load_main()
 
-
-def snapshot(root):
-  """Every file under `root` with its bytes."""
-  files = {}
-  for path in sorted(glob.glob(os.path.join(root, '**'), recursive=True)):
-    if os.path.isfile(path):
-      with open(path, 'rb') as file:
-        files[os.path.relpath(path, root)] = file.read()
-  return files
 
 
 def reached(what):

@@ -11,8 +11,6 @@ import os
 import re
 import shlex
 
-import pytest
-
 from conftest import run_python
 from test_convert import state_dict
 

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_python
+from conftest import snapshot
 from resnet_jax import checkpoints
 from resnet_jax import config as config_lib
 from resnet_jax import evaluate
@@ -55,15 +56,6 @@ def run_copy(trained, tmp_path):
   shutil.copytree(trained, workdir)
   return workdir
 
-
-def snapshot(workdir):
-  """Every file of `workdir` with its bytes (to show that nothing was written)."""
-  files = {}
-  for path in sorted(glob.glob(os.path.join(workdir, '**'), recursive=True)):
-    if os.path.isfile(path):
-      with open(path, 'rb') as file:
-        files[os.path.relpath(path, workdir)] = file.read()
-  return files
 
 
 def damage(workdir, step, how):
