@@ -13,6 +13,8 @@ import subprocess
 import sys
 import tempfile
 
+import pytest
+
 # Compiling dominates the suite's time and its programs are tiny: skip XLA's backend optimisation (a 12-step
 # training run: 16 s -> 12 s). Results are still checked bitwise where it matters, under the same flags.
 FAST_COMPILE = '--xla_backend_optimization_level=0'
@@ -51,3 +53,11 @@ def snapshot(root):
       with open(path, 'rb') as file:
         files[os.path.relpath(path, root)] = file.read()
   return files
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path):
+  """A copy of the module's `trained` run (each module that uses this defines its own `trained` fixture)."""
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(trained, workdir)
+  return workdir

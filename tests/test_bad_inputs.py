@@ -13,7 +13,6 @@ import glob
 import importlib.util
 import os
 import re
-import shutil
 import sys
 import types
 
@@ -342,13 +341,6 @@ def trained(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('bad_inputs_run') / 'run')
   config = config_lib.build_config(os.path.join(REPO, 'configs', 'quickstart.py'), list(TINY.items()))
   train.train_and_evaluate(config, workdir)
-  return workdir
-
-
-@pytest.fixture
-def run_copy(trained, tmp_path):
-  workdir = str(tmp_path / 'run')
-  shutil.copytree(trained, workdir)
   return workdir
 
 

@@ -50,13 +50,6 @@ def trained(tmp_path_factory):
   return workdir
 
 
-@pytest.fixture
-def run_copy(trained, tmp_path):
-  workdir = str(tmp_path / 'run')
-  shutil.copytree(trained, workdir)
-  return workdir
-
-
 
 def damage(workdir, step, how):
   directory = os.path.join(workdir, 'checkpoints', str(step))
