@@ -13,6 +13,8 @@ PATCHES (comma-separated):
                (layers.batch_norm_train_reference), i.e. without layers.batch_norm_train's written-out
                gradient and fused ReLU
   two_pass_bn  layers.batch_norm_train with two-pass statistics (E[(x - E[x])^2]) instead of one pass
+  gpu_maxpool  (a candidate, the "after" side) the ImageNet stem's max-pool with the written-out gradient of
+               experiments/gpu_kernels.py instead of XLA's select-and-scatter
 """
 
 import os
@@ -86,8 +88,15 @@ def two_pass_bn():
   return undo
 
 
+def gpu_maxpool():
+  import sys  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import gpu_kernels  # pylint: disable=g-import-not-at-top
+  return gpu_kernels.patch_max_pool()
+
+
 PATCHES = {'lax_conv': lax_conv, 'lax_grouped_conv': lax_grouped_conv, 'no_donate': no_donate,
-           'autodiff_bn': autodiff_bn, 'two_pass_bn': two_pass_bn}
+           'autodiff_bn': autodiff_bn, 'two_pass_bn': two_pass_bn, 'gpu_maxpool': gpu_maxpool}
 
 
 def apply(names: str):
