@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 import sys
 from typing import Any, Mapping, Optional
 
@@ -29,6 +27,7 @@ from resnet_jax import config as config_lib
 from resnet_jax import optim
 from resnet_jax import parallel
 from resnet_jax import state as state_lib
+from resnet_jax import storage
 from resnet_jax.errors import UserError
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -49,12 +48,23 @@ def describe_error(error: BaseException) -> str:
   return f'{type(error).__name__}: {text}' if text else type(error).__name__
 
 
+def check_location(workdir: str) -> None:
+  """Refuses a workdir Orbax cannot checkpoint to, before anything is compiled or written. Orbax 0.12's OCDBT
+  writer builds a TensorStore spec for gs:// only and takes any other URL for a relative local path ("Checkpoint
+  path should be absolute. Got s3:/..."); without OCDBT it expects directories, which S3 does not have. Both
+  measured against moto's S3 server (docs/storage.md)."""
+  if str(workdir).startswith('s3://'):
+    raise UserError(f"{workdir}: Orbax {ocp.__version__} cannot write checkpoints to s3:// (its TensorStore "
+                    "specs support gs:// and local paths); use a gs:// bucket, a local or network file system "
+                    "(e.g. an S3 bucket mounted with mountpoint-s3), or copy the run to S3 afterwards")
+
+
 class Checkpointer:
   """A CheckpointManager over `workdir/checkpoints` with the items `state` and `meta`."""
 
   def __init__(self, workdir: str, keep: int = 3, best_metric: Optional[str] = 'test_accuracy',
                best_mode: str = 'max', read_only: bool = False):
-    self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+    self.directory = storage.resolve(workdir) / CHECKPOINT_DIR
     policies = [checkpoint_managers.LatestN(n=max(1, keep))]
     if best_metric:
       sign = 1.0 if best_mode == 'max' else -1.0
@@ -137,7 +147,7 @@ def resume(workdir: str, abstract_state: Any) -> Optional[tuple[int, Any, dict[s
   none. Newer steps that do not restore are named in a warning and moved to `workdir/unusable_checkpoints/`
   (kept, not deleted), so that training can save those steps again. Writes nothing when all restore or none
   does (then UserError); reads before anything else of the workdir is written."""
-  if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
+  if not storage.is_dir(storage.resolve(workdir) / CHECKPOINT_DIR):
     return None
   with Checkpointer(workdir, read_only=True) as checkpointer:
     found = checkpointer.restore_newest(lambda meta: abstract_state)
@@ -145,15 +155,15 @@ def resume(workdir: str, abstract_state: Any) -> Optional[tuple[int, Any, dict[s
     return None
   step, state, meta, failures = found
   if failures:
-    moved = os.path.join(workdir, UNUSABLE_DIR)
-    if jax.process_index() == 0:
-      os.makedirs(moved, exist_ok=True)
+    moved = storage.make_dirs(storage.resolve(workdir) / UNUSABLE_DIR) if jax.process_index() == 0 else None
+    if moved is not None:
       for bad_step, _ in failures:
-        target = os.path.join(moved, str(bad_step))
+        target = moved / str(bad_step)
         suffix = 1
-        while os.path.exists(target):
-          target, suffix = os.path.join(moved, f'{bad_step}.{suffix}'), suffix + 1
-        shutil.move(os.path.join(workdir, CHECKPOINT_DIR, str(bad_step)), target)
+        while storage.exists(target):
+          target, suffix = moved / f'{bad_step}.{suffix}', suffix + 1
+        storage.move(storage.resolve(workdir) / CHECKPOINT_DIR / str(bad_step), target)
+    moved = storage.resolve(workdir) / UNUSABLE_DIR
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       multihost_utils.sync_global_devices('resnet_jax.checkpoints.resume')
@@ -165,7 +175,7 @@ def resume(workdir: str, abstract_state: Any) -> Optional[tuple[int, Any, dict[s
 
 def latest_step(workdir: str) -> Optional[int]:
   """The newest complete checkpoint step in `workdir`, or None; reads only (no directory is created)."""
-  if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
+  if not storage.is_dir(storage.resolve(workdir) / CHECKPOINT_DIR):
     return None
   with Checkpointer(workdir, read_only=True) as checkpointer:
     return checkpointer.latest_step()
@@ -182,8 +192,8 @@ class LoadedCheckpoint:
 
 def load(workdir: str, step: Optional[int] = None) -> LoadedCheckpoint:
   """Loads a checkpoint of `workdir` (the latest if `step` is None) onto the local devices."""
-  directory = os.path.join(workdir, CHECKPOINT_DIR)
-  if not os.path.isdir(directory):
+  directory = storage.resolve(workdir) / CHECKPOINT_DIR
+  if not storage.is_dir(directory):
     raise UserError(f"no checkpoints in {workdir} (expected {directory}); train first with "
                     f"python -m resnet_jax.main --config CONFIG --workdir {workdir}")
   with Checkpointer(workdir, read_only=True) as checkpointer:

@@ -42,6 +42,7 @@ takes uint8 images. Every check (file format, architecture, head) runs before an
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import pickle
 import re
@@ -61,6 +62,7 @@ from resnet_jax import errors
 from resnet_jax import models
 from resnet_jax import optim
 from resnet_jax import state as state_lib
+from resnet_jax import storage
 from resnet_jax.data import host_augment
 from resnet_jax.errors import UserError
 from resnet_jax.models import counting
@@ -216,7 +218,7 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
   if suffix not in FORMATS:
     raise UserError(f'{path}: unknown weight file format {suffix or "(no suffix)"!r}; accepted: .safetensors '
                     '(read without torch), .pth / .pt / .bin (a torch.save state dict; needs torch)')
-  if not os.path.isfile(path):
+  if not storage.is_file(path):
     raise UserError(f'{path} does not exist or is not a file')
   if suffix == '.safetensors':
     try:
@@ -225,7 +227,7 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     except ImportError:
       raise UserError(f'reading {path} needs the safetensors package: pip install safetensors') from None
     try:
-      return dict(safetensors_numpy.load_file(path))
+      return dict(safetensors_numpy.load(storage.read_bytes(path)))
     except (safetensors.SafetensorError, OSError, ValueError) as error:
       raise UserError(f'{path} is not a readable safetensors file ({error})') from None
 
@@ -238,7 +240,7 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
                     '(torch.load(PATH), "OUT.safetensors")) and pass that') from None
   try:
     # weights_only: never run code from a downloaded pickle.
-    content = torch.load(path, map_location='cpu', weights_only=True)
+    content = torch.load(io.BytesIO(storage.read_bytes(path)), map_location='cpu', weights_only=True)
   except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
     raise UserError(f'{path} could not be read with torch.load(weights_only=True) ({str(error).splitlines()[0]}); '
                     'save the state dict (torch.save(model.state_dict(), PATH)), not the model') from None
@@ -271,10 +273,11 @@ def converted_config(model_name: str, num_classes: int) -> ml_collections.Config
 
 
 def _check_out(out: str) -> None:
-  if os.path.exists(os.path.join(out, checkpoints.CHECKPOINT_DIR)) or os.path.exists(
-      os.path.join(out, 'config.json')):
+  checkpoints.check_location(out)
+  root = storage.resolve(out)
+  if storage.exists(root / checkpoints.CHECKPOINT_DIR) or storage.exists(root / 'config.json'):
     raise UserError(f'--out {out} already holds a run or a converted model; choose a new directory')
-  if os.path.exists(out) and not os.path.isdir(out):
+  if storage.is_file(root):
     raise UserError(f'--out {out} is a file, not a directory; choose another path')
 
 
@@ -294,10 +297,9 @@ def write_directory(out: str, variables: Mapping[str, Any], model_name: str, sou
        for collection in ('params', 'batch_stats')}, tx)
   meta = {'model': {'num_classes': num_classes, 'mean': list(model.mean), 'std': list(model.std),
                     'image_shape': list(IMAGE_SHAPE)},
-          'config': config.to_dict(), 'converted_from': os.path.abspath(source) if source else ''}
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, 'config.json'), 'w') as file:
-    file.write(config_lib.to_json(config))
+          'config': config.to_dict(), 'converted_from': str(storage.resolve(source)) if source else ''}
+  storage.make_dirs(out)
+  storage.write_text(storage.resolve(out) / 'config.json', config_lib.to_json(config))
   with checkpoints.Checkpointer(out, best_metric=None) as checkpointer:
     checkpointer.save(0, state, meta)
     checkpointer.wait()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from typing import Any, Callable, Iterable, Optional
 
 import jax
@@ -17,10 +16,15 @@ import numpy as np
 
 from resnet_jax import checkpoints
 from resnet_jax import parallel
+from resnet_jax import storage
+from resnet_jax import workdir as workdir_lib
 from resnet_jax.data import pipelines
 from resnet_jax.data import sources
 from resnet_jax.errors import UserError
 from resnet_jax.losses import cross_entropy
+
+#: Where `--mode eval` appends its results, one JSON object per line.
+EVAL_RESULTS_FILE = 'eval_results.jsonl'
 
 
 def compiled_per_model(build: Callable[[Any], Callable]) -> Callable[[Any], Callable]:
@@ -117,6 +121,11 @@ def evaluate_checkpoint(workdir: str, step: Optional[int] = None, config=None) -
   The record is appended to `workdir/eval_results.jsonl` with the checkpoint step.
   """
   loaded = checkpoints.load(workdir, step=step)
+  with workdir_lib.locked(workdir, 'evaluation'):  # it appends to the workdir: not while a run writes there
+    return _evaluate_loaded(workdir, loaded, config)
+
+
+def _evaluate_loaded(workdir: str, loaded: checkpoints.LoadedCheckpoint, config) -> dict[str, float]:
   if config is not None and config.model.to_dict() != loaded.config.model.to_dict():
     raise UserError(f"--mode eval takes the model from the checkpoint of {workdir}; config.model differs from it "
                     f"({json.dumps(loaded.config.model.to_dict(), sort_keys=True)}): drop the model overrides")
@@ -134,8 +143,7 @@ def evaluate_checkpoint(workdir: str, step: Optional[int] = None, config=None) -
   result = Evaluator(loaded.model, mesh).evaluate(variables, eval_data)
   result = {'step': loaded.step, 'dataset': dataset.name, 'split': dataset.eval_split, **result}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'eval_results.jsonl'), 'a') as file:
-      file.write(json.dumps(result) + '\n')
+    storage.append_text(storage.resolve(workdir) / EVAL_RESULTS_FILE, json.dumps(result) + '\n')
     print(f"step {loaded.step}: {dataset.name}:{dataset.eval_split} test_accuracy {result['test_accuracy']:.4f} "
           f"(error {100 * result['test_error']:.2f}%) test_loss {result['test_loss']:.4f} "
           f"on {result['num_examples']} examples")

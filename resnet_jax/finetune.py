@@ -42,6 +42,7 @@ import numpy as np
 from resnet_jax import checkpoints
 from resnet_jax import convert
 from resnet_jax import optim
+from resnet_jax import storage
 from resnet_jax.errors import UserError
 from resnet_jax.models import layers as layers_lib
 
@@ -160,11 +161,11 @@ class Initialization:
 def _read_source(config: ml_collections.ConfigDict) -> tuple[dict[str, Any], str]:
   """The variables of `config.init_from` (Classifier layout: nested under 'backbone') and its description."""
   source = str(config.init_from)
-  path = os.path.expanduser(source)
-  if not os.path.exists(path):
+  path = source if storage.is_remote(source) else os.path.expanduser(source)
+  if not storage.exists(path):
     raise UserError(f"config.init_from {source} does not exist; give a workdir, a directory written by "
                     f"python -m resnet_jax.convert, or a {' / '.join(convert.FORMATS)} file")
-  if os.path.isdir(path):
+  if storage.is_dir(path):
     try:
       loaded = checkpoints.load(path)
     except UserError as error:

@@ -24,6 +24,9 @@ flags.DEFINE_string('config', None, 'Config file, optionally with an argument: c
                     'Fields are overridden with --config.a.b=value.')
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and plots (created if missing).')
 flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'train (resumes automatically) or eval (latest checkpoint).')
+flags.DEFINE_bool('allow_config_change', False, 'Resume a run with a config that differs from the recorded one '
+                  '(beyond the total steps and the intervals); the change is appended to '
+                  'WORKDIR/config_history.jsonl with its step.')
 flags.DEFINE_integer('step', None, 'With --mode eval: the checkpoint step to evaluate (default: latest).')
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, to run as one of several processes '
                     '(default: $JAX_COORDINATOR_ADDRESS; TPU pods and SLURM are detected automatically).')
@@ -50,12 +53,15 @@ def main(argv: list[str]) -> None:
                       'checkpoint by itself')
     # Imported only now: they load JAX, Flax, Orbax and the input stack (seconds), which --help and mistakes in
     # the flags or the config do not need before their one error line.
+    import jax  # pylint: disable=g-import-not-at-top
     from resnet_jax import evaluate, parallel, train  # pylint: disable=g-import-not-at-top
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     try:
       with parallel.exit_if_a_process_is_lost(FLAGS.workdir):  # another process died: one line, exit 4
         if FLAGS.mode == 'train':
-          train.train_and_evaluate(config, FLAGS.workdir)
+          result = train.train_and_evaluate(config, FLAGS.workdir, FLAGS.allow_config_change)
+          if jax.process_index() == 0:
+            print(train.outcome(FLAGS.workdir, result))  # stdout: a redirect captures where everything is
         else:
           evaluate.evaluate_checkpoint(FLAGS.workdir, step=FLAGS.step, config=config)
     except KeyboardInterrupt:  # a second Ctrl-C (the first saves at the next step boundary and exits 0)

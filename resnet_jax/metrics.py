@@ -17,6 +17,7 @@ from typing import Any, Mapping, Optional
 
 import jax
 
+from resnet_jax import storage
 from resnet_jax.errors import UserError
 
 METRICS_FILE = 'metrics.jsonl'
@@ -26,11 +27,10 @@ CURVES_FILE = 'curves.png'
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
   """The records of `workdir/metrics.jsonl`. A last line cut short (the run was killed while writing it) is
   dropped with a warning; an unreadable line before it is a UserError naming the line."""
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
+  path = storage.resolve(workdir) / METRICS_FILE
+  if not storage.exists(path):
     return []
-  with open(path) as file:
-    lines = [(number, line) for number, line in enumerate(file, 1) if line.strip()]
+  lines = [(number, line) for number, line in enumerate(storage.read_text(path).splitlines(), 1) if line.strip()]
   records = []
   for index, (number, line) in enumerate(lines):
     try:
@@ -56,28 +56,26 @@ class MetricWriter:
     self._truncate_after(resume_step)
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(logdir=workdir, purge_step=resume_step or None)
+      if storage.is_remote(workdir):
+        storage.register_tensorboard_writers()
+      self._tb = SummaryWriter(logdir=str(storage.resolve(workdir)), purge_step=resume_step or None)
     except ImportError:  # TensorBoard output is optional; the JSON lines are the record.
       self._tb = None
 
   def _truncate_after(self, step: int) -> None:
     """On resume, drops lines logged after the checkpoint we restarted from (they will be logged again)."""
-    path = os.path.join(self.workdir, METRICS_FILE)
-    if not os.path.exists(path):
+    path = storage.resolve(self.workdir) / METRICS_FILE
+    if not storage.exists(path):
       return
     kept = [record for record in read_metrics(self.workdir) if record.get('step', 0) <= step]
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as file:
-      file.writelines(json.dumps(record) + '\n' for record in kept)
-    os.replace(tmp, path)
+    storage.write_text(path, ''.join(json.dumps(record) + '\n' for record in kept))
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     if not self.enabled:
       return
     record = {'step': int(step)}
     record.update({name: _plain(value) for name, value in metrics.items()})
-    with open(os.path.join(self.workdir, METRICS_FILE), 'a') as file:
-      file.write(json.dumps(record) + '\n')
+    storage.append_text(storage.resolve(self.workdir) / METRICS_FILE, json.dumps(record) + '\n')
     if self._tb is not None:
       for key, value in record.items():
         if key != 'step' and isinstance(value, (int, float)) and math.isfinite(value):
@@ -156,10 +154,9 @@ def plot_curves(workdir: str) -> Optional[str]:
                      xytext=(-10, 8))
   fig.suptitle(label)
   fig.tight_layout()
-  path = os.path.join(workdir, CURVES_FILE)
-  fig.savefig(path + '.tmp.png', dpi=110)
-  os.replace(path + '.tmp.png', path)
-  return path
+  path = storage.resolve(workdir) / CURVES_FILE
+  storage.save_figure(fig, path, dpi=110)
+  return str(path)
 
 
 def _plain(value: Any) -> Any:

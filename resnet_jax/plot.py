@@ -21,6 +21,7 @@ from absl import flags
 
 from resnet_jax import errors
 from resnet_jax import metrics as metrics_lib
+from resnet_jax import storage
 from resnet_jax.errors import UserError
 
 flags.DEFINE_string('out', None, 'Output image (PNG).')
@@ -31,21 +32,21 @@ FLAGS = flags.FLAGS
 
 def _run_dirs(workdir: str) -> list[str]:
   """The runs of `workdir`: itself, or its seed_<k> sub-directories (a reproduce directory)."""
-  if os.path.exists(os.path.join(workdir, 'config.json')):
+  root = storage.resolve(workdir)
+  if storage.exists(root / 'config.json'):
     return [workdir]
-  if not os.path.isdir(workdir):
+  if not storage.is_dir(root):
     raise UserError(f'{workdir}: no such directory')
-  seeds = sorted((name for name in os.listdir(workdir) if name.startswith('seed_')
-                  and os.path.exists(os.path.join(workdir, name, 'config.json'))),
+  seeds = sorted((name for name in storage.list_names(root) if name.startswith('seed_')
+                  and storage.exists(root / name / 'config.json')),
                  key=lambda name: int(name[len('seed_'):]) if name[len('seed_'):].isdigit() else 1 << 30)
   if not seeds:
     raise UserError(f'{workdir}: no runs (neither a config.json nor seed_<k>/config.json)')
-  return [os.path.join(workdir, name) for name in seeds]
+  return [str(root / name) for name in seeds]
 
 
 def _label(run_dir: str) -> str:
-  with open(os.path.join(run_dir, 'config.json')) as file:
-    config = json.load(file)
+  config = json.loads(storage.read_text(storage.resolve(run_dir) / 'config.json'))
   return (config.get('paper') or {}).get('row') or config['model']['name']
 
 
@@ -91,8 +92,7 @@ def plot(workdirs: Sequence[str], out: str, metric: str = 'error', title: str | 
   if title:
     ax.set_title(title)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  fig.savefig(out, dpi=120)
+  storage.save_figure(fig, out, dpi=120)
   return out
 
 

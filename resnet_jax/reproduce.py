@@ -36,6 +36,7 @@ from absl import logging
 
 from resnet_jax import config as config_lib
 from resnet_jax import errors
+from resnet_jax import storage
 from resnet_jax.errors import UserError
 
 flags.DEFINE_string('config', None, 'Config file with its row, e.g. configs/cifar.py:preact_resnet164.')
@@ -174,13 +175,13 @@ def reproduce(config, workdir: str, seeds: int, seed_index: Optional[int] = None
   runs = seed_runs(config, workdir, seeds)
   if seed_index is not None and not 0 <= seed_index < seeds:
     raise UserError(f'--seed_index {seed_index} is out of range: --seeds {seeds} gives seeds 0..{seeds - 1}')
-  os.makedirs(workdir, exist_ok=True)
+  storage.make_dirs(workdir)
   paper = dict(config.get('paper') or {})
   plan = {'row': paper.get('row', config.model.name), 'source': paper.get('source', ''),
           'published': paper.get('published_error'), 'note': paper.get('note', ''), 'seeds': seeds,
           'runs': [dataclasses.asdict(run) for run in runs]}
   if jax.process_index() == 0:
-    _write_json(os.path.join(workdir, PLAN_FILE), plan)
+    _write_json(storage.resolve(workdir) / PLAN_FILE, plan)
   for run in runs:
     if seed_index is None or run.index == seed_index:
       train.train_and_evaluate(seed_config(config, run), run.workdir)
@@ -188,15 +189,13 @@ def reproduce(config, workdir: str, seeds: int, seed_index: Optional[int] = None
   summary = groups[0] if groups else {}
   if jax.process_index() == 0:
     write_results(groups, workdir)
-    _write_json(os.path.join(workdir, PLAN_FILE), {**plan, 'summary': summary})
+    _write_json(storage.resolve(workdir) / PLAN_FILE, {**plan, 'summary': summary})
     print(markdown_table(groups))
   return summary
 
 
-def _write_json(path: str, value) -> None:
-  with open(path + '.tmp', 'w') as file:
-    json.dump(value, file, indent=2)
-  os.replace(path + '.tmp', path)
+def _write_json(path, value) -> None:
+  storage.write_text(path, json.dumps(value, indent=2))
 
 
 # ------------------------------------------------------------------------------------------------- aggregation
@@ -221,12 +220,11 @@ def summarize(errors_pct: Sequence[float], published: Any = None) -> dict[str, A
 def run_status(workdir: str) -> dict[str, Any]:
   """What a run directory holds: its row (config.paper, else the model name), steps done of total, the final
   test error (%) if it finished (an evaluation at the last step)."""
-  with open(os.path.join(workdir, 'config.json')) as file:
-    config = json.load(file)
+  root = storage.resolve(workdir)
+  config = json.loads(storage.read_text(root / 'config.json'))
   records = []
-  if os.path.exists(os.path.join(workdir, 'metrics.jsonl')):
-    with open(os.path.join(workdir, 'metrics.jsonl')) as file:
-      records = [json.loads(line) for line in file if line.strip()]
+  if storage.exists(root / 'metrics.jsonl'):
+    records = [json.loads(line) for line in storage.read_text(root / 'metrics.jsonl').splitlines() if line.strip()]
   total = config.get('total_steps')
   if total is None:   # epochs: the training lines record step / steps_per_epoch as 'epoch'
     per_epoch = [r['step'] / r['epoch'] for r in records if r.get('epoch')]
@@ -244,19 +242,19 @@ def run_status(workdir: str) -> dict[str, Any]:
 def find_runs(directory: str) -> list[dict[str, Any]]:
   """The runs of `directory`: itself if it is a run, else its seed_<k> sub-directories (planned seeds that have
   not started are listed as such). Raises UserError if it holds none."""
-  if not os.path.isdir(directory):
+  root = storage.resolve(directory)
+  if not storage.is_dir(root):
     raise UserError(f'{directory}: no such directory')
-  if os.path.exists(os.path.join(directory, 'config.json')):
+  if storage.exists(root / 'config.json'):
     return [run_status(directory)]
   plan = {}
-  if os.path.exists(os.path.join(directory, PLAN_FILE)):
-    with open(os.path.join(directory, PLAN_FILE)) as file:
-      plan = json.load(file)
-  seeds = sorted((int(m.group(1)), name) for name in os.listdir(directory) if (m := SEED_DIR.match(name)))
+  if storage.exists(root / PLAN_FILE):
+    plan = json.loads(storage.read_text(root / PLAN_FILE))
+  seeds = sorted((int(m.group(1)), name) for name in storage.list_names(root) if (m := SEED_DIR.match(name)))
   runs, seen = [], set()
   for index, name in seeds:
     path = os.path.join(directory, name)
-    if os.path.exists(os.path.join(path, 'config.json')):
+    if storage.exists(root / name / 'config.json'):
       runs.append(run_status(path))
       seen.add(index)
   for planned in plan.get('runs', []):
@@ -334,10 +332,9 @@ def csv_text(summaries: Sequence[dict[str, Any]]) -> str:
 
 def write_results(summaries: Sequence[dict[str, Any]], directory: str) -> None:
   """WORKDIR/results.{md,csv}: the Markdown table, and one CSV line per row."""
-  with open(os.path.join(directory, f'{RESULTS}.md'), 'w') as file:
-    file.write(markdown_table(summaries) + '\n')
-  with open(os.path.join(directory, f'{RESULTS}.csv'), 'w') as file:
-    file.write(csv_text(summaries))
+  root = storage.make_dirs(directory)
+  storage.write_text(root / f'{RESULTS}.md', markdown_table(summaries) + '\n')
+  storage.write_text(root / f'{RESULTS}.csv', csv_text(summaries))
 
 
 # ------------------------------------------------------------------------------------------------- CLI
@@ -357,7 +354,6 @@ def main(argv):
       summaries = aggregate(args)
       out = FLAGS.workdir or (args[0] if len(args) == 1 else None)
       if out:
-        os.makedirs(out, exist_ok=True)
         write_results(summaries, out)
       print(markdown_table(summaries))
       return

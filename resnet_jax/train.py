@@ -12,15 +12,14 @@ so a bad config fails with one UserError line.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import functools
-import json
 import os
 import signal
 import sys
 import time
 from typing import Any, Callable
 
-from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
@@ -37,6 +36,8 @@ from resnet_jax import metrics as metrics_lib
 from resnet_jax import optim
 from resnet_jax import parallel
 from resnet_jax import state as state_lib
+from resnet_jax import storage
+from resnet_jax import workdir as workdir_lib
 from resnet_jax.data import pipelines
 from resnet_jax.data import sources
 from resnet_jax.errors import UserError
@@ -80,7 +81,8 @@ class Experiment:
             'image_shape': list(self.image_shape)}
 
   def checkpoint_meta(self) -> dict[str, Any]:
-    meta = {'model': self.model_info(), 'config': self.config.to_dict()}
+    meta = {'model': self.model_info(), 'config': self.config.to_dict(),
+            'saved_at': datetime.datetime.now().astimezone().isoformat(timespec='seconds')}
     if self.train_data.kind == 'grain':
       meta['data_state'] = self.train_data.get_state()
     return meta
@@ -369,42 +371,35 @@ class _Preemption:
 
 
 def prepare_workdir(workdir: str) -> None:
-  """Creates `workdir` (or checks it is a writable directory); the first write of a run, after validation."""
-  path = os.path.abspath(workdir)
-  if os.path.exists(path):
-    if not os.path.isdir(path):
+  """Checks that `workdir` can hold a run and creates it; the first write of a run, after validation. A bucket
+  URL stays a URL (never a local folder named `gs:`): its bucket must exist, and needs no directories."""
+  path = storage.resolve(workdir)
+  if storage.is_remote(path):
+    bucket = '/'.join(str(path).split('/')[:3])  # gs://name
+    try:
+      found = storage.exists(bucket)
+    except Exception as error:  # pylint: disable=broad-except  (credentials, network: the client's own words)
+      raise UserError(f"--workdir {workdir} cannot be reached ({checkpoints.describe_error(error)}); check the "
+                      "bucket name and the application-default credentials") from None
+    if not found:
+      raise UserError(f"--workdir {workdir}: the bucket {bucket} does not exist; create it first "
+                      f"(gcloud storage buckets create {bucket}) or choose another")
+    return
+  local = os.fspath(path)
+  if os.path.exists(local):
+    if not os.path.isdir(local):
       raise UserError(f"--workdir {workdir} is a file, not a directory; choose another path")
-    if not os.access(path, os.W_OK | os.X_OK):
+    if not os.access(local, os.W_OK | os.X_OK):
       raise UserError(f"--workdir {workdir} is not writable; choose a directory you can write to")
-    inner = os.path.join(path, checkpoints.CHECKPOINT_DIR)
+    inner = os.path.join(local, checkpoints.CHECKPOINT_DIR)
     if os.path.exists(inner) and not os.path.isdir(inner):
       raise UserError(f"{inner} is a file, but the run keeps its checkpoints in that directory; move the file "
                       "away or choose another --workdir")
     return
   try:
-    os.makedirs(path, exist_ok=True)  # several processes may race here
+    os.makedirs(local, exist_ok=True)  # several processes may race here
   except OSError as error:
     raise UserError(f"--workdir {workdir} cannot be created ({error.strerror}); choose a writable path") from None
-
-
-def check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """A workdir resumes only the run it holds: the model and dataset must match its config.json."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    return
-  with open(path) as file:
-    text = file.read()
-  try:
-    saved = config_lib.from_json(text)
-  except ValueError:
-    raise UserError(f"{path} is not valid JSON (cut short or edited?), so this run cannot be checked against "
-                    f"the workdir's run; delete it to resume (the checkpoints keep the run's config), or use a "
-                    "new --workdir") from None
-  for section in ('model', 'dataset'):
-    if saved.get(section) is not None and saved[section].to_dict() != config[section].to_dict():
-      raise UserError(f"--workdir {workdir} holds a run with a different config.{section} "
-                      f"({json.dumps(saved[section].to_dict(), sort_keys=True)}); use a new --workdir to start "
-                      "another run, or the same config to resume this one")
 
 
 def enable_compilation_cache(path: str) -> None:
@@ -421,13 +416,18 @@ def enable_compilation_cache(path: str) -> None:
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       allow_config_change: bool = False) -> dict[str, float]:
   """Trains and evaluates per `config`, resuming from the latest checkpoint in `workdir` if there is one.
 
-  Returns the final evaluation metrics.
+  A rerun's config must match the recorded one but for the fields `workdir.FREELY_CHANGED` lists, unless
+  `allow_config_change` (then the change is appended to config_history.jsonl). The workdir is locked while
+  the run writes to it (`workdir.locked`). Returns the final evaluation metrics.
   """
   mesh = parallel.make_mesh()
-  check_same_run(config, workdir)
+  checkpoints.check_location(workdir)
+  workdir_lib.check_free(workdir)  # a live run's workdir is refused naming it, before its config is compared
+  workdir_lib.check_config(config, workdir, allow_config_change)  # refused before anything compiles
   if config.get('compilation_cache_dir'):
     enable_compilation_cache(config.compilation_cache_dir)
   resume_step = checkpoints.latest_step(workdir)
@@ -438,7 +438,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     init = None if resume_step is not None else finetune.load_initialization(
         config, experiment.model, experiment.image_shape)
     prepare_workdir(workdir)
-    return _train_loop(experiment, workdir, init)
+    with workdir_lib.locked(workdir, 'training'):
+      workdir_lib.record_config(config, workdir, resume_step or 0, allow_config_change)
+      return _train_loop(experiment, workdir, init)
   except Exception as error:
     lost = parallel.lost_process(error)
     raise
@@ -459,22 +461,21 @@ def _train_loop(experiment: Experiment, workdir: str,
     start_step, state, meta = resumed
     if experiment.train_data.kind == 'grain':
       experiment.train_data.set_state(meta.get('data_state', {'step': start_step}))
-    logging.info('Resumed from step %d', start_step)
+    saved_at = meta.get('saved_at')
+    resumed_message = (f'resumed from step {start_step} of {workdir} (checkpoint written '
+                       f'{saved_at or "before this version recorded the time"})')
   else:
     state = state_lib.init_train_state(experiment.model, experiment.tx, experiment.image_shape, config.seed, mesh)
     state = finetune.initialize(state, init)  # config.init_from
     start_step = 0
 
   writer = metrics_lib.MetricWriter(workdir, resume_step=start_step)
-  if jax.process_index() == 0:  # written whole or not at all: a kill mid-write must not block the resume
-    path = os.path.join(workdir, 'config.json')
-    with open(path + '.tmp', 'w') as file:
-      file.write(config_lib.to_json(config))
-    os.replace(path + '.tmp', path)
   checkpointer = checkpoints.Checkpointer(workdir, keep=int(config.get('keep_checkpoints', 3)),
                                           best_metric=config.get('best_metric', 'test_accuracy'))
   experiment.checkpointer = checkpointer
   progress = metrics_lib.Progress(total_steps, start_step)
+  if resumed is not None:
+    progress.message(resumed_message)
   if init is not None and start_step == 0:
     progress.message(init.summary())
 
@@ -576,6 +577,22 @@ def _train_loop(experiment: Experiment, workdir: str,
   writer.close()
   _check_skipped(skipped, step - start_step, workdir)
   return eval_metrics
+
+
+def outcome(workdir: str, result: dict[str, float]) -> str:
+  """Where a run's outputs are, after training: what the CLI prints on stdout (progress goes to stderr)."""
+  root = storage.resolve(workdir)
+  step = checkpoints.latest_step(workdir)
+  accuracy = (f", test_accuracy {result['test_accuracy']:.4f} (error {100 * result['test_error']:.2f}%)"
+              if 'test_accuracy' in result else '')
+  history = root / workdir_lib.HISTORY_FILE
+  lines = [f'run in {root}: step {step}{accuracy}',
+           f'  checkpoints  {root / checkpoints.CHECKPOINT_DIR} (latest step {step})',
+           f'  metrics      {root / metrics_lib.METRICS_FILE}',
+           f'  curves       {root / metrics_lib.CURVES_FILE}',
+           f'  config       {root / workdir_lib.CONFIG_FILE}'
+           + (f' (changes: {history})' if storage.exists(history) else '')]
+  return '\n'.join(lines)
 
 
 #: A run (invocation) that skipped more than this fraction of its steps (on_nonfinite=skip) fails with exit

@@ -26,6 +26,9 @@ def xla_flags(devices: int) -> str:
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + xla_flags(2)).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# The bucket tests' emulator speaks no gRPC: gcsfs's experimental bucket-type probe would wait 60 s for it on
+# every new bucket (set before gcsfs is first imported; see docs/storage.md).
+os.environ['GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT'] = 'false'
 # TFDS reads its data dir when first imported: a private one keeps ~/tensorflow_datasets out of the suite.
 TFDS_DATA_DIR = tempfile.mkdtemp(prefix='resnet_jax_tfds_')
 os.environ['TFDS_DATA_DIR'] = TFDS_DATA_DIR

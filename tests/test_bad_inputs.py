@@ -46,7 +46,7 @@ def load_main():
   private = flags.FlagValues()
   shim = types.ModuleType('absl.flags')
   shim.__dict__.update(flags.__dict__)
-  for name in ('DEFINE_string', 'DEFINE_enum', 'DEFINE_integer'):
+  for name in ('DEFINE_string', 'DEFINE_enum', 'DEFINE_integer', 'DEFINE_bool'):
     setattr(shim, name, functools.partial(getattr(flags, name), flag_values=private))
   shim.FLAGS = private
   spec = importlib.util.spec_from_file_location('_resnet_jax_main_under_test', os.path.join(REPO, 'resnet_jax',

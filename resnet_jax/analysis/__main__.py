@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from resnet_jax import checkpoints
+from resnet_jax import storage
 from resnet_jax import errors
 from resnet_jax import parallel
 from resnet_jax.analysis import lesion
@@ -109,7 +110,7 @@ def plot_lesion(result: dict, path: str) -> None:
   for ax in (ax_unit, ax_k):
     ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  storage.save_figure(fig, path, dpi=110)
 
 
 def plot_paths(result: dict, path: str) -> None:
@@ -125,7 +126,7 @@ def plot_paths(result: dict, path: str) -> None:
     ax.grid(alpha=0.3)
   axes[1].set_yscale('log')
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  storage.save_figure(fig, path, dpi=110)
 
 
 def propagation_study(run, images, labels, at_init: bool, seed: int) -> dict:
@@ -151,15 +152,14 @@ def analyze(workdir: str, studies=STUDIES, step=None, limit: int = 2000, remove=
   if not hasattr(run.model.backbone, 'describe_units'):
     raise UserError(f"{run.config.model.name} has no residual units to analyse (DenseNet)")
   images, labels = eval_images(run.config, limit)
-  out_dir = os.path.join(workdir, 'analysis')
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = storage.make_dirs(storage.resolve(workdir) / 'analysis')  # its own folder: safe while a run trains
   results = {}
   if 'lesion' in studies:
     results['lesion'] = lesion_study(run, images, labels, remove, samples, seed)
-    plot_lesion(results['lesion'], os.path.join(out_dir, 'lesion.png'))
+    plot_lesion(results['lesion'], out_dir / 'lesion.png')
   if 'paths' in studies:
     results['paths'] = path_study(run, images, labels, samples, seed)
-    plot_paths(results['paths'], os.path.join(out_dir, 'paths.png'))
+    plot_paths(results['paths'], out_dir / 'paths.png')
   if 'propagation' in studies:
     results['propagation'] = propagation_study(run, images, labels, at_init, seed)
     curves = {results['propagation']['label']: results['propagation']}
@@ -171,12 +171,12 @@ def analyze(workdir: str, studies=STUDIES, step=None, limit: int = 2000, remove=
         other_result['label'] += f' [{os.path.basename(os.path.normpath(compare))}]'
       curves[other_result['label']] = other_result
       results['propagation_compare'] = {'workdirs': [workdir, compare], 'runs': list(curves.values())}
-      propagation.plot(curves, os.path.join(out_dir, 'propagation_compare.png'))
+      propagation.plot(curves, out_dir / 'propagation_compare.png')
     propagation.plot({results['propagation']['label']: results['propagation']},
-                     os.path.join(out_dir, 'propagation.png'))
+                     out_dir / 'propagation.png')
   for name, result in results.items():
-    with open(os.path.join(out_dir, f'{name}.json'), 'w') as file:
-      json.dump({'step': run.step, 'num_examples': int(len(labels)), **result}, file, indent=1)
+    storage.write_text(out_dir / f'{name}.json',
+                       json.dumps({'step': run.step, 'num_examples': int(len(labels)), **result}, indent=1))
   return results
 
 
@@ -207,7 +207,7 @@ def main(argv):
       norms = [unit['grad_norm'] for unit in result['units']]
       print(f"{result['label']}: || d loss / d x_l || from {norms[0]:.3g} (unit 1) to {norms[-1]:.3g} "
             f"(unit {len(norms)}), ratio first/last {norms[0] / norms[-1]:.3g}")
-  print(f'results in {os.path.join(FLAGS.workdir, "analysis")}')
+  print(f'results in {storage.resolve(FLAGS.workdir) / "analysis"}')
 
 
 if __name__ == '__main__':

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from resnet_jax import storage
 from resnet_jax.errors import UserError
 from resnet_jax.evaluate import compiled_per_model
 from resnet_jax.models import residual_backbone
@@ -134,4 +135,4 @@ def plot(curves: dict[str, dict], path: str) -> None:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  storage.save_figure(fig, path, dpi=110)
