@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -104,7 +103,26 @@ def phase_steps(phase: str):
         ('r50_maxpool', 30, ('bench', [r50('r50_bs256_gpu_maxpool', patches='gpu_maxpool')]), {}),
     ]
   if phase == '2':
-    raise SystemExit('phase 2 is filled in from the phase-1 profile')
+    # The candidates planned before any GPU profile existed; prune to what phase 1's profile points to (--only).
+    # Each is measured beside its own baseline in the same phase (the baselines load from the restored cache).
+    return [
+        ('r110_cmdbuf', 80, ('bench', [r110('r110_spd20_cmdbuf', profile=True),
+                                       r110('r110_spd100_cmdbuf', spd=100, steps=400)]), {'XLA_FLAGS': CMDBUF}),
+        ('r110_base', 40, ('bench', [r110('r110_spd20')]), {}),
+        ('r110_scan_cmdbuf', 40, ('bench', [r110('r110_spd20_scan_cmdbuf', extra=['--config.model.scan_units=True'])]),
+         {'XLA_FLAGS': CMDBUF}),
+        ('r50_variants', 70, ('bench', [r50('r50_bs256'), r50('r50_bs256_gpu_maxpool', patches='gpu_maxpool',
+                                                          profile=True)]), {}),
+        ('r50_cmdbuf', 40, ('bench', [r50('r50_bs256_cmdbuf'), r50('r50_bs256_cmdbuf_gpu_maxpool',
+                                                                   patches='gpu_maxpool')]), {'XLA_FLAGS': CMDBUF}),
+        ('peers_final', 120, peers_cmd('resnet_jax,resnet_jax+gpu_maxpool,haiku,torchvision', tag='phase2_peers'),
+         {'XLA_FLAGS': CMDBUF}),
+        ('inference_cmdbuf', 60, [PY, 'benchmarks/inference.py', '--impls', 'resnet_jax', '--rounds', '4',
+                                  '--tag', 'phase2_inference_cmdbuf',
+                                  *(['--batch_sizes', '1,2', '--image_size', '64', '--calls', '2']
+                                    if DRY['active'] else ['--batch_sizes', '1,256', '--calls', '50,10'])],
+         {'XLA_FLAGS': CMDBUF}),
+    ]
   raise SystemExit(f'unknown phase {phase!r}')
 
 
