@@ -31,6 +31,17 @@ import numpy as np
 from resnet_jax.config import nested_tuple
 
 
+def crop_offsets(key: jax.Array, batch: int, padding: int) -> jax.Array:
+  """The random crop's top-left corners in the padded image, int32 [batch, 2] (row, column) in [0, 2 * padding]:
+  the one draw `random_crop_with_padding` makes (and `SmallImageAugment.draw` exports)."""
+  return jax.random.randint(key, (batch, 2), 0, 2 * padding + 1)
+
+
+def flip_mask(key: jax.Array, batch: int) -> jax.Array:
+  """Which images are mirrored, bool [batch]: the one draw `random_flip_left_right` makes."""
+  return jax.random.bernoulli(key, 0.5, (batch,))
+
+
 def random_crop_with_padding(key: jax.Array, images: jax.Array, padding: int,
                              pad_value: jax.Array | float = 0.0) -> jax.Array:
   """Pads `padding` pixels on each side with `pad_value` (per channel) and takes a random crop of the
@@ -40,7 +51,7 @@ def random_crop_with_padding(key: jax.Array, images: jax.Array, padding: int,
   batch, height, width, _ = images.shape
   pad_value = jnp.asarray(pad_value, images.dtype)
   padded = jnp.pad(images - pad_value, ((0, 0), (padding, padding), (padding, padding), (0, 0))) + pad_value
-  offsets = jax.random.randint(key, (batch, 2), 0, 2 * padding + 1)
+  offsets = crop_offsets(key, batch, padding)
 
   def crop(image, offset):
     return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (height, width, image.shape[-1]))
@@ -50,7 +61,7 @@ def random_crop_with_padding(key: jax.Array, images: jax.Array, padding: int,
 
 def random_flip_left_right(key: jax.Array, images: jax.Array) -> jax.Array:
   """Mirrors each image with probability 1/2."""
-  flip = jax.random.bernoulli(key, 0.5, (images.shape[0],))
+  flip = flip_mask(key, images.shape[0])
   return jnp.where(flip[:, None, None, None], images[:, :, ::-1, :], images)
 
 
@@ -72,6 +83,18 @@ class SmallImageAugment:
   def __post_init__(self):  # nested tuples keep the module hashable (it is a static part of jitted code)
     object.__setattr__(self, 'pad_value', nested_tuple(self.pad_value))
     object.__setattr__(self, 'center', nested_tuple(self.center))
+
+  def draw(self, key: jax.Array, batch: int) -> dict[str, jax.Array]:
+    """The random choices `self(key, images)` makes for a batch of `batch` images, for another implementation to
+    replay them (benchmarks/peers/torch_reference.py): 'offsets' int32 [batch, 2], the crop's top-left (row,
+    column) in the image padded by `crop_padding` on each side (zeros when crop_padding is 0: no crop), and
+    'flip' bool [batch] (all False when flip is off). Same keys, same calls: the draws are bitwise the ones the
+    augmentation uses (tests/test_training_parity.py replays them in NumPy against it)."""
+    crop_key, flip_key = jax.random.split(key)
+    offsets = (crop_offsets(crop_key, batch, self.crop_padding) if self.crop_padding
+               else jnp.zeros((batch, 2), jnp.int32))
+    flip = flip_mask(flip_key, batch) if self.flip else jnp.zeros((batch,), bool)
+    return {'offsets': offsets, 'flip': flip}
 
   def __call__(self, key: jax.Array, images_uint8: jax.Array) -> jax.Array:
     crop_key, flip_key = jax.random.split(key)

@@ -212,7 +212,8 @@ class BatchNorm(nn.Module):
 
   Same variables as `flax.linen.BatchNorm` ('params': scale, bias; 'batch_stats': mean, var) and the same
   conventions: `momentum` weights the old running average (0.9 == torch momentum 0.1), the running variance is
-  the biased batch variance, running averages are not updated while initialising.
+  the biased batch variance (unless `running_var='unbiased'`), running averages are not updated while
+  initialising.
 
   Attributes:
     use_running_average: normalise with the running averages (evaluation) instead of batch statistics.
@@ -231,6 +232,11 @@ class BatchNorm(nn.Module):
     param_dtype: dtype of scale and bias.
     scale_init: initialiser of gamma (ones; zeros for a zero-initialised last BN).
     kernels: the `KERNELS` entry whose training arithmetic to use.
+    running_var: 'biased' (flax.linen.BatchNorm's running variance: the batch's biased variance) or 'unbiased'
+      (times n / (n - 1), n the values per statistic: torch.nn.BatchNorm2d, Torch7's nn.SpatialBatchNormalization
+      (fb.resnet.torch) and Caffe's BatchNorm layer (He et al. 2015) keep this one). Only the running variance,
+      i.e. evaluation, differs; normalisation in training always uses the biased batch variance, as all of them.
+      Pinned against torch by tests/test_training_parity.py.
   """
 
   use_running_average: bool = False
@@ -243,6 +249,7 @@ class BatchNorm(nn.Module):
   scale_init: Callable = nn.initializers.ones
   bias_init: Callable = nn.initializers.zeros
   kernels: str = "fast"
+  running_var: str = "biased"
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -269,6 +276,9 @@ class BatchNorm(nn.Module):
                                     float(self.epsilon), bool(self.relu), jnp.dtype(self.dtype))
     if not self.is_initializing():
       ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * jnp.mean(mean, axis=0)
+      if self.running_var == "unbiased":
+        count = group * math.prod(x.shape[1:-1])  # values per statistic: examples of a group x positions
+        var = var * (count / max(count - 1, 1))
       ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * jnp.mean(var, axis=0)
     return y
 
@@ -295,6 +305,7 @@ class LayerFactory:
   bn_epsilon: float = 1e-5
   bn_group_size: Optional[int] = None
   kernels: str = "fast"
+  bn_running_var: str = "biased"
 
   def conv(self, features: int, kernel_size: int, stride: int = 1, groups: int = 1, *, name: Optional[str] = None,
            zero_init: bool = False) -> nn.Conv:
@@ -309,7 +320,8 @@ class LayerFactory:
     return BatchNorm(
         use_running_average=not self.train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
         group_size=self.bn_group_size, relu=relu, dtype=self.dtype, param_dtype=self.param_dtype,
-        scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones, kernels=self.kernels, name=name)
+        scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones, kernels=self.kernels,
+        running_var=self.bn_running_var, name=name)
 
   def activation(self, kind: str, x: Array, *, name: str, zero_init: bool = False) -> Array:
     """Applies one placement of an activation order (`units.ActivationOrder`): 'none', 'relu', 'bn' or
