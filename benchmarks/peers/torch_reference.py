@@ -296,7 +296,9 @@ def train_independent(args) -> dict[str, Any]:
   os.makedirs(args.workdir, exist_ok=True)
   with open(os.path.join(args.workdir, 'config.json'), 'w') as f:
     json.dump({'implementation': 'torch_reference', **vars(args), 'mean': list(mean), 'std': list(std),
-               'milestones_steps': milestones, 'model': {'name': args.model}}, f, indent=1)
+               'milestones_steps': milestones,
+               # resnet_jax.plot labels a run by its model name
+               'model': {'name': f'torch_reference {args.model}'}}, f, indent=1)
   log = open(os.path.join(args.workdir, 'metrics.jsonl'), 'w')
   batches = _batches(len(labels), args.batch_size, args.epoch_end)
   totals = [0.0, 0, 0]
