@@ -638,7 +638,12 @@ def test_images(image_shape: Sequence[int], batch: int, seed: int = 0) -> np.nda
 
 
 def _reference_fn(model, variables, features: bool):
-  """jit(images -> the checkpoint's own logits (or pooled features)) with `model.apply`."""
+  """jit(images -> the checkpoint's own logits (or pooled features)) with `model.apply`, in float32 as the export
+  (a run whose compute dtype is bfloat16, as on an accelerator, is compared at float32)."""
+  if isinstance(model, classifier_lib.Classifier):
+    model = model.clone(backbone=model.backbone.clone(dtype=jnp.float32))
+  else:
+    model = model.clone(dtype=jnp.float32)
   if features:
     backbone = model.backbone if isinstance(model, classifier_lib.Classifier) else model
     headless = backbone.clone(num_classes=0)

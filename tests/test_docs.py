@@ -36,7 +36,8 @@ DOCUMENTS = ['README.md'] + sorted(os.path.relpath(p, REPO) for p in glob.glob(o
 
 # Files a run writes into its workdir (or a reproduce/benchmark output directory): named, but not in the repository.
 OUTPUT_FILES = {'config.json', 'metrics.jsonl', 'eval_results.jsonl', 'curves.png', 'results.md', 'results.csv',
-                'reproduce.json', 'analysis.json', 'lesion.png', 'paths.png', 'propagation.png', 'setup.py'}
+                'reproduce.json', 'analysis.json', 'lesion.png', 'paths.png', 'propagation.png', 'setup.py',
+                'export.json'}
 CHECKED_EXTENSIONS = ('py', 'md', 'ipynb', 'cfg', 'toml', 'sh', 'json', 'jsonl', 'npz', 'log')
 TOP_DIRS = ('resnet_jax', 'configs', 'tests', 'benchmarks', 'notebooks', 'docs')
 NOT_MODULES = {'config'}  # `config.a.b` names config fields far more often than the module resnet_jax.config

@@ -335,3 +335,15 @@ def test_missing_extra_names_it(run, tmp_path, capsys, monkeypatch):
   status, _, stderr = cli(['--workdir', str(run[0]), '--out', str(tmp_path / 'o'), '--format', 'onnx'], capsys)
   assert status == 2 and "pip install 'resnet_jax[export]'" in stderr and len(stderr.splitlines()) == 1
   assert not (tmp_path / 'o').exists()
+
+
+def test_a_loaded_bfloat16_run_exports_at_float32(tmp_path):
+  """The Python API on a loaded run (no workdir): a bfloat16 network is exported, and checked, in float32."""
+  model, variables = build('cifar_resnet20', dict(SMALL_CIFAR, dtype='bfloat16'), 16)
+  loaded = checkpoints.LoadedCheckpoint(model=model, variables=variables,
+                                        config=convert.converted_config('cifar_resnet20', 5), step=3)
+  with pytest.raises(UserError, match='image_shape'):
+    export.export(loaded, 'stablehlo', str(tmp_path / 'out'))
+  manifest = export.export(loaded, 'stablehlo', str(tmp_path / 'out'), image_shape=(16, 16, 3), batch=2)
+  assert manifest['max_relative_error']['stablehlo'] <= 1e-5 and manifest['source']['step'] == 3
+  assert manifest['source']['workdir'] is None and manifest['input']['shape'] == [2, 16, 16, 3]

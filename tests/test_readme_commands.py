@@ -31,6 +31,8 @@ SIZE = {
 QUICKSTART = 'python -m resnet_jax.main --config configs/quickstart.py --workdir runs/quickstart'
 EVAL = 'python -m resnet_jax.main --workdir runs/quickstart --mode eval'
 CONVERT = 'python -m resnet_jax.convert resnet50.safetensors --model resnet50 --out runs/resnet50_tv'
+EXPORT = ('python -m resnet_jax.export --workdir runs/quickstart --out runs/quickstart_export '
+          '--format stablehlo,onnx --batch dynamic')
 SEEDS = 'python -m resnet_jax.reproduce --config configs/quickstart.py --seeds 2 --workdir runs/quickstart_seeds'
 AGGREGATE = 'python -m resnet_jax.reproduce --aggregate runs/quickstart_seeds runs/quickstart --workdir runs/table'
 PLOT = 'python -m resnet_jax.plot runs/quickstart_seeds runs/quickstart --out runs/quickstart_fig6.png'
@@ -56,11 +58,15 @@ RUN = (
     PROBE,
     BENCHMARK,
     CONVERT,
+    EXPORT,
 )
 
 CIFAR = 'needs CIFAR-10, which TFDS downloads'
 IMAGENET = 'needs ImageNet (downloaded by hand)'
 NOT_RUN = {
+    'python benchmarks/export_inference.py --torch_python .venv-torch/bin/python '
+    '--json benchmarks/results/cpu_export_inference.json':
+        'needs torch and torchvision in a second virtual environment, and ~15 minutes of CPU',
     'pip install -e ".[test]"': 'installs (CI runs it in a fresh virtual environment: .ci/run)',
     'python -m pytest': 'the test suite itself',
     'python -m resnet_jax.main --config configs/cifar.py:resnet110 --workdir runs/gate '
@@ -166,3 +172,6 @@ def test_the_readme_commands_run_offline_as_written(tmp_path):
   benchmark = [json.loads(l) for l in open(runs / 'benchmark.jsonl')]
   assert len(benchmark) == 1 and benchmark[0]['images_per_sec'] > 0
   assert (runs / 'resnet50_tv' / 'checkpoints').is_dir()
+  manifest = json.loads((runs / 'quickstart_export' / 'export.json').read_text())
+  assert manifest['files'] == {'stablehlo': 'model.stablehlo', 'onnx': 'model.onnx'}
+  assert manifest['max_relative_error']['onnx'] <= 1e-4
