@@ -21,12 +21,24 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import tempfile
 from typing import Union
 
 from etils import epath
+import fsspec
 
 Location = Union[str, os.PathLike, epath.Path]
+
+# Buckets are written by other clients too (TensorStore writes the checkpoints, other hosts their shards, a
+# resumed run its files), so fsspec's listing cache, which by default never expires, would answer from a stale
+# listing; and a request must not wait forever on a connection that died. fsspec applies these defaults to
+# every file system it makes for the protocol, epath's included.
+fsspec.config.conf.setdefault('gs', {}).update(use_listings_cache=False, requests_timeout=120)
+fsspec.config.conf.setdefault('s3', {}).update(use_listings_cache=False)
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 #: URL schemes of object stores. Anything else is a local path.
 REMOTE_SCHEMES = ('gs://', 's3://')
@@ -69,6 +81,7 @@ def write_bytes(location: Location, data: bytes) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   handle, temporary = tempfile.mkstemp(dir=os.fspath(path.parent), prefix=f'.{path.name}.', suffix='.tmp')
   try:
+    os.chmod(temporary, 0o666 & ~_UMASK)  # as open() would create it (mkstemp makes it private)
     with os.fdopen(handle, 'wb') as file:
       file.write(data)
     os.replace(temporary, os.fspath(path))
@@ -129,8 +142,20 @@ def move(source: Location, target: Location) -> None:
 
 def _filesystem(path: epath.Path):
   """The fsspec file system and key of a bucket path (fsspec is epath's backend for buckets)."""
-  import fsspec  # pylint: disable=g-import-not-at-top  (only buckets need it)
   return fsspec.core.url_to_fs(os.fspath(path))
+
+
+def download(source: Location, local_directory: str) -> None:
+  """Copies the bucket folder `source` into the local folder `local_directory`, whole: into a temporary sibling
+  first, renamed when complete, so a copy cut short is never taken for a finished one."""
+  filesystem, key = _filesystem(resolve(source))
+  partial = tempfile.mkdtemp(dir=os.path.dirname(local_directory) or '.', prefix='.partial-')
+  try:
+    filesystem.get(key.rstrip('/') + '/', partial + '/', recursive=True)
+    os.replace(partial, local_directory)
+  finally:
+    if os.path.exists(partial):
+      shutil.rmtree(partial, ignore_errors=True)
 
 
 def remove(location: Location) -> None:

@@ -37,7 +37,7 @@ DOCUMENTS = ['README.md'] + sorted(os.path.relpath(p, REPO) for p in glob.glob(o
 # Files a run writes into its workdir (or a reproduce/benchmark output directory): named, but not in the repository.
 OUTPUT_FILES = {'config.json', 'metrics.jsonl', 'eval_results.jsonl', 'curves.png', 'results.md', 'results.csv',
                 'reproduce.json', 'analysis.json', 'lesion.png', 'paths.png', 'propagation.png', 'setup.py',
-                'export.json'}
+                'export.json', 'config_history.jsonl'}
 CHECKED_EXTENSIONS = ('py', 'md', 'ipynb', 'cfg', 'toml', 'sh', 'json', 'jsonl', 'npz', 'log')
 TOP_DIRS = ('resnet_jax', 'configs', 'tests', 'benchmarks', 'notebooks', 'docs')
 NOT_MODULES = {'config'}  # `config.a.b` names config fields far more often than the module resnet_jax.config
@@ -229,7 +229,7 @@ def problems_in(code: str) -> list[str]:
 
 # Calls the documents make to other libraries (NumPy, JAX, Flax, the shell...): never the package's.
 NON_PACKAGE_CALLS = {'make_array_from_process_local_data', 'conv_general_dilated', 'value_and_grad', 'eval_shape',
-                     'data_source', 'apply_updates', 'new_code_cell', 'read_file', 'is_zipfile', 'fold_in'}
+                     'data_source', 'apply_updates', 'new_code_cell', 'read_file', 'is_zipfile', 'fold_in', 'pipe_file'}
 
 
 def path_problems(path: str, row: str) -> list[str]:

