@@ -60,8 +60,9 @@ def main(argv: list[str]) -> None:
       with parallel.exit_if_a_process_is_lost(FLAGS.workdir):  # another process died: one line, exit 4
         if FLAGS.mode == 'train':
           result = train.train_and_evaluate(config, FLAGS.workdir, FLAGS.allow_config_change)
+          outcome = train.outcome(FLAGS.workdir, result)  # on every process: reading the checkpoints syncs them
           if jax.process_index() == 0:
-            print(train.outcome(FLAGS.workdir, result))  # stdout: a redirect captures where everything is
+            print(outcome)  # stdout: a redirect captures where everything is
         else:
           evaluate.evaluate_checkpoint(FLAGS.workdir, step=FLAGS.step, config=config)
     except KeyboardInterrupt:  # a second Ctrl-C (the first saves at the next step boundary and exits 0)

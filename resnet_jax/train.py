@@ -439,8 +439,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         config, experiment.model, experiment.image_shape)
     prepare_workdir(workdir)
     with workdir_lib.locked(workdir, 'training'):
-      workdir_lib.record_config(config, workdir, resume_step or 0, allow_config_change)
-      return _train_loop(experiment, workdir, init)
+      return _train_loop(experiment, workdir, init, allow_config_change)
   except Exception as error:
     lost = parallel.lost_process(error)
     raise
@@ -449,8 +448,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       experiment.close()
 
 
-def _train_loop(experiment: Experiment, workdir: str,
-                init: finetune.Initialization | None = None) -> dict[str, float]:
+def _train_loop(experiment: Experiment, workdir: str, init: finetune.Initialization | None = None,
+                allow_config_change: bool = False) -> dict[str, float]:
   """The loop of train_and_evaluate, on a built experiment and a prepared workdir."""
   config, mesh, total_steps = experiment.config, experiment.mesh, experiment.total_steps
 
@@ -469,6 +468,7 @@ def _train_loop(experiment: Experiment, workdir: str,
     state = finetune.initialize(state, init)  # config.init_from
     start_step = 0
 
+  workdir_lib.record_config(config, workdir, start_step, allow_config_change)  # config.json, or the change
   writer = metrics_lib.MetricWriter(workdir, resume_step=start_step)
   checkpointer = checkpoints.Checkpointer(workdir, keep=int(config.get('keep_checkpoints', 3)),
                                           best_metric=config.get('best_metric', 'test_accuracy'))

@@ -49,10 +49,11 @@ def run_python(args, devices=1, env=None, timeout=600, cwd=REPO):
 
 
 def snapshot(root):
-  """Every file under `root` with its bytes (to show that nothing was written or overwritten)."""
+  """Every file under `root` with its bytes (to show that nothing was written or overwritten); the workdir's lock
+  file is left out: it names whoever last held the lock, not what the run holds."""
   files = {}
   for path in sorted(glob.glob(os.path.join(root, '**'), recursive=True)):
-    if os.path.isfile(path):
+    if os.path.isfile(path) and os.path.basename(path) != 'run.lock':
       with open(path, 'rb') as file:
         files[os.path.relpath(path, root)] = file.read()
   return files

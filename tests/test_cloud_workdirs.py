@@ -9,6 +9,7 @@ AWS_ENDPOINT_URL (s3fs/botocore). Subprocesses inherit them.
 import importlib.resources
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -178,8 +179,8 @@ def test_two_runs_on_one_bucket_workdir_staggered_and_at_once(gcs, reference, ca
   wait_for(lambda: 'config.json' in objects('bucket/busy'), what='the first run to start writing')
   lease = json.loads(storage.read_text(f'{workdir}/{workdir_lib.LOCK_FILE}'))
   before = storage.read_bytes(f'{workdir}/config.json')
-  with pytest.raises(UserError, match=rf'--workdir {workdir} is in use \(training by pid {first.pid} on '
-                                      rf'{socket.gethostname()}, started {lease["started"]}\)'):
+  with pytest.raises(UserError, match=re.escape(f'--workdir {workdir} is in use (training by pid {first.pid} on '
+                                               f'{socket.gethostname()}, started {lease["started"]})')):
     train.train_and_evaluate(run_config(seed='1'), workdir)
   assert storage.read_bytes(f'{workdir}/config.json') == before
   status, _, err = finish(first)
@@ -249,9 +250,9 @@ def test_init_from_and_convert_out_on_gs(gcs, reference, tmp_path):
   first_state = {}
   original = train._train_loop  # pylint: disable=protected-access
 
-  def capture(experiment, workdir, init=None):
+  def capture(experiment, workdir, init=None, allow_config_change=False):
     first_state['init'] = init
-    return original(experiment, workdir, init)
+    return original(experiment, workdir, init, allow_config_change)
 
   try:
     train._train_loop = capture  # pylint: disable=protected-access
