@@ -90,6 +90,10 @@ def test_a_second_run_is_refused_while_the_first_trains_and_the_first_is_unharme
   with pytest.raises(UserError, match=rf'--workdir {workdir} is in use \(training by pid {first.pid} on '):
     train.train_and_evaluate(run_config(seed='1'), str(workdir))
   assert (workdir / 'config.json').read_bytes() == config_before
+  # Readers take no lock: a checkpoint is loaded while the run trains (only complete steps are visible).
+  wait_for(lambda: checkpoints.latest_step(str(workdir)) is not None or first.poll() is not None,
+           what='a first checkpoint')
+  assert checkpoints.load(str(workdir)).step in (6, 12, 18)
   _, err = first.communicate(timeout=600)
   assert first.returncode == 0, err[-3000:]
   np.testing.assert_array_equal(flat(checkpoints.load(str(workdir)).variables),
