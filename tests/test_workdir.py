@@ -8,54 +8,17 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
-import jax
 import numpy as np
 import pytest
 
 from conftest import REPO, snapshot, xla_flags
 from resnet_jax import checkpoints
-from resnet_jax import config as config_lib
 from resnet_jax import train
 from resnet_jax import workdir as workdir_lib
 from resnet_jax.errors import UserError
 
-#: 18 steps of the quickstart's network, narrowed; a checkpoint every 6 steps, a log line every step (so that a
-#: run takes long enough to be seen, locked, while it trains).
-RUN = {'total_steps': '18', 'batch_size': '32', 'schedule.boundaries_epochs': 'None',
-       'schedule.boundaries_steps': '8', 'log_every_steps': '1', 'eval_every_steps': '18',
-       'checkpoint_every_steps': '6', 'model.stage_widths': '(8,16,16)'}
-QUICKSTART = os.path.join(REPO, 'configs', 'quickstart.py')
-
-
-def run_config(**overrides):
-  return config_lib.build_config(QUICKSTART, list({**RUN, **overrides}.items()))
-
-
-def cli_args(workdir, cache=None, **overrides):
-  cached = [f'--config.compilation_cache_dir={cache}'] if cache else []
-  return (['-m', 'resnet_jax.main', '--config', QUICKSTART, '--workdir', str(workdir)] + cached
-          + [f'--config.{k}={v}' for k, v in {**RUN, **overrides}.items()])
-
-
-def start(args):
-  """`python ARGS` on 2 fake devices (as the in-process runs here), in the background."""
-  env = dict(os.environ, XLA_FLAGS=xla_flags(2), JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1')
-  return subprocess.Popen([sys.executable] + args, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(condition, timeout=300.0, what='the condition'):
-  deadline = time.monotonic() + timeout
-  while not condition():
-    if time.monotonic() > deadline:
-      raise AssertionError(f'timed out waiting for {what}')
-    time.sleep(0.02)
-
-
-def flat(tree):
-  return np.concatenate([np.ravel(np.asarray(leaf, np.float64)) for leaf in jax.tree.leaves(tree)])
+from workdir_runs import cli_args, finish, flat, run_config, start, wait_for
 
 
 def lock_holder(workdir):
@@ -104,7 +67,7 @@ def test_a_second_run_is_refused_while_the_first_trains_and_the_first_is_unharme
 def test_two_runs_started_at_once_one_trains_the_other_is_one_error_line(reference, cache, tmp_path):
   workdir = tmp_path / 'race'
   runs = [start(cli_args(workdir, cache)), start(cli_args(workdir, cache, seed='1'))]
-  outcomes = [(run.returncode, out, err) for run in runs for out, err in [run.communicate(timeout=600)]]
+  outcomes = [finish(run) for run in runs]
   statuses = sorted(status for status, _, _ in outcomes)
   assert statuses == [0, 2], [err[-2000:] for _, _, err in outcomes]
   _, _, refused = next(o for o in outcomes if o[0] == 2)
