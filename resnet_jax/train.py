@@ -426,14 +426,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   mesh = parallel.make_mesh()
   checkpoints.check_location(workdir)
-  workdir_lib.check_free(workdir)  # a live run's workdir is refused naming it, before its config is compared
-  workdir_lib.check_config(config, workdir, allow_config_change)  # refused before anything compiles
+  workdir_lib.check_same_run(config, workdir)  # another model or dataset: said before the config's own checks
   if config.get('compilation_cache_dir'):
     enable_compilation_cache(config.compilation_cache_dir)
   resume_step = checkpoints.latest_step(workdir)
-  experiment = build_experiment(config, mesh, start_step=resume_step or 0)
+  experiment = build_experiment(config, mesh, start_step=resume_step or 0)  # the config's own checks first
   lost = False
   try:
+    # Refused before anything compiles or is written: a workdir a live run holds (naming it), then a config
+    # that differs from the recorded one.
+    workdir_lib.check_free(workdir)
+    workdir_lib.check_config(config, workdir, allow_config_change)
     # config.init_from is read only to start a run: a workdir with its own checkpoint resumes from that.
     init = None if resume_step is not None else finetune.load_initialization(
         config, experiment.model, experiment.image_shape)

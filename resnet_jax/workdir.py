@@ -297,13 +297,10 @@ def _freely_changed(field: str, old: Any, new: Any) -> bool:
   return True
 
 
-def check_config(config: ml_collections.ConfigDict, workdir: str, allow_change: bool = False
-                 ) -> Optional[dict[str, tuple[Any, Any]]]:
-  """Checks a rerun's config against the recorded one (reads only); returns the changes to record, or None
-  for a workdir without a run.
-
-  A change to the model, dataset or init_from is refused. Other changes are refused unless they are in
-  FREELY_CHANGED or `allow_change` (`--allow_config_change`) is set."""
+def check_same_run(config: ml_collections.ConfigDict, workdir: str) -> Optional[dict[str, tuple[Any, Any]]]:
+  """Refuses a config for another run than the one in `workdir` (another model, dataset or init_from: its
+  checkpoints could not be restored, or its initialisation already happened); reads only. Returns all the
+  changes against the recorded config, or None for a workdir without a run."""
   saved = recorded_config(workdir)
   if saved is None:
     return None
@@ -314,6 +311,19 @@ def check_config(config: ml_collections.ConfigDict, workdir: str, allow_change: 
     sections = ' and '.join(f'config.{name}' for name in sorted({_top(field) for field in never}))
     raise UserError(f"--workdir {workdir} holds a run with a different {sections} ({listed}); use a new --workdir "
                     "to start another run, or the recorded config to resume this one")
+  return changes
+
+
+def check_config(config: ml_collections.ConfigDict, workdir: str, allow_change: bool = False
+                 ) -> Optional[dict[str, tuple[Any, Any]]]:
+  """Checks a rerun's config against the recorded one (reads only); returns the changes to record, or None
+  for a workdir without a run.
+
+  A change to the model, dataset or init_from is refused. Other changes are refused unless they are in
+  FREELY_CHANGED or `allow_change` (`--allow_config_change`) is set."""
+  changes = check_same_run(config, workdir)
+  if changes is None:
+    return None
   refused = {field: change for field, change in changes.items() if not _freely_changed(field, *change)}
   if refused and not allow_change:
     listed = ', '.join(f'{field} ({old!r} -> {new!r})' for field, (old, new) in refused.items())

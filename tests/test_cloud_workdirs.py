@@ -29,7 +29,6 @@ from resnet_jax import plot
 from resnet_jax import storage
 from resnet_jax import train
 from resnet_jax import workdir as workdir_lib
-from resnet_jax.analysis import __main__ as analysis_cli
 from resnet_jax.errors import UserError
 
 from workdir_runs import cli_args, finish, flat, run_config, start, wait_for
@@ -112,7 +111,10 @@ def test_a_run_on_gs_trains_evaluates_plots_and_aggregates_there(gcs, reference,
   assert aggregated.returncode == 0, aggregated.stderr[-2000:]
   assert '| preact_resnet20' in aggregated.stdout or '|' in aggregated.stdout
   assert storage.read_text(f'{run}/results.md') == aggregated.stdout
-  analysis_cli.analyze(run, studies=('lesion',), limit=40, remove=(1,), samples=1)
+  analysed = subprocess.run([sys.executable, '-m', 'resnet_jax.analysis', '--workdir', run, '--study', 'lesion',
+                             '--limit', '40', '--remove', '1', '--samples', '1'], cwd=REPO, capture_output=True,
+                            text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert analysed.returncode == 0, analysed.stderr[-2000:]
   lesion = json.loads(storage.read_text(f'{run}/analysis/lesion.json'))
   assert lesion['step'] == 18 and lesion['num_examples'] == 40
   assert not os.path.exists(tmp_path / 'gs:') and not os.path.exists(os.path.join(REPO, 'gs:'))
