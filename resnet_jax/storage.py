@@ -23,6 +23,7 @@ import io
 import os
 import shutil
 import tempfile
+import uuid
 from typing import Union
 
 from etils import epath
@@ -36,9 +37,6 @@ Location = Union[str, os.PathLike, epath.Path]
 # every file system it makes for the protocol, epath's included.
 fsspec.config.conf.setdefault('gs', {}).update(use_listings_cache=False, requests_timeout=120)
 fsspec.config.conf.setdefault('s3', {}).update(use_listings_cache=False)
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 #: URL schemes of object stores. Anything else is a local path.
 REMOTE_SCHEMES = ('gs://', 's3://')
@@ -79,10 +77,9 @@ def write_bytes(location: Location, data: bytes) -> None:
     path.write_bytes(data)
     return
   path.parent.mkdir(parents=True, exist_ok=True)
-  handle, temporary = tempfile.mkstemp(dir=os.fspath(path.parent), prefix=f'.{path.name}.', suffix='.tmp')
+  temporary = os.fspath(path.parent / f'.{path.name}.{uuid.uuid4().hex}.tmp')
   try:
-    os.chmod(temporary, 0o666 & ~_UMASK)  # as open() would create it (mkstemp makes it private)
-    with os.fdopen(handle, 'wb') as file:
+    with open(temporary, 'xb') as file:  # the umask's permissions, as for any file the run writes
       file.write(data)
     os.replace(temporary, os.fspath(path))
   except BaseException:
@@ -190,14 +187,6 @@ def create_exclusive(location: Location, data: bytes) -> bool:
   with os.fdopen(handle, 'wb') as file:
     file.write(data)
   return True
-
-
-def local_path(location: Location) -> str:
-  """The local file-system path of `location`, for libraries that only read local files; UserError-free:
-  callers check `is_remote` first and say what to do."""
-  if is_remote(location):
-    raise ValueError(f'{location} is not a local path')
-  return os.fspath(resolve(location))
 
 
 def save_figure(figure, location: Location, **savefig_options) -> None:

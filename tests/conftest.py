@@ -65,3 +65,22 @@ def run_copy(trained, tmp_path):
   workdir = str(tmp_path / 'run')
   shutil.copytree(trained, workdir)
   return workdir
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory):
+  """workdir_runs.RUN trained alone, in-process: what every interrupted or contested run of test_workdir.py and
+  test_cloud_workdirs.py must equal bitwise. Not the modules' usual tiny run: these tests need a run that logs
+  every step, long enough to be seen holding its workdir (module scope: one per module that uses it)."""
+  from resnet_jax import train  # pylint: disable=g-import-not-at-top  (conftest sets XLA_FLAGS before JAX loads)
+  from workdir_runs import run_config  # pylint: disable=g-import-not-at-top  (it imports this module)
+  workdir = str(tmp_path_factory.mktemp('reference') / 'alone')
+  train.train_and_evaluate(run_config(), workdir)
+  return workdir
+
+
+@pytest.fixture(scope='module')
+def cache(tmp_path_factory):
+  """One XLA compilation cache for a module's `python -m resnet_jax.main` subprocesses (results do not depend
+  on it; it saves each subprocess the compile)."""
+  return str(tmp_path_factory.mktemp('compilation_cache'))

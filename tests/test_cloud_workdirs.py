@@ -74,18 +74,6 @@ def gcs(tmp_path_factory):
     server.wait()
 
 
-@pytest.fixture(scope='module')
-def reference(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('cloud') / 'alone')
-  train.train_and_evaluate(run_config(), workdir)
-  return workdir
-
-
-@pytest.fixture(scope='module')
-def cache(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('compilation_cache'))
-
-
 def test_a_run_on_gs_trains_evaluates_plots_and_aggregates_there(gcs, reference, monkeypatch, tmp_path):
   monkeypatch.chdir(tmp_path)  # where os.path.abspath('gs://...') would have made a folder named gs:
   run = 'gs://bucket/run'

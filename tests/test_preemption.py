@@ -24,11 +24,6 @@ PIPELINES = {'device': (), 'grain': STREAMED}
 
 
 @pytest.fixture(scope='module')
-def cache(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('compilation_cache'))
-
-
-@pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory, cache):
   """pipeline -> the workdir of an uninterrupted run of the module's command (trained when first asked for)."""
   runs = {}

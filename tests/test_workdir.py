@@ -29,20 +29,6 @@ def lock_holder(workdir):
     return {}
 
 
-@pytest.fixture(scope='module')
-def reference(tmp_path_factory):
-  """The run alone, in-process: what every interrupted or contested run must equal bitwise."""
-  workdir = str(tmp_path_factory.mktemp('workdir') / 'alone')
-  train.train_and_evaluate(run_config(), workdir)
-  return workdir
-
-
-@pytest.fixture(scope='module')
-def cache(tmp_path_factory):
-  """One compilation cache for this module's subprocesses (results do not depend on it)."""
-  return str(tmp_path_factory.mktemp('compilation_cache'))
-
-
 def test_a_second_run_is_refused_while_the_first_trains_and_the_first_is_unharmed(reference, cache, tmp_path):
   workdir = tmp_path / 'busy'
   first = start(cli_args(workdir, cache))
