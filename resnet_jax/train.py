@@ -80,6 +80,11 @@ class Experiment:
     return {'num_classes': self.num_classes, 'mean': self.model.mean, 'std': self.model.std,
             'image_shape': list(self.image_shape)}
 
+  def restore_data(self, meta: dict[str, Any], start_step: int) -> None:
+    """Positions the train data where the checkpoint with metadata `meta` (of step `start_step`) left it."""
+    if self.train_data.kind == 'grain':
+      self.train_data.set_state(meta.get('data_state', {'step': start_step}))
+
   def checkpoint_meta(self) -> dict[str, Any]:
     meta = {'model': self.model_info(), 'config': self.config.to_dict(),
             'saved_at': datetime.datetime.now().astimezone().isoformat(timespec='seconds')}
@@ -461,8 +466,7 @@ def _train_loop(experiment: Experiment, workdir: str, init: finetune.Initializat
       experiment.model, experiment.tx, experiment.image_shape, mesh))
   if resumed is not None:
     start_step, state, meta = resumed
-    if experiment.train_data.kind == 'grain':
-      experiment.train_data.set_state(meta.get('data_state', {'step': start_step}))
+    experiment.restore_data(meta, start_step)
     saved_at = meta.get('saved_at')
     resumed_message = (f'resumed from step {start_step} of {workdir} (checkpoint written '
                        f'{saved_at or "before this version recorded the time"})')
