@@ -138,8 +138,18 @@ class Checkpointer:
   def __enter__(self) -> Checkpointer:
     return self
 
-  def __exit__(self, *exc_info) -> None:
-    self.close()
+  def __exit__(self, error_type, error, traceback) -> None:
+    """Closes the manager (else its background threads keep a failed run's process alive). Leaving on an
+    error, a failed close is not reported again (the failed save already was), and nothing is closed when
+    another process of the run was lost: closing would wait at barriers that process never reaches."""
+    del error_type, traceback
+    if error is None:
+      self.close()
+    elif not parallel.lost_process(error):
+      try:
+        self.close()
+      except Exception:  # pylint: disable=broad-except
+        pass
 
 
 def resume(workdir: str, abstract_state: Any) -> Optional[tuple[int, Any, dict[str, Any]]]:

@@ -11,6 +11,7 @@ so a bad config fails with one UserError line.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -18,7 +19,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 from jax.experimental import multihost_utils
@@ -92,15 +93,24 @@ class Experiment:
       meta['data_state'] = self.train_data.get_state()
     return meta
 
+  @property
+  def intervals(self) -> tuple[int, int, int]:
+    """(log, evaluation, checkpoint) intervals, in steps."""
+    return self.log_every, self.eval_every, self.checkpoint_every
+
+  def is_due(self, step: int, every: int) -> bool:
+    """Whether an interval of `every` steps ends at `step` (the last step ends every interval)."""
+    return step % every == 0 or step == self.total_steps
+
+  def next_boundary(self, step: int) -> int:
+    """Where the steps dispatched from `step` on stop: the next end of an interval, `steps_per_dispatch` steps
+    later, or the last step, whichever comes first."""
+    ends = [(step // every + 1) * every for every in self.intervals]
+    return min([self.total_steps, step + self.config.steps_per_dispatch] + ends)
+
   def close(self) -> None:
     if hasattr(self.train_data, 'close'):
       self.train_data.close()
-    checkpointer = getattr(self, 'checkpointer', None)  # set by the loop; closed here on every exit path
-    if checkpointer is not None:
-      try:
-        checkpointer.close()  # else its background threads keep a failed run's process alive
-      except Exception:  # pylint: disable=broad-except  (a failed save, already reported)
-        pass
 
 
 def build_experiment(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, start_step: int = 0) -> Experiment:
@@ -108,9 +118,9 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   starts the input pipeline at `start_step` (streamed sets). Compiles and writes nothing."""
   config_lib.validate(config)
   parallel.check_batch_divisible(config.batch_size, mesh)
-  if config.get('on_nonfinite', 'stop') not in NONFINITE_POLICIES:
+  if config.on_nonfinite not in NONFINITE_POLICIES:
     raise UserError(f"unknown config.on_nonfinite {config.on_nonfinite!r}; choose stop or skip")
-  dispatch = config.get('steps_per_dispatch', 1)
+  dispatch = config.steps_per_dispatch
   if isinstance(dispatch, bool) or not isinstance(dispatch, int) or dispatch < 1:
     raise UserError(f"config.steps_per_dispatch must be a positive integer (train steps per dispatch), got {dispatch!r}")
   pipelines.input_options(config)  # raises for unknown input options
@@ -156,8 +166,9 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                     log_every=log_every, eval_every=eval_every, checkpoint_every=checkpoint_every)
 
 
-#: The metrics an evaluation records, i.e. the names config.best_metric can choose from.
-EVAL_METRICS = ('test_accuracy', 'test_error', 'test_loss')
+#: The metrics an evaluation records, i.e. the names config.best_metric can choose from, with the direction in
+#: which each gets better (the best checkpoint is the one with the highest accuracy, or the lowest error or loss).
+BEST_MODE = {'test_accuracy': 'max', 'test_error': 'min', 'test_loss': 'min'}
 
 
 def check_eval_settings(config: ml_collections.ConfigDict, train_source, eval_source) -> None:
@@ -177,12 +188,9 @@ def check_eval_settings(config: ml_collections.ConfigDict, train_source, eval_so
     raise UserError(f"{train_source.dataset}: training images are {tuple(train_source.image_shape)} but evaluation "
                     f"images are {tuple(eval_source.image_shape)}; store both splits at one size, or set "
                     "config.input.eval_crop_mode='center' with config.input.eval_crop")
-  best = config.get('best_metric', 'test_accuracy')
-  if best and best not in EVAL_METRICS:
-    raise UserError(f"config.best_metric {best!r} is not a metric of the evaluation; choose one of "
-                    f"{', '.join(EVAL_METRICS)} (or None to keep only the latest checkpoints)")
-  if config.get('best_mode', 'max') not in ('max', 'min'):
-    raise UserError(f"config.best_mode {config.best_mode!r}: choose max or min")
+  if config.best_metric and config.best_metric not in BEST_MODE:
+    raise UserError(f"config.best_metric {config.best_metric!r} is not a metric of the evaluation; choose one of "
+                    f"{', '.join(BEST_MODE)} (or None to keep only the latest checkpoints)")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -197,8 +205,8 @@ def step_keys(seed: int, step: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def make_train_step(model, tx, augment, config) -> Callable:
   """Returns train_step(state, batch) -> (state, metrics) for uint8 batches {'image', 'label'}."""
-  label_smoothing = float(config.get('label_smoothing', 0.0))
-  skip_nonfinite = config.get('on_nonfinite', 'stop') == 'skip'
+  label_smoothing = float(config.label_smoothing)
+  skip_nonfinite = config.on_nonfinite == 'skip'
   seed = int(config.seed)
   apply = finetune.training_apply(model, config)  # model.apply; frozen BatchNorm in inference mode
 
@@ -228,6 +236,10 @@ def make_train_step(model, tx, augment, config) -> Callable:
     return new_state, metrics
 
   return train_step
+
+
+def _fresh_totals(mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+  return jax.device_put(zero_accumulator(), parallel.replicated(mesh))
 
 
 def zero_accumulator() -> dict[str, jax.Array]:
@@ -432,11 +444,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = parallel.make_mesh()
   checkpoints.check_location(workdir)
   workdir_lib.check_same_run(config, workdir)  # another model or dataset: said before the config's own checks
-  if config.get('compilation_cache_dir'):
+  if config.compilation_cache_dir:
     enable_compilation_cache(config.compilation_cache_dir)
   resume_step = checkpoints.latest_step(workdir)
   experiment = build_experiment(config, mesh, start_step=resume_step or 0)  # the config's own checks first
-  lost = False
   try:
     # Refused before anything compiles or is written: a workdir a live run holds (naming it), then a config
     # that differs from the recorded one.
@@ -448,142 +459,171 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     prepare_workdir(workdir)
     with workdir_lib.locked(workdir, 'training'):
       return _train_loop(experiment, workdir, init, allow_config_change)
-  except Exception as error:
-    lost = parallel.lost_process(error)
-    raise
   finally:
-    if not lost:  # else closing would wait for a save in flight at barriers the dead process never reaches
-      experiment.close()
+    experiment.close()
 
 
 def _train_loop(experiment: Experiment, workdir: str, init: finetune.Initialization | None = None,
                 allow_config_change: bool = False) -> dict[str, float]:
-  """The loop of train_and_evaluate, on a built experiment and a prepared workdir."""
-  config, mesh, total_steps = experiment.config, experiment.mesh, experiment.total_steps
-
+  """The loop of train_and_evaluate, on a built experiment and a prepared workdir: train up to the next log,
+  evaluation or save step, then do what is due there."""
+  config, total_steps = experiment.config, experiment.total_steps
   # Restore first, write after: a resume that fails leaves config.json and the checkpoints as they were.
-  resumed = checkpoints.resume(workdir, state_lib.abstract_train_state(
-      experiment.model, experiment.tx, experiment.image_shape, mesh))
+  state, start_step, opening = _initial_state(experiment, workdir, init)
+  workdir_lib.record_config(config, workdir, start_step, allow_config_change)  # config.json, or the change
+  log = RunLog(experiment, workdir, start_step)
+  for line in opening:
+    log.message(line)
+  dispatcher = StepDispatcher(experiment, log.compiled, config.steps_per_dispatch)
+  evaluator = evaluate.Evaluator(experiment.model, experiment.mesh)
+  totals = _fresh_totals(experiment.mesh)
+  eval_metrics: dict[str, float] = {}
+  skipped = 0  # steps whose update was skipped (on_nonfinite=skip), this invocation
+  step = start_step
+  with _checkpointer(experiment, workdir, start_step) as saver, _Preemption() as preemption:
+    while step < total_steps:
+      stop = experiment.next_boundary(step)
+      state, totals = dispatcher.advance(state, totals, step, stop - step)
+      step = stop
+      log_due, eval_due, save_due = (experiment.is_due(step, every) for every in experiment.intervals)
+      preempted = preemption.should_stop(step)
+      if not (log_due or eval_due or save_due or preempted):
+        continue
+      summary = parallel.fetch(totals)  # the one host sync: before logging, evaluating or saving
+      if summary['nonfinite_steps'] and config.on_nonfinite == 'stop':
+        raise saver.nonfinite_error(int(summary['first_nonfinite_step']))
+      if log_due:
+        skipped += log.train(step, summary)
+        totals = _fresh_totals(experiment.mesh)
+      if eval_due:
+        eval_metrics = log.evaluation(step, evaluator.evaluate(state.variables, experiment.eval_data))
+      if save_due or preempted:
+        saver.save(step, state, eval_metrics if eval_due else None)
+      if preempted and step < total_steps:
+        saver.wait()
+        log.message(f'{preemption.signal_name}: saved a checkpoint at step {step} in {workdir}; rerun the same '
+                    'command to resume')
+        log.close()
+        return eval_metrics
+    if not eval_metrics:  # a run that was already finished: evaluate its last step
+      eval_metrics = log.evaluation(step, evaluator.evaluate(state.variables, experiment.eval_data))
+    if saver.last_saved != step:
+      saver.save(step, state, eval_metrics)
+    saver.wait()
+  log.close()
+  _check_skipped(skipped, step - start_step, workdir)
+  return eval_metrics
+
+
+def _initial_state(experiment: Experiment, workdir: str, init: finetune.Initialization | None):
+  """(state, start step, lines to print): the latest checkpoint of `workdir` with the train data positioned
+  after it, or a fresh state initialised per config.init_from."""
+  abstract_state = state_lib.abstract_train_state(experiment.model, experiment.tx, experiment.image_shape,
+                                                  experiment.mesh)
+  resumed = checkpoints.resume(workdir, abstract_state)
   if resumed is not None:
     start_step, state, meta = resumed
     experiment.restore_data(meta, start_step)
-    saved_at = meta.get('saved_at')
-    resumed_message = (f'resumed from step {start_step} of {workdir} (checkpoint written '
-                       f'{saved_at or "before this version recorded the time"})')
+    saved_at = meta.get('saved_at') or 'before this version recorded the time'
+    opening = [f'resumed from step {start_step} of {workdir} (checkpoint written {saved_at})']
   else:
-    state = state_lib.init_train_state(experiment.model, experiment.tx, experiment.image_shape, config.seed, mesh)
-    state = finetune.initialize(state, init)  # config.init_from
     start_step = 0
+    state = state_lib.init_train_state(experiment.model, experiment.tx, experiment.image_shape,
+                                       experiment.config.seed, experiment.mesh)
+    state = finetune.initialize(state, init)  # config.init_from
+    opening = [init.summary()] if init is not None else []
+  if start_step >= experiment.total_steps:
+    opening.append(f'{workdir}: training already finished at step {start_step}; evaluating')
+  return state, start_step, opening
 
-  workdir_lib.record_config(config, workdir, start_step, allow_config_change)  # config.json, or the change
-  writer = metrics_lib.MetricWriter(workdir, resume_step=start_step)
-  checkpointer = checkpoints.Checkpointer(workdir, keep=int(config.get('keep_checkpoints', 3)),
-                                          best_metric=config.get('best_metric', 'test_accuracy'))
-  experiment.checkpointer = checkpointer
-  progress = metrics_lib.Progress(total_steps, start_step)
-  if resumed is not None:
-    progress.message(resumed_message)
-  if init is not None and start_step == 0:
-    progress.message(init.summary())
 
-  def on_compile(seconds: float, num_steps: int, step: int) -> None:
-    progress.message(f'compiled the train step ({num_steps} step{"s" * (num_steps > 1)} per dispatch) in '
-                     f'{seconds:.1f}s')
-    writer.write(step, {'compile_s': seconds})
-    progress.restart_clock()
+class RunLog:
+  """Everything a run reports: metrics.jsonl and TensorBoard (`metrics.MetricWriter`), the progress line, and
+  curves.png at each evaluation and at the end."""
 
-  steps_per_dispatch = max(1, int(config.get('steps_per_dispatch', 1)))
-  dispatcher = StepDispatcher(experiment, on_compile, steps_per_dispatch)
-  evaluator = evaluate.Evaluator(experiment.model, mesh)
-  totals = jax.device_put(zero_accumulator(), parallel.replicated(mesh))
-  eval_metrics: dict[str, float] = {}
-  last_saved = start_step
-  if start_step >= total_steps:
-    progress.message(f'{workdir}: training already finished at step {start_step}; evaluating')
+  def __init__(self, experiment: Experiment, workdir: str, start_step: int):
+    self.experiment = experiment
+    self.writer = metrics_lib.MetricWriter(workdir, resume_step=start_step)
+    self.progress = metrics_lib.Progress(experiment.total_steps, start_step)
 
-  def evaluate_and_log(step):
-    result = evaluator.evaluate(state.variables, experiment.eval_data)
-    writer.write(step, result)
-    progress.message(f"step {step}: test_accuracy {result['test_accuracy']:.4f} "
-                     f"(error {100 * result['test_error']:.2f}%), test_loss {result['test_loss']:.4f}")
-    progress.restart_clock()  # evaluation time is not training throughput
+  def message(self, text: str) -> None:
+    self.progress.message(text)
+
+  def compiled(self, seconds: float, num_steps: int, step: int) -> None:
+    self.message(f'compiled the train step ({num_steps} step{"s" * (num_steps > 1)} per dispatch) in '
+                 f'{seconds:.1f}s')
+    self.writer.write(step, {'compile_s': seconds})
+    self.progress.restart_clock()  # compile time is not training throughput
+
+  def train(self, step: int, summary: dict[str, Any]) -> int:
+    """Logs the steps since the last log (metric totals `summary`); returns how many of them were skipped."""
+    skipped = int(summary['nonfinite_steps'])
+    if summary['examples'] == 0:  # every step of the interval was skipped: say so
+      self.writer.write(step, {'nonfinite_steps': skipped})
+      self.message(f'step {step}: all {skipped} steps since the last log had NaN/Inf loss or gradients and were '
+                   'skipped')
+      return skipped
+    experiment = self.experiment
+    loss = float(summary['loss'] / summary['examples'])
+    learning_rate = float(experiment.schedule(step - 1))
+    images_per_sec = self.progress.update(step, experiment.config.batch_size, loss=loss, lr=learning_rate)
+    self.writer.write(step, {'train_loss': loss, 'train_accuracy': float(summary['correct'] / summary['examples']),
+                             'learning_rate': learning_rate, 'images_per_sec': images_per_sec,
+                             'epoch': step / experiment.steps_per_epoch,
+                             **({'nonfinite_steps': skipped} if skipped else {})})
+    return skipped
+
+  def evaluation(self, step: int, result: dict[str, float]) -> dict[str, float]:
+    self.writer.write(step, result)
+    self.message(f"step {step}: test_accuracy {result['test_accuracy']:.4f} "
+                 f"(error {100 * result['test_error']:.2f}%), test_loss {result['test_loss']:.4f}")
+    self.writer.plot_curves()
+    self.progress.restart_clock()  # evaluation time is not training throughput
     return result
 
-  def save(step, metrics=None):
-    """Saves (asynchronously); a failed save (full disk, lost mount) stops the run with one error line."""
-    wait()  # the previous save first (Orbax's save waits for it too): its failure names its own step, not this one
+  def close(self) -> None:
+    self.writer.close()
+
+
+class _Saver:
+  """Asynchronous saves into the run's Checkpointer; a failed save stops the run with one error line naming the
+  step that failed (`_save_failed`)."""
+
+  def __init__(self, experiment: Experiment, workdir: str, checkpointer: checkpoints.Checkpointer, start_step: int):
+    self.experiment, self.workdir, self.checkpointer = experiment, workdir, checkpointer
+    self.last_saved = start_step
+
+  def save(self, step: int, state: state_lib.TrainState, metrics: dict[str, float] | None) -> None:
+    self.wait()  # the previous save first (Orbax's save waits for it too): its failure names its own step
     try:
-      checkpointer.save(step, state, experiment.checkpoint_meta(), metrics=metrics)
+      self.checkpointer.save(step, state, self.experiment.checkpoint_meta(), metrics=metrics)
     except Exception as error:  # pylint: disable=broad-except
-      raise _save_failed(workdir, step, checkpointer, error) from None
+      raise _save_failed(self.workdir, step, self.checkpointer, error) from None
+    self.last_saved = step
 
-  def wait():
+  def wait(self) -> None:
     try:
-      checkpointer.wait()
+      self.checkpointer.wait()
     except Exception as error:  # pylint: disable=broad-except  (an asynchronous save that failed)
-      raise _save_failed(workdir, last_saved, checkpointer, error) from None
+      raise _save_failed(self.workdir, self.last_saved, self.checkpointer, error) from None
 
-  skipped = 0  # steps whose update was skipped (on_nonfinite=skip), this invocation
-  step = start_step
-  with _Preemption() as preemption:
-    while step < total_steps:
-      intervals = (experiment.log_every, experiment.eval_every, experiment.checkpoint_every)
-      stop = min([total_steps, step + steps_per_dispatch] + [(step // every + 1) * every for every in intervals])
-      state, totals = dispatcher.advance(state, totals, step, stop - step)
-      step = stop
-      log_due = step % experiment.log_every == 0 or step == total_steps
-      eval_due = step % experiment.eval_every == 0 or step == total_steps
-      save_due = step % experiment.checkpoint_every == 0 or step == total_steps
-      stop_now = preemption.should_stop(step)
-      if log_due or eval_due or save_due or stop_now:
-        summary = parallel.fetch(totals)  # the one host sync: before logging, evaluating or saving
-        if summary['nonfinite_steps'] and config.get('on_nonfinite', 'stop') == 'stop':
-          wait()
-          kept = checkpointer.latest_step()
-          kept = (f"The last good checkpoint (step {kept}) in {workdir} is kept" if kept is not None else
-                  f"No checkpoint was saved before it (the first save is at step {experiment.checkpoint_every})")
-          raise FloatingPointError(
-              f"loss or gradients became NaN/Inf at step {int(summary['first_nonfinite_step'])}; stopped. {kept}. "
-              "Lower the learning rate, add warm-up, or set config.on_nonfinite=skip")
-        if log_due and summary['examples'] == 0:  # every step of the interval was skipped: say so
-          writer.write(step, {'nonfinite_steps': int(summary['nonfinite_steps'])})
-          progress.message(f"step {step}: all {int(summary['nonfinite_steps'])} steps since the last log had "
-                           "NaN/Inf loss or gradients and were skipped")
-        if log_due:
-          skipped += int(summary['nonfinite_steps'])
-        if log_due and summary['examples'] > 0:
-          loss = float(summary['loss'] / summary['examples'])
-          learning_rate = float(experiment.schedule(step - 1))
-          images_per_sec = progress.update(step, config.batch_size, loss=loss, lr=learning_rate)
-          writer.write(step, {'train_loss': loss, 'train_accuracy': float(summary['correct'] / summary['examples']),
-                              'learning_rate': learning_rate, 'images_per_sec': images_per_sec,
-                              'epoch': step / experiment.steps_per_epoch,
-                              **({'nonfinite_steps': int(summary['nonfinite_steps'])}
-                                 if summary['nonfinite_steps'] else {})})
-        if log_due:
-          totals = jax.device_put(zero_accumulator(), parallel.replicated(mesh))
-      if eval_due:
-        eval_metrics = evaluate_and_log(step)
-        writer.plot_curves()
-      if save_due or stop_now:
-        save(step, eval_metrics if eval_due else None)
-        last_saved = step
-      if stop_now and step < total_steps:
-        wait()
-        progress.message(f'{preemption.signal_name}: saved a checkpoint at step {step} in {workdir}; rerun the '
-                         'same command to resume')
-        writer.close()
-        return eval_metrics
-  if not eval_metrics:
-    eval_metrics = evaluate_and_log(step)
-  if last_saved != step:
-    save(step, eval_metrics)
-    last_saved = step
-  wait()
-  writer.plot_curves()
-  writer.close()
-  _check_skipped(skipped, step - start_step, workdir)
-  return eval_metrics
+  def nonfinite_error(self, first_step: int) -> FloatingPointError:
+    """config.on_nonfinite=stop: the error that stops the run, naming the checkpoint that is kept."""
+    self.wait()
+    kept = self.checkpointer.latest_step()
+    kept = (f"The last good checkpoint (step {kept}) in {self.workdir} is kept" if kept is not None else
+            f"No checkpoint was saved before it (the first save is at step {self.experiment.checkpoint_every})")
+    return FloatingPointError(f"loss or gradients became NaN/Inf at step {first_step}; stopped. {kept}. Lower the "
+                              "learning rate, add warm-up, or set config.on_nonfinite=skip")
+
+
+@contextlib.contextmanager
+def _checkpointer(experiment: Experiment, workdir: str, start_step: int) -> Iterator[_Saver]:
+  """The run's Checkpointer for the `with` block's lifetime (closed on every exit path; see its __exit__)."""
+  config = experiment.config
+  with checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints, best_metric=config.best_metric,
+                                best_mode=BEST_MODE.get(config.best_metric, 'max')) as checkpointer:
+    yield _Saver(experiment, workdir, checkpointer, start_step)
 
 
 def outcome(workdir: str, result: dict[str, float]) -> str:
