@@ -71,6 +71,18 @@ def get_config():
 
   config.label_smoothing = 0.0
 
+  # Exponential moving average of the weights and BatchNorm statistics, evaluated beside the raw weights
+  # ("ResNet strikes back", Wightman et al. 2021; torchvision's v2 recipe). After every `every_steps` steps:
+  # ema = decay * ema + (1 - decay) * weights. decay 0 = off. warmup: timm's ModelEmaV3 ramp
+  # min(decay, 1 - (1 + updates)^(-2/3)), so that early averages are not dominated by the random initialisation.
+  # use: evaluation (--mode eval), checkpoints.load, predict and the analyses take the EMA weights when the run
+  # has them (--config.ema.use=false: the raw weights).
+  config.ema = ml_collections.ConfigDict()
+  config.ema.decay = 0.0
+  config.ema.every_steps = 1
+  config.ema.warmup = False
+  config.ema.use = True
+
   # Fine-tuning (resnet_jax.finetune). init_from: a workdir (its latest checkpoint), a directory written by
   # `python -m resnet_jax.convert`, or a torchvision/timm .safetensors/.pth/.pt/.bin file (converted for
   # config.model.name); read only when the workdir has no checkpoint of its own. Variables are copied by name;

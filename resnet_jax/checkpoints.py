@@ -89,15 +89,16 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self.manager.all_steps())
 
-  def save(self, step: int, state: Any, meta: Mapping[str, Any], metrics: Optional[Mapping[str, float]] = None):
-    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+  def save(self, step: int, state: state_lib.TrainState, meta: Mapping[str, Any],
+           metrics: Optional[Mapping[str, float]] = None):
+    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state_lib.as_tree(state)),
                                                     meta=ocp.args.JsonSave(dict(meta))),
                       metrics=dict(metrics) if metrics else None, force=True)
 
-  def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+  def restore(self, step: int, abstract_state: state_lib.TrainState) -> tuple[state_lib.TrainState, dict[str, Any]]:
     restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-    return restored['state'], restored['meta']
+        state=ocp.args.StandardRestore(state_lib.as_tree(abstract_state)), meta=ocp.args.JsonRestore()))
+    return state_lib.from_tree(restored['state']), restored['meta']
 
   def restore_meta(self, step: int) -> dict[str, Any]:
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
@@ -152,15 +153,15 @@ class Checkpointer:
         pass
 
 
-def resume(workdir: str, abstract_state: Any) -> Optional[tuple[int, Any, dict[str, Any]]]:
+def resume(workdir: str, abstract_state_fn) -> Optional[tuple[int, Any, dict[str, Any]]]:
   """For training: (step, state, meta) of the newest checkpoint of `workdir` that restores, or None if there is
-  none. Newer steps that do not restore are named in a warning and moved to `workdir/unusable_checkpoints/`
+  none; `abstract_state_fn(meta)` gives the structure of the state a checkpoint with metadata `meta` holds. Newer steps that do not restore are named in a warning and moved to `workdir/unusable_checkpoints/`
   (kept, not deleted), so that training can save those steps again. Writes nothing when all restore or none
   does (then UserError); reads before anything else of the workdir is written."""
   if not storage.is_dir(storage.resolve(workdir) / CHECKPOINT_DIR):
     return None
   with Checkpointer(workdir, read_only=True) as checkpointer:
-    found = checkpointer.restore_newest(lambda meta: abstract_state)
+    found = checkpointer.restore_newest(abstract_state_fn)
   if found is None:
     return None
   step, state, meta, failures = found
@@ -193,15 +194,19 @@ def latest_step(workdir: str) -> Optional[int]:
 
 @dataclasses.dataclass
 class LoadedCheckpoint:
-  """What `load` returns: `model.apply(variables, images_uint8, train=False)` gives logits."""
+  """What `load` returns: `model.apply(variables, images_uint8, train=False)` gives logits. `variables` are
+  the moving average of the weights when the run kept one (config.ema) and `ema` is True, else the weights."""
   model: Any
   variables: dict[str, Any]
   config: ml_collections.ConfigDict
   step: int
+  ema: bool = False
 
 
-def load(workdir: str, step: Optional[int] = None) -> LoadedCheckpoint:
-  """Loads a checkpoint of `workdir` (the latest if `step` is None) onto the local devices."""
+def load(workdir: str, step: Optional[int] = None, ema: Optional[bool] = None) -> LoadedCheckpoint:
+  """Loads a checkpoint of `workdir` (the latest if `step` is None) onto the local devices. `ema`: whether to
+  take the moving average of the weights where the run kept one; None: the run's config.ema.use (True unless
+  set otherwise)."""
   directory = storage.resolve(workdir) / CHECKPOINT_DIR
   if not storage.is_dir(directory):
     raise UserError(f"no checkpoints in {workdir} (expected {directory}); train first with "
@@ -223,7 +228,7 @@ def load(workdir: str, step: Optional[int] = None) -> LoadedCheckpoint:
       # The optimizer's state structure does not depend on the schedule's values: any schedule will do.
       tx = optim.make_optimizer(config, lambda count: 0.0)
       built.update(model=model, config=config)
-      return state_lib.abstract_train_state(model, tx, info['image_shape'], mesh)
+      return state_lib.abstract_train_state(model, tx, info['image_shape'], mesh, ema=bool(meta.get('ema')))
 
     # The requested step, or else the newest that restores (a damaged newer one is named in a warning).
     found_step, state, _, failures = checkpointer.restore_newest(abstract_state,
@@ -231,5 +236,7 @@ def load(workdir: str, step: Optional[int] = None) -> LoadedCheckpoint:
     if failures:
       bad = ', '.join(f'step {s} ({reason})' for s, reason in failures)
       warn(f"checkpoint {bad} in {workdir} cannot be restored; loaded step {found_step}, the newest that restores")
-  return LoadedCheckpoint(model=built['model'], variables=state.variables, config=built['config'],
-                          step=int(found_step))
+  config = built['config']
+  use_ema = state.ema is not None and (config.ema.use if ema is None else ema)
+  return LoadedCheckpoint(model=built['model'], variables=state.ema if use_ema else state.variables, config=config,
+                          step=int(found_step), ema=use_ema)

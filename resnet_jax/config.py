@@ -257,7 +257,11 @@ _RANGES = (
     ('schedule.reference_batch_size', 1, None, True, 'the batch base_lr is given for; None: no scaling'),
     ('eval_batch_size', 1, None, True, 'the global evaluation batch'),
     ('keep_checkpoints', 1, None, True, 'how many of the latest checkpoints are kept'),
+    ('ema.decay', 0.0, 1.0, True, 'the weight of the old average at each update; 0 = no EMA'),
+    ('ema.every_steps', 1, None, True, 'train steps between EMA updates'),
 )
+#: Fields whose highest value is excluded (a probability mass of 1, an average that never moves).
+_OPEN_ABOVE = ('label_smoothing', 'ema.decay')
 
 
 def _check_ranges(config: ml_collections.ConfigDict) -> None:
@@ -268,9 +272,9 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
       continue
     too_low = value < low if low_ok else value <= low
-    too_high = high is not None and (value >= high if field == 'label_smoothing' else value > high)
+    too_high = high is not None and (value >= high if field in _OPEN_ABOVE else value > high)
     if too_low or too_high or value != value or math.isinf(value):  # value != value: NaN
-      interval = (f"{'[' if low_ok else '('}{low}, {high}{')' if field == 'label_smoothing' else ']'}"
+      interval = (f"{'[' if low_ok else '('}{low}, {high}{')' if field in _OPEN_ABOVE else ']'}"
                   if high is not None else f"{'>=' if low_ok else '>'} {low}")
       raise UserError(f"config.{field}={value} is out of range: it must be {interval}"
                       f"{f' ({meaning})' if meaning else ''}")
@@ -294,6 +298,16 @@ def resolve_steps(config: ml_collections.ConfigDict, prefix: str, steps_per_epoc
       raise UserError(f"config.{prefix}_epochs must be >= 0, got {epochs}")
     return int(math.ceil(epochs * steps_per_epoch))
   return default
+
+
+def default_config() -> Optional[ml_collections.ConfigDict]:
+  """configs/default.py's config, the base of every config file, or None where the configs folder cannot be
+  imported (it is importable once a config file was loaded, and from the checkout)."""
+  try:
+    from configs import default  # pylint: disable=g-import-not-at-top  (outside the package: see load_config_file)
+  except ImportError:
+    return None
+  return default.get_config()
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

@@ -120,7 +120,7 @@ def evaluate_checkpoint(workdir: str, step: Optional[int] = None, config=None) -
 
   The record is appended to `workdir/eval_results.jsonl` with the checkpoint step.
   """
-  loaded = checkpoints.load(workdir, step=step)
+  loaded = checkpoints.load(workdir, step=step, ema=None if config is None else config.ema.use)
   with workdir_lib.locked(workdir, 'evaluation'):  # it appends to the workdir: not while a run writes there
     return _evaluate_loaded(workdir, loaded, config)
 
@@ -141,10 +141,10 @@ def _evaluate_loaded(workdir: str, loaded: checkpoints.LoadedCheckpoint, config)
   variables = jax.device_put(loaded.variables, parallel.replicated(mesh))
   eval_data = pipelines.make_eval_batches(config, mesh, source)
   result = Evaluator(loaded.model, mesh).evaluate(variables, eval_data)
-  result = {'step': loaded.step, 'dataset': dataset.name, 'split': dataset.eval_split, **result}
+  result = {'step': loaded.step, 'dataset': dataset.name, 'split': dataset.eval_split, 'ema': loaded.ema, **result}
   if jax.process_index() == 0:
     storage.append_text(storage.resolve(workdir) / EVAL_RESULTS_FILE, json.dumps(result) + '\n')
     print(f"step {loaded.step}: {dataset.name}:{dataset.eval_split} test_accuracy {result['test_accuracy']:.4f} "
           f"(error {100 * result['test_error']:.2f}%) test_loss {result['test_loss']:.4f} "
-          f"on {result['num_examples']} examples")
+          f"on {result['num_examples']} examples" + (' (the moving average of the weights)' if loaded.ema else ''))
   return result

@@ -87,7 +87,7 @@ class Experiment:
       self.train_data.set_state(meta.get('data_state', {'step': start_step}))
 
   def checkpoint_meta(self) -> dict[str, Any]:
-    meta = {'model': self.model_info(), 'config': self.config.to_dict(),
+    meta = {'model': self.model_info(), 'config': self.config.to_dict(), 'ema': bool(self.config.ema.decay),
             'saved_at': datetime.datetime.now().astimezone().isoformat(timespec='seconds')}
     if self.train_data.kind == 'grain':
       meta['data_state'] = self.train_data.get_state()
@@ -169,6 +169,8 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
 #: The metrics an evaluation records, i.e. the names config.best_metric can choose from, with the direction in
 #: which each gets better (the best checkpoint is the one with the highest accuracy, or the lowest error or loss).
 BEST_MODE = {'test_accuracy': 'max', 'test_error': 'min', 'test_loss': 'min'}
+#: ... and of the moving average of the weights (config.ema), when the run keeps one.
+BEST_MODE.update({f'ema_{name}': mode for name, mode in BEST_MODE.items()})
 
 
 def check_eval_settings(config: ml_collections.ConfigDict, train_source, eval_source) -> None:
@@ -229,7 +231,9 @@ def make_train_step(model, tx, augment, config) -> Callable:
       keep = lambda new, old: jax.tree.map(lambda new_leaf, old_leaf: jnp.where(finite, new_leaf, old_leaf), new, old)
       params, opt_state, batch_stats = keep(params, state.params), keep(opt_state, state.opt_state), \
           keep(batch_stats, state.batch_stats)
-    new_state = state_lib.TrainState(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+    if config.ema.decay:
+      new_state = new_state.replace(ema=updated_ema(new_state, config.ema))
     correct = jnp.sum(jnp.argmax(logits, -1) == labels)
     metrics = {'loss': jnp.where(finite, loss, 0.0) * labels.shape[0], 'correct': correct.astype(jnp.float32),
                'examples': jnp.float32(labels.shape[0]), 'finite': finite}
@@ -240,6 +244,25 @@ def make_train_step(model, tx, augment, config) -> Callable:
 
 def _fresh_totals(mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
   return jax.device_put(zero_accumulator(), parallel.replicated(mesh))
+
+
+def ema_decay(updates: jax.Array, ema_config: ml_collections.ConfigDict) -> jax.Array:
+  """The decay of the `updates`-th EMA update (1-based): config.ema.decay, or with config.ema.warmup timm's
+  ModelEmaV3 ramp min(decay, 1 - (1 + t)^(-2/3)) with t = updates - 1 (t = 0 copies the weights;
+  timm/utils/model_ema.py, get_decay with warmup_gamma 1, warmup_power 2/3)."""
+  if not ema_config.warmup:
+    return jnp.float32(ema_config.decay)
+  ramp = 1.0 - (1.0 + (updates - 1).astype(jnp.float32)) ** (-2.0 / 3.0)
+  return jnp.minimum(jnp.float32(ema_config.decay), ramp)
+
+
+def updated_ema(state: state_lib.TrainState, ema_config: ml_collections.ConfigDict) -> Any:
+  """The moving average of the weights and BatchNorm statistics after `state.step` steps: every
+  `ema_config.every_steps` steps, ema = decay * ema + (1 - decay) * variables (timm and torchvision alike)."""
+  due = state.step % ema_config.every_steps == 0
+  decay = ema_decay(state.step // ema_config.every_steps, ema_config)
+  averaged = optax.incremental_update(state.variables, state.ema, step_size=1.0 - decay)
+  return jax.tree.map(lambda new, old: jnp.where(due, new, old), averaged, state.ema)
 
 
 def zero_accumulator() -> dict[str, jax.Array]:
@@ -496,7 +519,7 @@ def _train_loop(experiment: Experiment, workdir: str, init: finetune.Initializat
         skipped += log.train(step, summary)
         totals = _fresh_totals(experiment.mesh)
       if eval_due:
-        eval_metrics = log.evaluation(step, evaluator.evaluate(state.variables, experiment.eval_data))
+        eval_metrics = log.evaluation(step, _evaluate(evaluator, state, experiment.eval_data))
       if save_due or preempted:
         saver.save(step, state, eval_metrics if eval_due else None)
       if preempted and step < total_steps:
@@ -506,7 +529,7 @@ def _train_loop(experiment: Experiment, workdir: str, init: finetune.Initializat
         log.close()
         return eval_metrics
     if not eval_metrics:  # a run that was already finished: evaluate its last step
-      eval_metrics = log.evaluation(step, evaluator.evaluate(state.variables, experiment.eval_data))
+      eval_metrics = log.evaluation(step, _evaluate(evaluator, state, experiment.eval_data))
     if saver.last_saved != step:
       saver.save(step, state, eval_metrics)
     saver.wait()
@@ -515,21 +538,36 @@ def _train_loop(experiment: Experiment, workdir: str, init: finetune.Initializat
   return eval_metrics
 
 
+def _evaluate(evaluator: evaluate.Evaluator, state: state_lib.TrainState, eval_data) -> dict[str, float]:
+  """The evaluation of the weights, and of their moving average (`ema_test_accuracy`, ...) when kept."""
+  result = evaluator.evaluate(state.variables, eval_data)
+  if state.ema is not None:
+    averaged = evaluator.evaluate(state.ema, eval_data)
+    result.update({f'ema_{name}': averaged[name] for name in BEST_MODE if name in averaged})
+  return result
+
+
 def _initial_state(experiment: Experiment, workdir: str, init: finetune.Initialization | None):
   """(state, start step, lines to print): the latest checkpoint of `workdir` with the train data positioned
   after it, or a fresh state initialised per config.init_from."""
-  abstract_state = state_lib.abstract_train_state(experiment.model, experiment.tx, experiment.image_shape,
-                                                  experiment.mesh)
+  def abstract_state(meta):  # the checkpoint's own shape: with a moving average or without
+    return state_lib.abstract_train_state(experiment.model, experiment.tx, experiment.image_shape,
+                                          experiment.mesh, ema=bool(meta.get('ema')))
   resumed = checkpoints.resume(workdir, abstract_state)
   if resumed is not None:
     start_step, state, meta = resumed
     experiment.restore_data(meta, start_step)
     saved_at = meta.get('saved_at') or 'before this version recorded the time'
     opening = [f'resumed from step {start_step} of {workdir} (checkpoint written {saved_at})']
+    if bool(experiment.config.ema.decay) != (state.ema is not None):  # config.ema changed (allow_config_change)
+      state = state_lib.with_ema(state) if experiment.config.ema.decay else state.replace(ema=None)
+      opening.append(f'the checkpoint has no moving average of the weights: it starts from the step-{start_step} '
+                     'weights' if experiment.config.ema.decay else 'config.ema.decay is 0: the checkpoint\'s moving '
+                     'average of the weights is dropped')
   else:
     start_step = 0
     state = state_lib.init_train_state(experiment.model, experiment.tx, experiment.image_shape,
-                                       experiment.config.seed, experiment.mesh)
+                                       experiment.config.seed, experiment.mesh, ema=bool(experiment.config.ema.decay))
     state = finetune.initialize(state, init)  # config.init_from
     opening = [init.summary()] if init is not None else []
   if start_step >= experiment.total_steps:
@@ -576,7 +614,8 @@ class RunLog:
   def evaluation(self, step: int, result: dict[str, float]) -> dict[str, float]:
     self.writer.write(step, result)
     self.message(f"step {step}: test_accuracy {result['test_accuracy']:.4f} "
-                 f"(error {100 * result['test_error']:.2f}%), test_loss {result['test_loss']:.4f}")
+                 f"(error {100 * result['test_error']:.2f}%), test_loss {result['test_loss']:.4f}"
+                 + (f", ema_test_accuracy {result['ema_test_accuracy']:.4f}" if 'ema_test_accuracy' in result else ''))
     self.writer.plot_curves()
     self.progress.restart_clock()  # evaluation time is not training throughput
     return result

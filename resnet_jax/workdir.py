@@ -282,11 +282,16 @@ def read_history(workdir: str) -> list[dict[str, Any]]:
 
 
 def config_changes(saved: Mapping[str, Any], config: ml_collections.ConfigDict) -> dict[str, tuple[Any, Any]]:
-  """{field: (saved, new)} for every field whose value differs (JSON values; new fields count as changes)."""
+  """{field: (saved, new)} for every field whose value differs (JSON values). A field the saved config lacks
+  is no change when it has its configs/default.py value: a newer version added it, with the behaviour the run
+  had (e.g. `ema.decay` 0)."""
   new = _flat(json.loads(config_lib.to_json(config)))
   old = _flat(saved)
+  defaults = config_lib.default_config()
+  defaults = _flat(json.loads(config_lib.to_json(defaults))) if defaults is not None else {}
+  added_at_default = {field for field in set(new) - set(old) if field in defaults and new[field] == defaults[field]}
   return {field: (old.get(field), new.get(field)) for field in sorted(set(old) | set(new))
-          if old.get(field) != new.get(field)}
+          if old.get(field) != new.get(field) and field not in added_at_default}
 
 
 def _freely_changed(field: str, old: Any, new: Any) -> bool:

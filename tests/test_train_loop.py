@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 import pytest
 
+from resnet_jax import state as state_lib
 from resnet_jax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,6 +33,8 @@ def test_best_checkpoint_follows_the_metric_direction(tmp_path, metric, kept):
   results = {1: 0.5, 2: 0.9, 3: 0.1, 4: 0.4}  # accuracy, loss and error alike: step 2 highest, step 3 lowest
   with train._checkpointer(experiment, str(tmp_path), 0) as saver:  # pylint: disable=protected-access
     for step, value in results.items():
-      saver.save(step, {'weights': jnp.full((2,), step, jnp.float32)}, {metric: value})
+      weights = {'weights': jnp.full((2,), step, jnp.float32)}
+      saver.save(step, state_lib.TrainState(step=jnp.int32(step), params=weights, batch_stats={}, opt_state=()),
+                 {metric: value})
     saver.wait()
     assert sorted(saver.checkpointer.all_steps()) == kept
