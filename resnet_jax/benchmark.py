@@ -412,7 +412,8 @@ def benchmark_train(config, *, steps: int = 20, warmup: int = 2, synthetic: bool
     feed = 'fed' if streamed else 'resident'
   if feed == 'resident' and streamed:
     raise UserError(f"{config.dataset.name} is streamed (Grain), not device-resident; use --feed fed or auto")
-  state = state_lib.init_train_state(experiment.model, experiment.tx, experiment.image_shape, config.seed, mesh)
+  state = state_lib.init_train_state(experiment.model, experiment.tx, experiment.image_shape, config.seed, mesh,
+                                     ema=bool(config.ema.decay))
   totals = jax.device_put(train.zero_accumulator(), parallel.replicated(mesh))
 
   if feed == 'resident':

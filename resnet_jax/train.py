@@ -56,7 +56,7 @@ class Experiment:
   model: classifier.Classifier
   tx: optax.GradientTransformation
   schedule: optax.Schedule
-  train_data: Any  # pipelines.DeviceResidentData (kind 'device') or streaming.StreamingTrainData ('grain')
+  train_data: Any  # the train-data interface (data/pipelines.py): DeviceResidentData or StreamingTrainData
   eval_data: Any   # streaming.EvalData: padded, masked global batches
   steps_per_epoch: float
   total_steps: int
@@ -82,15 +82,15 @@ class Experiment:
             'image_shape': list(self.image_shape)}
 
   def restore_data(self, meta: dict[str, Any], start_step: int) -> None:
-    """Positions the train data where the checkpoint with metadata `meta` (of step `start_step`) left it."""
-    if self.train_data.kind == 'grain':
-      self.train_data.set_state(meta.get('data_state', {'step': start_step}))
+    """Positions the train data where the checkpoint with metadata `meta` (of step `start_step`) left it; raises
+    UserError for a saved position this run cannot continue exactly (`data.order.resume_step`). Checkpoints of
+    device-resident runs of earlier versions hold no position: their order is unchanged, so the step is enough."""
+    self.train_data.set_state(meta.get('data_state', {'step': start_step}))
 
   def checkpoint_meta(self) -> dict[str, Any]:
     meta = {'model': self.model_info(), 'config': self.config.to_dict(), 'ema': bool(self.config.ema.decay),
             'saved_at': datetime.datetime.now().astimezone().isoformat(timespec='seconds')}
-    if self.train_data.kind == 'grain':
-      meta['data_state'] = self.train_data.get_state()
+    meta['data_state'] = self.train_data.get_state()
     return meta
 
   @property
@@ -232,7 +232,7 @@ def make_train_step(model, tx, augment, config) -> Callable:
       params, opt_state, batch_stats = keep(params, state.params), keep(opt_state, state.opt_state), \
           keep(batch_stats, state.batch_stats)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
-    if config.ema.decay:
+    if state.ema is not None:  # the run keeps a moving average (config.ema.decay > 0)
       new_state = new_state.replace(ema=updated_ema(new_state, config.ema))
     correct = jnp.sum(jnp.argmax(logits, -1) == labels)
     metrics = {'loss': jnp.where(finite, loss, 0.0) * labels.shape[0], 'correct': correct.astype(jnp.float32),
@@ -279,45 +279,31 @@ def accumulate(totals, metrics, step):
           'nonfinite_steps': totals['nonfinite_steps'] + bad.astype(jnp.int32)}
 
 
-def make_resident_runner(experiment: Experiment) -> Callable:
-  """jit(resident_steps(state, totals, arrays, num_steps)): `num_steps` train steps on device-resident data in
-  one dispatch."""
-  train_step = make_train_step(experiment.model, experiment.tx, experiment.augment, experiment.config)
-  data = experiment.train_data
-  replicated = parallel.replicated(experiment.mesh)
+def make_runner(model, tx, augment, config, mesh: jax.sharding.Mesh, batch_in_program: Callable) -> Callable:
+  """jit(run(state, totals, inputs, num_steps)): `num_steps` train steps in one dispatch, on any train data.
 
-  def one_step(carry, _):
-    state, totals, arrays = carry
-    step = state.step
-    state, metrics = train_step(state, data.batch(arrays, step))
-    return (state, accumulate(totals, metrics, step), arrays), None
-
-  @functools.partial(jax.jit, static_argnums=(3,), donate_argnums=(0, 1), out_shardings=(replicated, replicated))
-  def resident_steps(state, totals, arrays, num_steps):
-    if num_steps == 1:
-      (state, totals, _), _ = one_step((state, totals, arrays), None)
-    else:
-      (state, totals, _), _ = jax.lax.scan(one_step, (state, totals, arrays), None, length=num_steps)
-    return state, totals
-
-  return resident_steps
-
-
-def make_streaming_runner(model, tx, augment, config, mesh: jax.sharding.Mesh) -> Callable:
-  """jit(fed_step(state, totals, batch)): one train step on a batch fed from the host pipeline.
-
-  Built from parts rather than an Experiment so that benchmarks can run the very same step on synthetic
-  batches (`augment` is the on-device part of the input's augmentation)."""
+  `inputs` is what the train data's `program_inputs(step, num_steps)` returned (the resident split, or the
+  streamed batches of those steps) and `batch_in_program(inputs, step, index)` picks the batch of each step inside
+  the program. Built from parts rather than an Experiment so that benchmarks run the very same program on
+  synthetic batches (`augment` is the on-device part of the input's augmentation)."""
   train_step = make_train_step(model, tx, augment, config)
   replicated = parallel.replicated(mesh)
 
-  @functools.partial(jax.jit, donate_argnums=(0, 1), out_shardings=(replicated, replicated))
-  def fed_step(state, totals, batch):
+  def one_step(carry, index):
+    state, totals, inputs = carry
     step = state.step
-    state, metrics = train_step(state, batch)
-    return state, accumulate(totals, metrics, step)
+    state, metrics = train_step(state, batch_in_program(inputs, step, index))
+    return (state, accumulate(totals, metrics, step), inputs), None
 
-  return fed_step
+  @functools.partial(jax.jit, static_argnums=(3,), donate_argnums=(0, 1), out_shardings=(replicated, replicated))
+  def run(state, totals, inputs, num_steps):
+    if num_steps == 1:
+      (state, totals, _), _ = one_step((state, totals, inputs), None)
+    else:
+      (state, totals, _), _ = jax.lax.scan(one_step, (state, totals, inputs), jnp.arange(num_steps))
+    return state, totals
+
+  return run
 
 
 class StepDispatcher:
@@ -329,33 +315,26 @@ class StepDispatcher:
     self.experiment = experiment
     self.on_compile = on_compile
     self.steps_per_dispatch = steps_per_dispatch
-    self.resident = experiment.train_data.kind == 'device'
-    self.jitted = (make_resident_runner(experiment) if self.resident else
-                   make_streaming_runner(experiment.model, experiment.tx, experiment.augment, experiment.config,
-                                         experiment.mesh))
+    self.jitted = make_runner(experiment.model, experiment.tx, experiment.augment, experiment.config,
+                              experiment.mesh, experiment.train_data.batch_in_program)
     self.compiled: dict[int, Any] = {}
 
   def _program(self, num_steps: int, step: int, *args) -> Any:
     if num_steps not in self.compiled:
       started = time.perf_counter()
-      self.compiled[num_steps] = self.jitted.lower(*args).compile()
+      self.compiled[num_steps] = self.jitted.lower(*args, num_steps).compile()
       self.on_compile(time.perf_counter() - started, num_steps, step)
     return self.compiled[num_steps]
 
   def advance(self, state: state_lib.TrainState, totals, step: int, num_steps: int):
     """Runs train steps step .. step + num_steps - 1; returns the new state and metric totals."""
-    if self.resident:
-      # Two programs at most: steps_per_dispatch steps, and one. A shorter stretch (up to a log, eval or checkpoint
-      # step that steps_per_dispatch does not divide, e.g. with fractional epochs) runs one step per dispatch
-      # rather than compiling a program per length: each program costs a full compile (README, Performance).
-      chunk = num_steps if num_steps == self.steps_per_dispatch else 1
-      arrays = self.experiment.train_data.arrays
-      for first in range(step, step + num_steps, chunk):
-        state, totals = self._program(chunk, first, state, totals, arrays, chunk)(state, totals, arrays)
-      return state, totals
-    for current in range(step, step + num_steps):
-      batch = next(self.experiment.train_data)
-      state, totals = self._program(1, current, state, totals, batch)(state, totals, batch)
+    # Two programs at most: steps_per_dispatch steps, and one. A shorter stretch (up to a log, eval or checkpoint
+    # step that steps_per_dispatch does not divide, e.g. with fractional epochs) runs one step per dispatch
+    # rather than compiling a program per length: each program costs a full compile (README, Performance).
+    chunk = num_steps if num_steps == self.steps_per_dispatch else 1
+    for first in range(step, step + num_steps, chunk):
+      inputs = self.experiment.train_data.program_inputs(first, chunk)
+      state, totals = self._program(chunk, first, state, totals, inputs)(state, totals, inputs)
     return state, totals
 
 
