@@ -11,11 +11,11 @@ Each run appends ONE JSON object (one line, JSON Lines) to `--json` and prints i
 as `resnet_jax.main` loads it (`configs/F.py[:ARG]` plus `--config.a.b=v` overrides), so every config works.
 
 What is measured (nothing is re-implemented: the step is `resnet_jax.train`'s):
-  * Device-resident input (digits, CIFAR, ...; `--feed resident`): `train.build_experiment` +
-    `train.make_resident_runner`, i.e. the very function the train loop dispatches: `config.steps_per_dispatch`
+  * Device-resident input (digits, CIFAR, ...; `--pipeline device`): `train.build_experiment` +
+    `train.make_runner`, i.e. the very function the train loop dispatches: `config.steps_per_dispatch`
     steps (lax.scan) per call, batch gathered and augmented on the device, state and metrics donated.
-  * Streamed input (ImageNet; `--feed fed`): `train.make_streaming_runner`, the train loop's jitted step for
-    streamed data (state and metrics donated), fed one already-augmented uint8 batch per call (what Grain
+  * Streamed input (ImageNet; `--pipeline grain`): `train.make_runner` on one streamed batch per call, the train loop's
+    program for streamed data (state and metrics donated), fed one already-augmented uint8 batch per call (what Grain
     delivers; the host pipeline itself is measured by `--input_only`).
   * `--synthetic`: random uint8 images of the config's image shape replace the dataset (no download needed);
     the dataset's image shape, class count and size come from a table of known datasets (or
@@ -112,15 +112,15 @@ PEAK_FLOPS: dict[str, dict[str, float]] = {
 # Datasets whose shape the benchmark knows without opening them (for --synthetic): image shape, classes,
 # training examples, and whether the project streams them (Grain) or keeps them on the device.
 KNOWN_DATASETS: dict[str, dict[str, Any]] = {
-    'digits': {'image_shape': (8, 8, 1), 'num_classes': 10, 'num_examples': 1433, 'feed': 'resident'},
-    'mnist': {'image_shape': (28, 28, 1), 'num_classes': 10, 'num_examples': 60000, 'feed': 'resident'},
-    'cifar10': {'image_shape': (32, 32, 3), 'num_classes': 10, 'num_examples': 50000, 'feed': 'resident'},
-    'cifar100': {'image_shape': (32, 32, 3), 'num_classes': 100, 'num_examples': 50000, 'feed': 'resident'},
-    'svhn_cropped': {'image_shape': (32, 32, 3), 'num_classes': 10, 'num_examples': 73257, 'feed': 'resident'},
-    'imagenet2012': {'image_shape': None, 'num_classes': 1000, 'num_examples': 1281167, 'feed': 'fed'},
+    'digits': {'image_shape': (8, 8, 1), 'num_classes': 10, 'num_examples': 1433, 'pipeline': 'device'},
+    'mnist': {'image_shape': (28, 28, 1), 'num_classes': 10, 'num_examples': 60000, 'pipeline': 'device'},
+    'cifar10': {'image_shape': (32, 32, 3), 'num_classes': 10, 'num_examples': 50000, 'pipeline': 'device'},
+    'cifar100': {'image_shape': (32, 32, 3), 'num_classes': 100, 'num_examples': 50000, 'pipeline': 'device'},
+    'svhn_cropped': {'image_shape': (32, 32, 3), 'num_classes': 10, 'num_examples': 73257, 'pipeline': 'device'},
+    'imagenet2012': {'image_shape': None, 'num_classes': 1000, 'num_examples': 1281167, 'pipeline': 'grain'},
 }
 
-FEEDS = ('auto', 'resident', 'fed')
+PIPELINES = ('auto', 'device', 'grain')
 
 
 def peak_flops_per_device(device_kind: str, dtype_name: str) -> Optional[float]:
@@ -254,14 +254,14 @@ def environment() -> dict[str, Any]:
 
 
 def dataset_facts(config, image_shape=None, num_classes=None, num_examples=None) -> dict[str, Any]:
-  """Image shape, classes, examples and feed of the config's training split, without reading its images."""
+  """Image shape, classes, examples and pipeline of the config's training split, without reading its images."""
   name = config.dataset.name
   facts = dict(KNOWN_DATASETS.get(name, {}))
   if not facts:
     try:
       source = sources.open_split(name, config.dataset.train_split, config.dataset.get('data_dir'))
       facts = {'image_shape': source.image_shape, 'num_classes': source.num_classes,
-               'num_examples': len(source), 'feed': 'resident' if source.image_shape else 'fed'}
+               'num_examples': len(source), 'pipeline': 'device' if source.image_shape else 'grain'}
     except UserError:
       if image_shape is None or num_classes is None:
         raise UserError(f"--synthetic does not know dataset {name!r} and cannot open it; give --image_shape "
@@ -276,7 +276,7 @@ def dataset_facts(config, image_shape=None, num_classes=None, num_examples=None)
   if num_examples is not None:
     facts['num_examples'] = int(num_examples)
   facts.setdefault('num_examples', 10 * config.batch_size)
-  facts.setdefault('feed', 'resident')
+  facts.setdefault('pipeline', 'device')
   return facts
 
 
@@ -381,23 +381,23 @@ def profile_summary(trace_dir: str, steps: int, top: int = 12) -> dict[str, Any]
           'profile_top_ops_ms_per_step': per_step(by_op, top)}
 
 
-def benchmark_train(config, *, steps: int = 20, warmup: int = 2, synthetic: bool = True, feed: str = 'auto',
+def benchmark_train(config, *, steps: int = 20, warmup: int = 2, synthetic: bool = True, pipeline: str = 'auto',
                     pipelined: bool = True, peak_flops: Optional[float] = None, image_shape=None,
                     num_classes=None, num_examples=None, profile_dir: Optional[str] = None) -> dict[str, Any]:
   """Measures the project's train step for `config` (see the module docstring); returns the JSON record."""
-  if feed not in FEEDS:
-    raise UserError(f"--feed {feed!r}: choose one of {', '.join(FEEDS)}")
+  if pipeline not in PIPELINES:
+    raise UserError(f"--pipeline {pipeline!r}: choose one of {', '.join(PIPELINES)}")
   if steps < 1 or warmup < 0:
     raise UserError('--steps must be >= 1 and --warmup >= 0')
   mesh = parallel.make_mesh()
   devices = mesh.devices.size
   batch = config.batch_size
   facts = dataset_facts(config, image_shape, num_classes, num_examples) if synthetic else None
-  if feed == 'auto':
-    feed = facts['feed'] if synthetic else None  # real input: whatever build_experiment chose (below)
+  if pipeline == 'auto':
+    pipeline = facts['pipeline'] if synthetic else None  # real input: whatever build_experiment chose (below)
 
   started = time.perf_counter()
-  if feed == 'fed' and synthetic:
+  if pipeline == 'grain' and synthetic:
     # Streamed data, synthetic: the model, optimizer and schedule come from build_experiment on a small
     # synthetic stand-in of the split (its resident copy is not used); device batches are fed below.
     stand_in = dict(facts, num_examples=max(batch, 2 * devices))
@@ -407,18 +407,19 @@ def benchmark_train(config, *, steps: int = 20, warmup: int = 2, synthetic: bool
   with setup:
     experiment = train.build_experiment(config, mesh)
   setup_s = time.perf_counter() - started
-  streamed = getattr(experiment.train_data, 'kind', 'device') == 'grain'
-  if feed is None:
-    feed = 'fed' if streamed else 'resident'
-  if feed == 'resident' and streamed:
-    raise UserError(f"{config.dataset.name} is streamed (Grain), not device-resident; use --feed fed or auto")
+  streamed = experiment.train_data.pipeline == 'grain'
+  if pipeline is None:
+    pipeline = 'grain' if streamed else 'device'
+  if pipeline == 'device' and streamed:
+    raise UserError(f"{config.dataset.name} is streamed (Grain), not device-resident; use --pipeline grain or auto")
   state = state_lib.init_train_state(experiment.model, experiment.tx, experiment.image_shape, config.seed, mesh,
                                      ema=bool(config.ema.decay))
   totals = jax.device_put(train.zero_accumulator(), parallel.replicated(mesh))
 
-  if feed == 'resident':
+  if pipeline == 'device':
     steps_per_call = max(1, int(config.get('steps_per_dispatch', 1) or 1))
-    resident_steps = train.make_resident_runner(experiment)
+    resident_steps = train.make_runner(experiment.model, experiment.tx, experiment.augment, experiment.config,
+                                       mesh, experiment.train_data.batch_in_program)
     arrays = experiment.train_data.arrays
     trace_started = time.perf_counter()
     traced = resident_steps.trace(state, totals, arrays, steps_per_call)
@@ -430,9 +431,8 @@ def benchmark_train(config, *, steps: int = 20, warmup: int = 2, synthetic: bool
   else:
     steps_per_call = 1
     # The streamed input's on-device part (a cast: crops and flips happen on the host), whatever the stand-in.
-    fed_step = train.make_streaming_runner(experiment.model, experiment.tx,
-                                           streaming.StreamingTrainData.device_augment, experiment.config,
-                                           experiment.mesh)
+    fed_step = train.make_runner(experiment.model, experiment.tx, streaming.StreamingTrainData.device_augment,
+                                 experiment.config, mesh, streaming.StreamingTrainData.batch_in_program)
     if synthetic:
       # Two device batches alternate (a new input buffer each step, as a prefetching pipeline delivers them).
       rng = np.random.default_rng(config.seed)
@@ -445,10 +445,10 @@ def benchmark_train(config, *, steps: int = 20, warmup: int = 2, synthetic: bool
     elif streamed:
       next_batch = lambda index: next(experiment.train_data)
     else:
-      raise UserError(f"--feed fed needs --synthetic or a streamed dataset; {config.dataset.name} is "
-                      "device-resident (use --feed resident)")
+      raise UserError(f"--pipeline grain needs --synthetic or a streamed dataset; {config.dataset.name} is "
+                      "device-resident (use --pipeline device)")
     trace_started = time.perf_counter()
-    traced = fed_step.trace(state, totals, next_batch(0))
+    traced = fed_step.trace(state, totals, next_batch(0), 1)
     lowered = traced.lower()
     lowered_at = time.perf_counter()
     compiled = lowered.compile()
@@ -488,7 +488,8 @@ def benchmark_train(config, *, steps: int = 20, warmup: int = 2, synthetic: bool
 
   record.update({
       'mode': 'train_step', 'model': config.model.name, 'dataset': config.dataset.name,
-      'synthetic': bool(synthetic), 'feed': feed, 'batch_size': batch, 'image_shape': list(experiment.image_shape),
+      'synthetic': bool(synthetic), 'pipeline': pipeline, 'batch_size': batch,
+      'image_shape': list(experiment.image_shape),
       'compute_dtype': dtype, 'steps_per_dispatch': steps_per_call,
       'images_per_sec': batch / median, 'step_ms': 1e3 * median,
       'step_ms_p10': 1e3 * _percentile(step_seconds, 10), 'step_ms_p90': 1e3 * _percentile(step_seconds, 90),
@@ -507,19 +508,19 @@ def benchmark_train(config, *, steps: int = 20, warmup: int = 2, synthetic: bool
 # Input only.
 
 
-def benchmark_input(config, *, steps: int = 50, warmup: int = 3, synthetic: bool = True, feed: str = 'auto',
+def benchmark_input(config, *, steps: int = 50, warmup: int = 3, synthetic: bool = True, pipeline: str = 'auto',
                     worker_counts: Optional[Sequence[int]] = None, image_shape=None, num_classes=None,
                     num_examples=None) -> dict[str, Any]:
   """Throughput of the config's input pipeline alone (no model), via resnet_jax.data.throughput."""
   facts = dataset_facts(config, image_shape, num_classes, num_examples)
-  if feed == 'auto':
-    feed = facts['feed']
+  if pipeline == 'auto':
+    pipeline = facts['pipeline']
   mesh = parallel.make_mesh()
-  record: dict[str, Any] = {'mode': 'input_only', 'dataset': config.dataset.name, 'feed': feed,
+  record: dict[str, Any] = {'mode': 'input_only', 'dataset': config.dataset.name, 'pipeline': pipeline,
                             'synthetic': True, 'batch_size': config.batch_size}
   if not synthetic:
     record['note'] = 'input_only always measures synthetic data of the config\'s shapes'
-  if feed == 'resident':
+  if pipeline == 'device':
     result = throughput.device_augment_throughput(
         num_examples=facts['num_examples'], image_shape=facts['image_shape'], batch_size=config.batch_size,
         steps=steps, warmup=warmup, seed=int(config.seed), mesh=mesh)
@@ -570,8 +571,8 @@ def make_parser() -> argparse.ArgumentParser:
   parser.add_argument('--batch_size', type=int, default=None, help='global batch (default: config.batch_size)')
   parser.add_argument('--synthetic', action='store_true', help="random uint8 images of the config's shape")
   parser.add_argument('--input_only', action='store_true', help='measure only the input pipeline')
-  parser.add_argument('--feed', choices=FEEDS, default='auto',
-                 help='resident: device-resident data + train.make_resident_runner; fed: one device batch per '
+  parser.add_argument('--pipeline', choices=PIPELINES, default='auto',
+                 help='device: device-resident data + train.make_runner; grain: one device batch per '
                       'call (streamed datasets); auto: by dataset')
   parser.add_argument('--peak_flops', type=float, default=None, help='peak FLOP/s per device for mfu')
   parser.add_argument('--no_pipelined', action='store_true', help='skip the back-to-back (unsynchronised) timing')
@@ -615,7 +616,7 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     if args.batch_size <= 0:
       raise UserError(f'--batch_size must be positive, got {args.batch_size}')
     config.batch_size = int(args.batch_size)
-  data_options = dict(synthetic=args.synthetic, feed=args.feed, image_shape=args.image_shape,
+  data_options = dict(synthetic=args.synthetic, pipeline=args.pipeline, image_shape=args.image_shape,
                       num_classes=args.num_classes, num_examples=args.num_examples)
   if args.input_only:
     workers = None if args.workers is None else [int(w) for w in args.workers.split(',')]

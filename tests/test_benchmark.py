@@ -47,7 +47,7 @@ def test_cli_appends_one_json_line_with_every_field(tmp_path):
   assert record['batch_size'] == 16 and record['steps_per_dispatch'] == 2 and record['timed_steps'] == 4
   assert record['images_per_sec'] == pytest.approx(16 / (record['step_ms'] / 1e3))
   assert record['config']['model']['name'] == 'cifar_preact_resnet20' and record['config']['batch_size'] == 16
-  assert record['feed'] == 'resident' and record['synthetic'] and record['tag'] == 'ci'
+  assert record['pipeline'] == 'device' and record['synthetic'] and record['tag'] == 'ci'
   assert record['nonfinite_steps'] == 0 and math.isfinite(record['train_loss'])
   # The steps scan is one while loop: XLA counts its body once, which is one step.
   assert record['flops_source'] == 'xla cost_analysis'
@@ -74,8 +74,8 @@ def test_bad_config_is_one_error_line(tmp_path):
 def test_fed_step_in_process_on_two_devices_without_mfu():
   config = config_lib.build_config(QUICKSTART, [o[len('--config.'):].split('=', 1) for o in TINY])
   config.batch_size = 8
-  record = benchmark.benchmark_train(config, steps=2, warmup=1, feed='fed', pipelined=False)
-  assert record['device_count'] == 2 and record['feed'] == 'fed' and record['mfu'] is None
+  record = benchmark.benchmark_train(config, steps=2, warmup=1, pipeline='grain', pipelined=False)
+  assert record['device_count'] == 2 and record['pipeline'] == 'grain' and record['mfu'] is None
   for key in ('images_per_sec', 'step_ms', 'compile_s', 'peak_memory_bytes', 'flops_per_step'):
     _positive(record, key)
   json.dumps(record)
@@ -84,7 +84,7 @@ def test_fed_step_in_process_on_two_devices_without_mfu():
 def test_input_only_device_resident():
   config = config_lib.build_config(QUICKSTART)
   record = benchmark.benchmark_input(config, steps=3, warmup=1, synthetic=True)
-  assert record['mode'] == 'input_only' and record['feed'] == 'resident' and record['image_shape'] == [8, 8, 1]
+  assert record['mode'] == 'input_only' and record['pipeline'] == 'device' and record['image_shape'] == [8, 8, 1]
   _positive(record, 'images_per_sec')
   json.dumps(record)
 

@@ -4,15 +4,13 @@ The objects here are what Grain worker processes run (they are pickled with clou
 worker), so this module must stay cheap to import.
 
 Data order (training)
-  The training stream is a sequence of global positions q = 0, 1, 2, ...; position q is example
-  `perm_e[q mod N]` of epoch e = q // N, where perm_e is a permutation drawn from (seed, e). The global batch
-  at step s is positions [s B, (s + 1) B); epochs follow each other without a gap (a batch may straddle two
-  epochs; nothing is dropped or repeated within an epoch) -- the same contract as the device-resident path.
-  Process p builds only rows [lo, hi) of each global batch: the rows of its devices in the mesh
-  (`parallel.local_batch_slice`), so over an epoch the processes read disjoint sets of examples that together
-  cover the split, and the global batch at step s is the same on any number of processes and devices.
-  Augmentation randomness for position q comes from (seed, q) alone. Batch s is therefore a pure function of
-  (seed, s): the pipeline position is just the step, which is what makes resumption exact and cheap.
+  The global batch at step s holds stream positions [s B, (s + 1) B) in the one data order of
+  `resnet_jax.data.order` (shared with the device-resident path). Process p builds only rows [lo, hi) of each
+  global batch: the rows of its devices in the mesh (`parallel.local_batch_slice`), so over an epoch the
+  processes read disjoint sets of examples that together cover the split, and the global batch at step s is the
+  same on any number of processes and devices. Augmentation randomness for position q comes from (seed, q)
+  alone. Batch s is therefore a pure function of (seed, s): the pipeline position is just the step, which is
+  what makes resumption exact and cheap.
 
 Corrupt images
   `corrupt_images='fail'` raises CorruptImageError (a UserError) naming the file or record. 'skip' logs a
@@ -25,15 +23,15 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
 import numpy as np
 
 from resnet_jax.data import host_augment
+from resnet_jax.data import order
 from resnet_jax.errors import UserError
 
-DATA_ORDER_STREAM = 0x5EED
 AUGMENT_STREAM = 0xA06
 TRAIN_CROPS = ('inception', 'scale', 'pad_crop', 'none')
 EVAL_CROPS = ('center', 'ten', 'none')
@@ -51,41 +49,6 @@ def _log_skip(what: str, error: Exception) -> None:
   if count <= 20 or count % 1000 == 0:
     logging.warning('skipping corrupt image %s (%s); %d corrupt image(s) skipped so far in this process',
                     what, error, count)
-
-
-class EpochOrder:
-  """Maps global stream positions to example indices: perm_{q // n}[q % n]. Thread-safe, picklable."""
-
-  def __init__(self, num_examples: int, seed: int, shuffle: bool = True):
-    self.num_examples = int(num_examples)
-    self.seed = int(seed)
-    self.shuffle = shuffle
-    self._cache: dict[int, np.ndarray] = {}
-    self._lock = threading.Lock()
-
-  def __getstate__(self):
-    return {'num_examples': self.num_examples, 'seed': self.seed, 'shuffle': self.shuffle}
-
-  def __setstate__(self, state):
-    self.__init__(state['num_examples'], state['seed'], state['shuffle'])
-
-  def permutation(self, epoch: int) -> np.ndarray:
-    if not self.shuffle:
-      return np.arange(self.num_examples)
-    with self._lock:
-      perm = self._cache.get(epoch)
-      if perm is None:
-        perm = np.random.default_rng([self.seed, DATA_ORDER_STREAM, int(epoch)]).permutation(self.num_examples)
-        if len(self._cache) >= 2:
-          self._cache.pop(min(self._cache))
-        self._cache[epoch] = perm
-      return perm
-
-  def index(self, position: int) -> int:
-    return int(self.permutation(position // self.num_examples)[position % self.num_examples])
-
-  def indices(self, positions: np.ndarray) -> np.ndarray:
-    return np.asarray([self.index(int(q)) for q in positions], np.int64)
 
 
 def example_rng(seed: int, position: int, attempt: int = 0) -> np.random.Generator:
@@ -125,7 +88,7 @@ class TrainTransform:
           raw, rng, self.image_size, self.crop, channels=self.channels, scale_range=self.scale_range,
           area_range=self.area_range, aspect_range=self.aspect_range, interpolation=self.interpolation)
     else:
-      image = _fixed(raw, self.channels, self.image_shape)
+      image = fixed_image(raw, self.channels, self.image_shape)
       if self.crop == 'pad_crop':
         image = host_augment.pad_crop(image, rng, self.crop_padding, self.pad_value)
     if self.flip:
@@ -169,10 +132,10 @@ class EvalTransform:
     if self.crop == 'ten':
       image = host_augment.resize_shorter(raw, self.resize, channels=self.channels, interpolation=self.interpolation)
       return host_augment.ten_crop_views(image, self.crop_size)
-    return _fixed(raw, self.channels, self.image_shape)
+    return fixed_image(raw, self.channels, self.image_shape)
 
 
-def _fixed(raw: Any, channels: int, shape: Optional[Sequence[int]]) -> np.ndarray:
+def fixed_image(raw: Any, channels: int, shape: Optional[Sequence[int]]) -> np.ndarray:
   if isinstance(raw, np.ndarray) and raw.dtype == np.uint8 and raw.ndim == 3:
     image = raw
   else:
@@ -211,73 +174,86 @@ def read_raw_robust(source, indices: Sequence[int]) -> tuple[list[Any], np.ndarr
   return images, np.asarray(labels, np.int32)
 
 
-def _check_labels(source, indices, labels: np.ndarray, num_classes: int) -> None:
-  bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+def transform_rows(source, indices: Sequence[int], transform: Callable[[Any, int], np.ndarray],
+                   corrupt_images: str) -> tuple[list[Optional[np.ndarray]], np.ndarray]:
+  """(transform(raw, row) for each example, labels): the one place the corrupt-image policy is applied.
+
+  A corrupt image raises CorruptImageError naming it and the way out (policy 'fail') or is logged and comes
+  back as None (policy 'skip'); what fills its slot is the caller's choice.
+  """
+  raws, labels = read_raw_robust(source, indices)
+  images = []
+  for row, (index, raw) in enumerate(zip(indices, raws)):
+    try:
+      if isinstance(raw, Exception):
+        raise raw
+      images.append(transform(raw, row))
+    except host_augment.CorruptImageError as e:
+      if corrupt_images == 'fail':
+        raise host_augment.CorruptImageError(
+            f"corrupt image {source.describe(index)}: {e}; delete or replace the file (or re-prepare the dataset), "
+            "or set config.input.corrupt_images='skip' to skip corrupt images (each skip is logged)") from None
+      _log_skip(source.describe(index), e)
+      images.append(None)
+  return images, np.asarray(labels, np.int32)
+
+
+def check_labels(source, indices, labels: np.ndarray) -> None:
+  bad = np.flatnonzero((labels < 0) | (labels >= source.num_classes))
   if len(bad):
     row = bad[0]
-    raise UserError(f"{source.describe(indices[row])} has label {int(labels[row])}, outside [0, {num_classes}); "
-                    "this split may have no labels (e.g. imagenet2012's test split: evaluate on 'validation'), "
-                    "or the dataset's class count is wrong")
+    raise UserError(f"{source.describe(indices[row])} has label {int(labels[row])}, outside [0, "
+                    f"{source.num_classes}); this split may have no labels (e.g. imagenet2012's test split: "
+                    "evaluate on 'validation'), or the dataset's class count is wrong")
 
 
-def _corrupt(source, index, error) -> host_augment.CorruptImageError:
-  return host_augment.CorruptImageError(
-      f"corrupt image {source.describe(index)}: {error}; delete or replace the file (or re-prepare the "
-      "dataset), or set config.input.corrupt_images='skip' to skip corrupt images (each skip is logged)")
+def check_corrupt_policy(corrupt_images: str) -> None:
+  if corrupt_images not in CORRUPT_POLICIES:
+    raise UserError(f"unknown config.input.corrupt_images {corrupt_images!r}; choose {', '.join(CORRUPT_POLICIES)}")
 
 
 class TrainBatchMaker:
   """step -> this process's rows of the global training batch {'image': uint8 [b, ...], 'label': int32 [b]}."""
 
   def __init__(self, source, global_batch: int, rows: tuple[int, int], seed: int, transform: TrainTransform,
-               corrupt_images: str = 'fail', shuffle: bool = True):
-    if corrupt_images not in CORRUPT_POLICIES:
-      raise UserError(f"unknown config.input.corrupt_images {corrupt_images!r}; choose fail or skip")
+               corrupt_images: str = 'fail'):
+    check_corrupt_policy(corrupt_images)
     self.source = source
     self.global_batch = int(global_batch)
     self.rows = (int(rows[0]), int(rows[1]))
     self.seed = int(seed)
     self.transform = transform
     self.corrupt_images = corrupt_images
-    self.order = EpochOrder(len(source), seed, shuffle)
 
   def positions(self, step: int) -> np.ndarray:
-    return int(step) * self.global_batch + np.arange(self.rows[0], self.rows[1], dtype=np.int64)
+    return order.batch_positions(int(step), self.global_batch, self.rows).astype(np.int64)
 
   def indices(self, step: int) -> np.ndarray:
     """Example indices this process reads for `step` (before any corrupt-image replacement)."""
-    return self.order.indices(self.positions(step))
+    return order.example_indices(self.seed, len(self.source), self.positions(step)).astype(np.int64)
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
     positions = self.positions(step)
-    indices = self.order.indices(positions)
-    raws, labels = read_raw_robust(self.source, indices)
-    labels = np.array(labels, np.int32)
-    out = np.empty((len(positions),) + tuple(self.transform.output_shape), np.uint8)
-    for row, (position, index, raw) in enumerate(zip(positions, indices, raws)):
-      attempt = 0
-      while True:
-        try:
-          if isinstance(raw, Exception):
-            raise raw
-          out[row] = self.transform(raw, example_rng(self.seed, position, attempt))
+    indices = order.example_indices(self.seed, len(self.source), positions).astype(np.int64)
+    augment = lambda attempt: lambda raw, row: self.transform(raw, example_rng(self.seed, positions[row], attempt))
+    images, labels = transform_rows(self.source, indices, augment(0), self.corrupt_images)
+    epoch_size = len(self.source)
+    for row in [row for row, image in enumerate(images) if image is None]:
+      # The next example of the same epoch's order takes the slot (deterministic).
+      epoch, offset = divmod(int(positions[row]), epoch_size)
+      for attempt in range(1, MAX_CONSECUTIVE_CORRUPT + 1):
+        position = np.asarray([epoch * epoch_size + (offset + attempt) % epoch_size])
+        index = order.example_indices(self.seed, epoch_size, position).astype(np.int64)
+        augment_row = lambda raw, _, attempt=attempt: augment(attempt)(raw, row)
+        (image,), label = transform_rows(self.source, index, augment_row, self.corrupt_images)
+        if image is not None:
+          images[row], labels[row], indices[row] = image, label[0], index[0]
           break
-        except host_augment.CorruptImageError as e:
-          if self.corrupt_images == 'fail':
-            raise _corrupt(self.source, index, e) from None
-          _log_skip(self.source.describe(index), e)
-          attempt += 1
-          if attempt > MAX_CONSECUTIVE_CORRUPT:
-            raise UserError(f"{attempt} consecutive corrupt images around {self.source.describe(index)}; the "
-                            "dataset looks broken: prepare it again") from None
-          # The next example of the same epoch's order takes the slot (deterministic).
-          epoch_size = self.order.num_examples
-          index = int(self.order.permutation(position // epoch_size)[(position % epoch_size + attempt) % epoch_size])
-          raw_list, label = read_raw_robust(self.source, [index])
-          raw, labels[row] = raw_list[0], label[0]
-      indices[row] = index
-    _check_labels(self.source, indices, labels, self.source.num_classes)
-    return {'image': out, 'label': labels}
+      else:
+        raise UserError(f"{MAX_CONSECUTIVE_CORRUPT} consecutive corrupt images around "
+                        f"{self.source.describe(indices[row])}; the dataset looks broken: prepare it again")
+    check_labels(self.source, indices, labels)
+    return {'image': np.stack(images), 'label': labels}
 
 
 class EvalBatchMaker:
@@ -289,8 +265,7 @@ class EvalBatchMaker:
 
   def __init__(self, source, global_batch: int, rows: tuple[int, int], num_examples: int,
                transform: EvalTransform, corrupt_images: str = 'fail'):
-    if corrupt_images not in CORRUPT_POLICIES:
-      raise UserError(f"unknown config.input.corrupt_images {corrupt_images!r}; choose fail or skip")
+    check_corrupt_policy(corrupt_images)
     self.source = source
     self.global_batch = int(global_batch)
     self.rows = (int(rows[0]), int(rows[1]))
@@ -302,23 +277,15 @@ class EvalBatchMaker:
     start = int(batch) * self.global_batch
     lo, hi = start + self.rows[0], min(start + self.rows[1], self.num_examples)
     wanted = self.rows[1] - self.rows[0]
-    indices = np.arange(lo, hi) if hi > lo else np.zeros((0,), np.int64)
+    indices = np.arange(lo, max(lo, hi), dtype=np.int64)
     image = np.zeros((wanted,) + tuple(self.transform.output_shape), np.uint8)
     label = np.zeros((wanted,), np.int32)
     mask = np.zeros((wanted,), bool)
     if len(indices):
-      raws, labels = read_raw_robust(self.source, indices)
-      for row, (index, raw) in enumerate(zip(indices, raws)):
-        try:
-          if isinstance(raw, Exception):
-            raise raw
-          image[row] = self.transform(raw)
-          mask[row] = True
-        except host_augment.CorruptImageError as e:
-          if self.corrupt_images == 'fail':
-            raise _corrupt(self.source, index, e) from None
-          _log_skip(self.source.describe(index), e)
-      label[:len(indices)] = np.where(mask[:len(indices)], labels, 0)
-      _check_labels(self.source, indices[mask[:len(indices)]], labels[mask[:len(indices)]],
-                    self.source.num_classes)
+      images, labels = transform_rows(self.source, indices, lambda raw, row: self.transform(raw),
+                                      self.corrupt_images)
+      for row, decoded in enumerate(images):
+        if decoded is not None:
+          image[row], label[row], mask[row] = decoded, labels[row], True
+      check_labels(self.source, indices[mask[:len(indices)]], label[:len(indices)][mask[:len(indices)]])
     return {'image': image, 'label': label, 'mask': mask}

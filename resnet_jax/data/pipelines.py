@@ -7,14 +7,18 @@ Choosing a pipeline (`make_train_data`, `config.dataset.pipeline`)
     (`streaming.StreamingTrainData`; ImageNet).
   'auto' (default): 'device' when the split's images share one shape and the split's uint8 size is at most
     `config.input.device_max_bytes`, else 'grain'.
-  Both carry `image_shape`, `num_classes`, `num_examples`, `steps_per_epoch`, `mean`/`std` (for the
-  Classifier) and `device_augment(key, uint8 images) -> float32 images` (the jitted part of augmentation).
+  Both are one train-data interface, so the train loop never asks which it has: `pipeline` ('device' |
+  'grain', the word config.dataset.pipeline uses), `image_shape`, `num_classes`, `num_examples`,
+  `steps_per_epoch`, `mean`/`std` (for the Classifier), `device_augment(key, uint8 images) -> float32 images`
+  (the jitted part of augmentation), `program_inputs(step, num_steps)` (what the compiled program of those steps
+  takes) and `batch_in_program(inputs, step, index)` (inside jit: the batch of a step), `get_state()` /
+  `set_state()` (the stream position saved with checkpoints, `order.position_state`) and `close()`.
+  Both follow the one data order of `order`: the same seed gives the same batches on either pipeline.
 
 Device-resident training data (small datasets: digits, CIFAR, SVHN)
   The whole training split is held once on the accelerators as a uint8 array sharded over the `data` mesh
   axis (each device keeps 1/D of it, each process loads only its part). The batch for step `s` is a pure
-  function of (seed, s): examples are drawn without replacement from a fresh permutation each epoch, epochs
-  following each other without a gap (a batch may straddle two epochs; nothing is dropped). Inside jit each
+  function of (seed, s) (`order.example_indices`). Inside jit each
   device picks the requested examples it holds and a `psum_scatter` hands every device its slice of the
   batch, so the batch sequence is identical on any number of devices and hosts, and a resumed run sees
   exactly the batches of an uninterrupted one. The per-step traffic is one batch, not the dataset.
@@ -23,8 +27,7 @@ Evaluation batches
   Every example is counted exactly once on any device count: the split is cut into global batches, the last
   one padded, and a `mask` marks real examples. Each process reads only its rows of each batch.
   `make_eval_batches` returns a re-iterable `streaming.EvalData` doing this with host preprocessing (resize +
-  centre crop, or ten-crop, for variable-size images; none for fixed-size ones) and device prefetch;
-  `eval_batches` is the plain generator for fixed-size sources.
+  centre crop, or ten-crop, for variable-size images; none for fixed-size ones) and device prefetch.
 
 Input options (`InputOptions`: every field with its default; `config.input.*` and a few of `config.augment` and
 `config.dataset`, read with defaults so configs without them work). Evaluation protocols for ImageNet:
@@ -42,7 +45,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from absl import logging
 
@@ -56,12 +59,10 @@ from resnet_jax.config import nested_tuple
 from resnet_jax.data import augment as augment_lib
 from resnet_jax.data import host_augment
 from resnet_jax.data import host_pipeline
+from resnet_jax.data import order
 from resnet_jax.data import streaming
 from resnet_jax.data.sources import ExampleSource
 from resnet_jax.errors import UserError
-
-# Domain-separation constant: data-order randomness never collides with model/augmentation randomness.
-_DATA_ORDER_STREAM = 0x5EED
 
 
 @dataclasses.dataclass
@@ -79,11 +80,32 @@ class DeviceResidentData:
   num_classes: Optional[int] = None
   device_augment: Optional[Callable[[jax.Array, jax.Array], jax.Array]] = None
 
-  kind = 'device'
+  pipeline = 'device'
+  step: int = 0                  # the step whose batch the next program_inputs hands out
 
   @property
   def steps_per_epoch(self) -> float:
     return self.num_examples / self.global_batch
+
+  # The train-data interface (shared with streaming.StreamingTrainData) ----------------------------------------
+  def program_inputs(self, step: int, num_steps: int) -> dict[str, jax.Array]:
+    """What the compiled program of steps step .. step + num_steps - 1 takes: the resident split itself."""
+    self.step = step + num_steps
+    return self.arrays
+
+  def batch_in_program(self, arrays: dict[str, jax.Array], step: jax.Array, index: Optional[jax.Array]):
+    """Inside jit: the batch of `step` (`index`, the step's place in the program, is not needed)."""
+    del index
+    return self.batch(arrays, step)
+
+  def get_state(self) -> dict[str, Any]:
+    return order.position_state(self.step, self.seed, self.global_batch, self.num_examples)
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self.step = order.resume_step(state, self.seed, self.global_batch, self.num_examples)
+
+  def close(self) -> None:
+    """Nothing to stop: the split is freed with the arrays."""
 
   @classmethod
   def from_arrays(cls, arrays: dict[str, np.ndarray], mesh: Mesh, global_batch: int,
@@ -111,19 +133,9 @@ class DeviceResidentData:
     return cls(arrays=placed, num_examples=num_examples, global_batch=global_batch, seed=seed, mesh=mesh)
 
   def batch_indices(self, step: jax.Array) -> jax.Array:
-    """Dataset indices of the global batch at `step` (traceable).
-
-    Position q = step * B + r is example perm_e(q mod N) of epoch e = q // N, where perm_e is a keyed
-    pseudo-random permutation of [0, N) evaluated per position (`feistel_permutation`): O(B) work per step,
-    instead of materialising (sorting) an N-element permutation every step.
-    """
-    position = step * self.global_batch + jnp.arange(self.global_batch)
-    epoch = position // self.num_examples
-    offset = position % self.num_examples
-    base = jax.random.fold_in(jax.random.key(self.seed), _DATA_ORDER_STREAM)
-    def epoch_keys(epoch_number):  # one key per Feistel round, fresh every epoch
-      return jax.random.bits(jax.random.fold_in(base, epoch_number), (_FEISTEL_ROUNDS,), jnp.uint32)
-    return feistel_permutation(offset, self.num_examples, jax.vmap(epoch_keys)(epoch))
+    """Dataset indices of the global batch at `step` (traceable): the one data order (`order`)."""
+    return order.example_indices(self.seed, self.num_examples, order.batch_positions(step, self.global_batch, xp=jnp),
+                                 jnp)
 
   def batch(self, arrays: dict[str, jax.Array], step: jax.Array) -> dict[str, jax.Array]:
     """The global batch at `step`, sharded over `data`; call inside jit with `arrays` as an argument."""
@@ -147,65 +159,6 @@ class DeviceResidentData:
 
     return jax.shard_map(gather_local, mesh=self.mesh,
                          in_specs=(P(parallel.DATA_AXIS), P()), out_specs=P(parallel.DATA_AXIS))(arrays, indices)
-
-
-_FEISTEL_ROUNDS = 4
-
-
-def _mix32(x: jax.Array) -> jax.Array:
-  """A 32-bit integer hash (lowbias32, C. Wellons): good avalanche, cheap."""
-  x = x ^ (x >> 16)
-  x = x * jnp.uint32(0x7FEB352D)
-  x = x ^ (x >> 15)
-  x = x * jnp.uint32(0x846CA68B)
-  return x ^ (x >> 16)
-
-
-def feistel_permutation(index: jax.Array, size: int, keys: jax.Array) -> jax.Array:
-  """perm(index) for a keyed pseudo-random permutation of [0, size); keys: uint32 [..., rounds] per element.
-
-  A balanced Feistel network on the smallest even-bit power-of-two domain >= size is a bijection of that
-  domain; cycle-walking (re-applying it until the value falls below size) restricts it to a bijection of
-  [0, size). The domain is smaller than 4 * size, so a few walks suffice. Every epoch's keys give an
-  independent-looking order.
-  """
-  bits = max(2, int(np.ceil(np.log2(max(size, 2)))))
-  half = (bits + 1) // 2
-  mask = jnp.uint32((1 << half) - 1)
-  keys = jnp.asarray(keys, jnp.uint32)
-
-  def permute(x):
-    left, right = x >> half, x & mask
-    for round_index in range(keys.shape[-1]):
-      left, right = right, left ^ (_mix32(right ^ keys[..., round_index]) & mask)
-    return (left << half) | right
-
-  x = permute(jnp.asarray(index).astype(jnp.uint32))
-  x = jax.lax.while_loop(lambda x: jnp.any(x >= size), lambda x: jnp.where(x >= size, permute(x), x), x)
-  return x.astype(jnp.int32)
-
-
-def eval_batches(source: ExampleSource, mesh: Mesh, global_batch: int,
-                 limit: Optional[int] = None) -> Iterator[dict[str, jax.Array]]:
-  """Yields global batches {'image', 'label', 'mask'} covering `source` exactly once (padded + masked)."""
-  num_examples = len(source) if limit is None else min(limit, len(source))
-  rows = parallel.local_batch_slice(global_batch, mesh)
-  for start in range(0, num_examples, global_batch):
-    lo, hi = start + rows.start, min(start + rows.stop, num_examples)
-    wanted = rows.stop - rows.start
-    indices = np.arange(lo, hi) if hi > lo else np.zeros((0,), np.int64)
-    if len(indices):
-      local = source.read(indices)
-    else:
-      shape = source.image_shape
-      local = {'image': np.zeros((0,) + tuple(shape), np.uint8), 'label': np.zeros((0,), np.int32)}
-    mask = np.zeros((wanted,), bool)
-    mask[:len(indices)] = True
-    pad = wanted - len(indices)
-    if pad:
-      local = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) for k, v in local.items()}
-    local['mask'] = mask
-    yield parallel.host_to_global(local, mesh, global_batch)
 
 
 def apply_multi_view(apply_fn: Callable[[jax.Array], jax.Array], images: jax.Array) -> jax.Array:
@@ -393,33 +346,22 @@ def _read_all(source: ExampleSource, corrupt_images: str) -> dict[str, np.ndarra
   """The whole split as arrays; corrupt images fail loudly or are dropped with a log line, by policy."""
   try:
     arrays = source.read_all()
-  except host_augment.CorruptImageError as e:
-    if corrupt_images == 'fail':
-      raise host_augment.CorruptImageError(
-          f"{e}; delete or replace the file, or set config.input.corrupt_images='skip' to skip corrupt images "
-          "(each skip is logged)") from None
-    images, labels, skipped = [], [], 0
+    kept = np.arange(len(arrays['label']))
+  except host_augment.CorruptImageError:
+    decode = lambda raw, row: host_pipeline.fixed_image(raw, source.channels, source.image_shape)
+    images, labels, kept = [], [], []
     for start in range(0, len(source), 1024):
-      chunk = range(start, min(start + 1024, len(source)))
-      raws, chunk_labels = host_pipeline.read_raw_robust(source, list(chunk))
-      for index, raw, label in zip(chunk, raws, chunk_labels):
-        try:
-          if isinstance(raw, Exception):
-            raise raw
-          images.append(host_pipeline._fixed(raw, source.channels, source.image_shape))  # pylint: disable=protected-access
-          labels.append(label)
-        except host_augment.CorruptImageError as err:
-          skipped += 1
-          logging.warning('skipping corrupt image %s: %s', source.describe(index), err)
-    logging.warning('%s %r: skipped %d corrupt image(s) of %d', source.dataset, source.split, skipped, len(source))
+      chunk = np.arange(start, min(start + 1024, len(source)))
+      decoded, chunk_labels = host_pipeline.transform_rows(source, chunk, decode, corrupt_images)
+      for index, image, label in zip(chunk, decoded, chunk_labels):
+        if image is not None:
+          images.append(image), labels.append(label), kept.append(index)
+    logging.warning('%s %r: skipped %d corrupt image(s) of %d', source.dataset, source.split,
+                    len(source) - len(images), len(source))
     if not images:
       raise UserError(f"{source.dataset} {source.split!r}: every image is corrupt") from None
     arrays = {'image': np.stack(images), 'label': np.asarray(labels, np.int32)}
-  labels = np.asarray(arrays['label'])
-  if len(labels) and (labels.min() < 0 or labels.max() >= source.num_classes):
-    bad = int(labels.min() if labels.min() < 0 else labels.max())
-    raise UserError(f"{source.dataset} {source.split!r} has label {bad}, outside [0, {source.num_classes}); "
-                    "this split may have no labels, or the dataset's class count is wrong")
+  host_pipeline.check_labels(source, kept, np.asarray(arrays['label']))
   return arrays
 
 
@@ -457,15 +399,9 @@ def _streaming_statistics(options: InputOptions, source: ExampleSource, seed: in
                                           interpolation=options.interpolation)
   images = []
   for start in range(0, count, 256):
-    chunk = indices[start:start + 256]
-    raws, _ = host_pipeline.read_raw_robust(source, chunk)
-    for raw in raws:
-      try:
-        if isinstance(raw, Exception):
-          raise raw
-        images.append(transform(raw))
-      except host_augment.CorruptImageError:
-        continue  # counted and reported by the pipeline itself
+    decoded, _ = host_pipeline.transform_rows(source, indices[start:start + 256], lambda raw, row: transform(raw),
+                                              'skip')
+    images += [image for image in decoded if image is not None]
   if not images:
     raise UserError(f"{source.dataset} {source.split!r}: no readable image to compute normalisation statistics")
   logging.info('normalisation statistics of %s estimated from %d examples', source.dataset, len(images))

@@ -34,9 +34,9 @@ from jax.sharding import Mesh
 
 from resnet_jax import parallel
 from resnet_jax.data import host_pipeline
+from resnet_jax.data import order
 from resnet_jax.errors import UserError
 
-STATE_VERSION = 1
 _NO_END = 1 << 50
 
 
@@ -135,6 +135,8 @@ class DevicePrefetcher:
       except queue.Empty:
         break
     self._thread.join(timeout=30)
+    if hasattr(self._host, 'close'):
+      self._host.close()
 
 
 class StreamingTrainData:
@@ -145,7 +147,7 @@ class StreamingTrainData:
   where the device-resident path applies `SmallImageAugment`).
   """
 
-  kind = 'grain'
+  pipeline = 'grain'
 
   def __init__(self, source, mesh: Mesh, global_batch: int, seed: int, transform: host_pipeline.TrainTransform, *,
                mean: Any = (0.0,), std: Any = (1.0,), num_workers: int = 0, num_threads: int = 1,
@@ -165,7 +167,6 @@ class StreamingTrainData:
     self.maker = host_pipeline.TrainBatchMaker(source, global_batch, (rows.start, rows.stop), seed, transform,
                                                corrupt_images)
     self._step = int(start_step)
-    self._host: Optional[HostBatches] = None
     self._prefetcher: Optional[DevicePrefetcher] = None
 
   # Description ------------------------------------------------------------------------------------------
@@ -192,10 +193,8 @@ class StreamingTrainData:
 
   # Iteration --------------------------------------------------------------------------------------------
   def _start(self) -> None:
-    self._host = HostBatches(self.maker, self._step, _NO_END, self.num_workers, self.num_threads,
-                             buffer_batches=max(2, self.prefetch))
-    to_device = lambda batch: parallel.host_to_global(batch, self.mesh, self.global_batch)
-    self._prefetcher = DevicePrefetcher(self._host, to_device, self.prefetch)
+    self._prefetcher = device_batches(self.maker, self._step, _NO_END, self.mesh, self.global_batch,
+                                      self.num_workers, self.num_threads, self.prefetch)
 
   def __iter__(self):
     return self
@@ -213,28 +212,32 @@ class StreamingTrainData:
     return self._step
 
   def get_state(self) -> dict[str, Any]:
-    """JSON-serialisable position: the next step plus what must match on resume."""
-    return {'version': STATE_VERSION, 'step': self._step, 'seed': self.seed, 'global_batch': self.global_batch,
-            'num_examples': self.num_examples, 'epoch': self._step * self.global_batch / self.num_examples}
+    """JSON-serialisable position: the next step plus what must match on resume (`order.position_state`)."""
+    return order.position_state(self._step, self.seed, self.global_batch, self.num_examples)
 
   def set_state(self, state: dict[str, Any]) -> None:
     """Continues from `state` (from get_state): the next batch is the one of step state['step']."""
-    for key in ('seed', 'global_batch', 'num_examples'):
-      if key in state and int(state[key]) != getattr(self, key):
-        raise UserError(f"the saved input-pipeline position was made with {key}={state[key]}, this run has "
-                        f"{getattr(self, key)}; resume with the same config.seed, batch_size and dataset, or "
-                        "start a new workdir")
-    if int(state.get('version', STATE_VERSION)) != STATE_VERSION:
-      raise UserError(f"input-pipeline state version {state.get('version')} is not {STATE_VERSION}")
+    step = order.resume_step(state, self.seed, self.global_batch, self.num_examples)
     self._stop()
-    self._step = int(state['step'])
+    self._step = step
+
+  def program_inputs(self, step: int, num_steps: int) -> dict[str, jax.Array]:
+    """The next `num_steps` global batches (those of steps step ..), stacked on a leading axis when several."""
+    if step != self._step:
+      raise ValueError(f'the input stream is at step {self._step}, not {step}')  # a bug, not a user error
+    batches = [next(self) for _ in range(num_steps)]
+    return batches[0] if num_steps == 1 else _stack(*batches)
+
+  @staticmethod
+  def batch_in_program(inputs: dict[str, jax.Array], step: jax.Array, index: Optional[jax.Array]):
+    """Inside jit: the batch of the program's step number `index` (None: the program takes one batch)."""
+    del step
+    return inputs if index is None else jax.tree.map(lambda stacked: stacked[index], inputs)
 
   def _stop(self) -> None:
     if self._prefetcher is not None:
       self._prefetcher.close()
-    if self._host is not None:
-      self._host.close()
-    self._prefetcher, self._host = None, None
+    self._prefetcher = None
 
   def close(self) -> None:
     self._stop()
@@ -285,15 +288,25 @@ class EvalData:
     return self.num_batches
 
   def __iter__(self) -> Iterator[dict[str, jax.Array]]:
-    host = HostBatches(self.maker, 0, self.num_batches, self.num_workers, self.num_threads,
-                       buffer_batches=max(2, self.prefetch))
-    to_device = lambda batch: parallel.host_to_global(batch, self.mesh, self.global_batch)
-    prefetcher = DevicePrefetcher(host, to_device, self.prefetch)
+    prefetcher = device_batches(self.maker, 0, self.num_batches, self.mesh, self.global_batch, self.num_workers,
+                                self.num_threads, self.prefetch)
     try:
       yield from prefetcher
     finally:
       prefetcher.close()
-      host.close()
+
+
+@jax.jit
+def _stack(*batches):
+  return jax.tree.map(lambda *arrays: jax.numpy.stack(arrays), *batches)
+
+
+def device_batches(maker: Callable[[int], dict[str, np.ndarray]], start: int, stop: int, mesh: Mesh,
+                   global_batch: int, num_workers: int, num_threads: int, prefetch: int) -> 'DevicePrefetcher':
+  """Global device batches of `maker(i)` for i in [start, stop): Grain builds them on the host, a thread
+  transfers them ahead of use. Close the result to stop both."""
+  host = HostBatches(maker, start, stop, num_workers, num_threads, buffer_batches=max(2, prefetch))
+  return DevicePrefetcher(host, lambda batch: parallel.host_to_global(batch, mesh, global_batch), prefetch)
 
 
 def local_rows(array: jax.Array) -> np.ndarray:

@@ -5,7 +5,7 @@ tests/test_training_parity.py (without torch: resnet_jax against those files; wi
 
 resnet_jax's side is the product's own code path: `train.build_experiment` on an npz dataset (device-resident
 pipeline), the initial weights put in with resnet_jax.convert's naming (`convert.torch_name`), then
-`train.make_resident_runner` one step per dispatch: the step `python -m resnet_jax.main` runs. The batch plan is
+`train.make_runner` one step per dispatch: the step `python -m resnet_jax.main` runs. The batch plan is
 what that pipeline draws for each step: the dataset indices (`DeviceResidentData.batch_indices`) and the crop
 offsets and flips (`SmallImageAugment.draw` with the step's augmentation key, `train.step_keys`); the reference
 trains on exactly these batches.
@@ -220,7 +220,9 @@ class JaxRun:
     variables = {collection: {'backbone': tree} for collection, tree in backbone_variables.items()}
     state = jax.device_put(state_lib.from_variables(jax.tree.map(jnp.asarray, variables), self.experiment.tx),
                            replicated)
-    runner = train.make_resident_runner(self.experiment)
+    experiment = self.experiment
+    runner = train.make_runner(experiment.model, experiment.tx, experiment.augment, experiment.config,
+                               experiment.mesh, experiment.train_data.batch_in_program)
     arrays = self.experiment.train_data.arrays
     losses, lrs, states = [], [], []
     for step in range(self.case.steps):
