@@ -70,6 +70,11 @@ def get_config():
   config.schedule.warmup_epochs = ml_collections.config_dict.placeholder(float)
 
   config.label_smoothing = 0.0
+  # The training loss (resnet_jax.losses): 'softmax' cross-entropy (the ResNet papers) or 'bce', the sigmoid
+  # binary cross-entropy of "ResNet strikes back" (Wightman et al. 2021, A1-A3). bce_target_threshold: with
+  # 'bce', targets above it become 1 and the rest 0 (timm's --bce-target-thresh; 0.2 in the RSB configs).
+  config.loss = 'softmax'
+  config.bce_target_threshold = ml_collections.config_dict.placeholder(float)
 
   # Exponential moving average of the weights and BatchNorm statistics, evaluated beside the raw weights
   # ("ResNet strikes back", Wightman et al. 2021; torchvision's v2 recipe). After every `every_steps` steps:

@@ -33,6 +33,7 @@ from resnet_jax import classifier
 from resnet_jax import config as config_lib
 from resnet_jax import evaluate
 from resnet_jax import finetune
+from resnet_jax import losses
 from resnet_jax import metrics as metrics_lib
 from resnet_jax import optim
 from resnet_jax import parallel
@@ -42,7 +43,6 @@ from resnet_jax import workdir as workdir_lib
 from resnet_jax.data import pipelines
 from resnet_jax.data import sources
 from resnet_jax.errors import UserError
-from resnet_jax.losses import cross_entropy
 
 NONFINITE_POLICIES = ('stop', 'skip')
 _NO_STEP = np.iinfo(np.int32).max
@@ -118,6 +118,7 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   starts the input pipeline at `start_step` (streamed sets). Compiles and writes nothing."""
   config_lib.validate(config)
   parallel.check_batch_divisible(config.batch_size, mesh)
+  losses.check_loss(config.loss, config.bce_target_threshold)
   if config.on_nonfinite not in NONFINITE_POLICIES:
     raise UserError(f"unknown config.on_nonfinite {config.on_nonfinite!r}; choose stop or skip")
   dispatch = config.steps_per_dispatch
@@ -220,7 +221,8 @@ def make_train_step(model, tx, augment, config) -> Callable:
     def loss_fn(params):
       logits, updates = apply({'params': params, 'batch_stats': state.batch_stats}, images, train=True,
                               rngs={'dropout': dropout_key}, mutable=['batch_stats'])
-      loss = jnp.mean(cross_entropy(logits, labels, label_smoothing))
+      targets = losses.one_hot_targets(labels, logits.shape[-1], label_smoothing)
+      loss = jnp.mean(losses.classification_loss(logits, targets, config.loss, config.bce_target_threshold))
       return loss, (logits, updates.get('batch_stats', state.batch_stats))
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
