@@ -1,4 +1,5 @@
-"""Test-suite setup: two fake CPU devices, a private TFDS data dir, and shared helpers.
+"""Test-suite setup: two fake CPU devices, a private TFDS data dir, one persistent compilation cache, the
+suite's one tiny training config and its session-wide trained run, and shared helpers.
 
 XLA_FLAGS must be set before JAX initialises its backend, so it is set here, at import. Every test that does
 not build its own mesh therefore runs data-parallel over 2 devices, exercising the sharded code paths.
@@ -34,7 +35,46 @@ TFDS_DATA_DIR = tempfile.mkdtemp(prefix='resnet_jax_tfds_')
 os.environ['TFDS_DATA_DIR'] = TFDS_DATA_DIR
 atexit.register(shutil.rmtree, TFDS_DATA_DIR, ignore_errors=True)
 
+# One persistent XLA compilation cache for the whole session: most of the suite's time is compiling the same few
+# programs (the tiny run's train step, its evaluation, the init) again in another test, worker, subprocess or
+# notebook kernel. JAX reads these variables when it is imported, so every process started from here (xdist
+# workers, `run_python`, `python -m resnet_jax.main` subprocesses, Jupyter kernels) inherits the same cache; the
+# first process (the xdist controller, or pytest -n 0) makes the directory and removes it at exit. A cached
+# executable is the compiled program itself: results stay bitwise equal (tests/test_train.py compares against
+# golden metrics and a resumed run against an uninterrupted one through it). Every entry is kept, however quick
+# to compile: the suite's programs are small.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='resnet_jax_xla_cache_')
+  atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
+COMPILATION_CACHE_DIR = os.environ['JAX_COMPILATION_CACHE_DIR']
+os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position  (after XLA_FLAGS and the cache variables)
+
+jax.config.update('jax_compilation_cache_dir', COMPILATION_CACHE_DIR)
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICKSTART = os.path.join(REPO, 'configs', 'quickstart.py')
+
+#: The suite's one tiny training run: the quickstart (digits, pre-activation ResNet-20) shortened to 12 steps of
+#: batch 32 at widths (8,16,16), a learning-rate step at 8, a log line every 4 steps, checkpoints at 6 and 12 and
+#: one evaluation at the end. Every module that trains derives its run from it (`tiny_config(**overrides)`), so
+#: that its programs compile once for the suite (the persistent cache above), and every module that only reads a
+#: run reads the session's `trained` run. tests/golden/quickstart_tiny_metrics.json holds its metrics.
+TINY_OVERRIDES = {'total_steps': '12', 'batch_size': '32', 'schedule.boundaries_epochs': 'None',
+                  'schedule.boundaries_steps': '8', 'log_every_steps': '4', 'eval_every_steps': '12',
+                  'checkpoint_every_steps': '6', 'model.stage_widths': '(8,16,16)'}
+#: TINY_OVERRIDES as `python -m resnet_jax.main` arguments (for subprocesses and in-process CLI runs).
+TINY_ARGS = ['--config', QUICKSTART] + [f'--config.{key}={value}' for key, value in TINY_OVERRIDES.items()]
+
+
+def tiny_config(**overrides):
+  """The tiny quickstart config (TINY_OVERRIDES), with `overrides` (config paths -> strings) on top."""
+  from resnet_jax import config as config_lib  # pylint: disable=g-import-not-at-top  (after XLA_FLAGS)
+  return config_lib.build_config(QUICKSTART, list({**TINY_OVERRIDES, **overrides}.items()))
 
 
 def run_python(args, devices=1, env=None, timeout=600, cwd=REPO):
@@ -59,9 +99,25 @@ def snapshot(root):
   return files
 
 
+@pytest.fixture(scope='session')
+def trained_run(tmp_path_factory):
+  """tiny_config() trained in-process once per session (per xdist worker): (workdir, the final evaluation
+  train_and_evaluate returned)."""
+  from resnet_jax import train  # pylint: disable=g-import-not-at-top  (conftest sets XLA_FLAGS before JAX loads)
+  workdir = str(tmp_path_factory.mktemp('tiny') / 'run')
+  return workdir, train.train_and_evaluate(tiny_config(), workdir)
+
+
+@pytest.fixture(scope='session')
+def trained(trained_run):
+  """The session's tiny run's workdir. Read only: a test that writes into a run (resumes it, evaluates it,
+  damages it) takes `run_copy`."""
+  return trained_run[0]
+
+
 @pytest.fixture
 def run_copy(trained, tmp_path):
-  """A copy of the module's `trained` run (each module that uses this defines its own `trained` fixture)."""
+  """A private copy of the session's `trained` run, for a test that writes into it."""
   workdir = str(tmp_path / 'run')
   shutil.copytree(trained, workdir)
   return workdir
@@ -79,8 +135,8 @@ def reference(tmp_path_factory):
   return workdir
 
 
-@pytest.fixture(scope='module')
-def cache(tmp_path_factory):
-  """One XLA compilation cache for a module's `python -m resnet_jax.main` subprocesses (results do not depend
-  on it; it saves each subprocess the compile)."""
-  return str(tmp_path_factory.mktemp('compilation_cache'))
+@pytest.fixture(scope='session')
+def cache():
+  """The session's XLA compilation cache, for command lines that name theirs (`--config.compilation_cache_dir`,
+  tests/kill_loop.py): results do not depend on it; it saves each subprocess the compile."""
+  return COMPILATION_CACHE_DIR

@@ -21,32 +21,24 @@ from resnet_jax import train
 from resnet_jax.data import sources
 from resnet_jax.errors import UserError
 
+from conftest import tiny_config
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICKSTART = os.path.join(REPO, 'configs', 'quickstart.py')
+GOLDEN = os.path.join(REPO, 'tests', 'golden', 'quickstart_tiny_metrics.json')
+#: metrics.jsonl fields that depend on the wall clock.
+TIMING_FIELDS = ('images_per_sec', 'compile_s')
 
 
-def tiny_config(**overrides):
-  """The quickstart, shortened to a few steps (digits, pre-activation ResNet-20)."""
-  base = {'total_steps': '12', 'batch_size': '32', 'schedule.boundaries_epochs': 'None',
-          'schedule.boundaries_steps': '8', 'log_every_steps': '4', 'eval_every_steps': '12',
-          'checkpoint_every_steps': '6', 'model.stage_widths': '(8,16,16)'}
-  base.update(overrides)
-  return config_lib.build_config(QUICKSTART, list(base.items()))
+def read_lines(workdir):
+  return [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
 
 
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('run'))
-  result = train.train_and_evaluate(tiny_config(), workdir)
-  return workdir, result
-
-
-def test_workdir_layout_and_metrics(trained):
-  workdir, result = trained
+def test_workdir_layout_and_metrics(trained_run):
+  workdir, result = trained_run
   names = set(os.listdir(workdir))
   assert {'config.json', 'metrics.jsonl', 'curves.png', 'checkpoints'} <= names
   assert any(n.startswith('events.out.tfevents') for n in names)
-  lines = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  lines = read_lines(workdir)
   train_lines = [l for l in lines if 'train_loss' in l]
   eval_lines = [l for l in lines if 'test_accuracy' in l]
   assert [l['step'] for l in train_lines] == [4, 8, 12]
@@ -61,39 +53,52 @@ def test_workdir_layout_and_metrics(trained):
   assert saved.total_steps == 12 and saved.model.name == 'cifar_preact_resnet20'
 
 
-def test_rerun_resumes_and_does_not_retrain(trained):
-  workdir, result = trained
+def test_tiny_quickstart_metrics_equal_the_golden_of_the_base_commit(trained):
+  """Issue 21's acceptance: losses and accuracies of the tiny quickstart bitwise as at 7c00b76 (refactoring the
+  input path or the loop must not change what is trained). Timing fields and timing-only lines are left out."""
+  lines = [{k: v for k, v in line.items() if k not in TIMING_FIELDS} for line in read_lines(trained)]
+  with open(GOLDEN) as file:
+    golden = json.load(file)
+  assert [line for line in lines if set(line) != {'step'}] == golden['lines']
+
+
+def final_accuracy(workdir):
+  return [l for l in read_lines(workdir) if 'test_accuracy' in l][-1]['test_accuracy']
+
+
+def test_rerun_resumes_and_does_not_retrain(run_copy):
+  workdir = run_copy
   before = open(os.path.join(workdir, 'metrics.jsonl')).read()
   again = train.train_and_evaluate(tiny_config(), workdir)
-  assert again['test_accuracy'] == result['test_accuracy']
+  assert again['test_accuracy'] == final_accuracy(workdir)
   after = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
   assert [l['step'] for l in after if 'train_loss' in l] == [4, 8, 12]  # nothing retrained
   assert len(after) >= len(before.splitlines())
 
 
 def test_load_and_predict_reproduce_the_final_evaluation(trained):
-  workdir, result = trained
+  workdir = trained
   loaded = checkpoints.load(workdir)
   assert loaded.step == 12 and loaded.config.model.name == 'cifar_preact_resnet20'
   test = sources.open_split('digits', 'test').read_all()
   logits = evaluate.predict(loaded.model, loaded.variables, test['image'], batch_size=100)
   assert logits.shape == (364, 10) and logits.dtype == np.float32
   accuracy = float(np.mean(np.argmax(logits, -1) == test['label']))
-  assert accuracy == pytest.approx(result['test_accuracy'], abs=1e-9)
+  assert accuracy == pytest.approx(final_accuracy(workdir), abs=1e-9)
 
 
-def test_eval_mode_reports_the_final_accuracy(trained):
-  workdir, result = trained
+def test_eval_mode_reports_the_final_accuracy(run_copy):
+  workdir = run_copy
   evaluated = evaluate.evaluate_checkpoint(workdir)
   assert evaluated['step'] == 12
-  assert evaluated['test_accuracy'] == pytest.approx(result['test_accuracy'], abs=1e-9)
+  assert evaluated['test_accuracy'] == pytest.approx(final_accuracy(workdir), abs=1e-9)
   record = json.loads(open(os.path.join(workdir, 'eval_results.jsonl')).read().splitlines()[-1])
   assert record['test_accuracy'] == evaluated['test_accuracy']
 
 
 def test_resumed_run_equals_uninterrupted_run(trained, tmp_path):
   """6 steps, stop, then resume to 12, gives the parameters of 12 steps in one go (bitwise on CPU)."""
-  straight, _ = trained
+  straight = trained
   split = str(tmp_path / 'split')
   train.train_and_evaluate(tiny_config(total_steps='6', eval_every_steps='6'), split)
   train.train_and_evaluate(tiny_config(), split)
@@ -102,7 +107,7 @@ def test_resumed_run_equals_uninterrupted_run(trained, tmp_path):
 
 
 def test_workdir_of_another_run_is_refused(trained):
-  workdir, _ = trained
+  workdir = trained
   with pytest.raises(UserError, match='holds a run with a different config.model'):
     train.train_and_evaluate(tiny_config(**{'model.name': 'cifar_preact_resnet32'}), workdir)
 
@@ -141,7 +146,7 @@ def test_several_steps_per_dispatch_compile_two_programs_and_match_one_step(trai
   lines = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
   assert len([l for l in lines if 'compile_s' in l]) == 2
   assert [l['step'] for l in lines if 'train_loss' in l] == [5, 10, 12]
-  a, b = checkpoints.load(trained[0]), checkpoints.load(workdir)
+  a, b = checkpoints.load(trained), checkpoints.load(workdir)
   np.testing.assert_allclose(_flat(a.variables), _flat(b.variables), rtol=1e-4, atol=1e-5)
 
 
@@ -160,7 +165,7 @@ def test_step_dispatcher_reports_each_compile_with_the_step_it_happened_at():
 
 
 def test_load_closes_its_checkpoint_manager_when_restoring_fails(trained, monkeypatch):
-  workdir, _ = trained
+  workdir = trained
   closed = []
   close = checkpoints.Checkpointer.close
   monkeypatch.setattr(checkpoints.Checkpointer, 'close', lambda self: closed.append(close(self)))
