@@ -42,14 +42,22 @@ def get_config():
   config.total_steps = 64_000
   config.total_epochs = ml_collections.config_dict.placeholder(float)
 
+  # name: 'sgd' (the papers), 'lamb' and 'lars' (layer-wise trust ratio; "ResNet strikes back" trains with LAMB),
+  # 'adamw'; resnet_jax.optim.update_rule says what each is.
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = 'sgd'
-  config.optimizer.momentum = 0.9
-  config.optimizer.nesterov = False
-  # Coupled L2 (added to the gradient before momentum, as the papers' SGD). 'all' decays every parameter
-  # (fb.resnet.torch), 'kernels' only conv/dense kernels (excludes BN and biases).
+  config.optimizer.momentum = 0.9    # sgd, lars
+  config.optimizer.nesterov = False  # sgd, lars
+  # sgd: coupled L2 (added to the gradient before momentum, as the papers' SGD); lamb/lars/adamw: decoupled.
+  # 'all' decays every parameter (fb.resnet.torch), 'kernels' only conv/dense kernels (excludes BN and biases,
+  # as the modern recipes; for lamb/lars the trust ratio follows the same mask, as timm's).
   config.optimizer.weight_decay = 1e-4
   config.optimizer.weight_decay_on = 'all'
+  config.optimizer.betas = (0.9, 0.999)  # lamb, adamw
+  config.optimizer.eps = ml_collections.config_dict.placeholder(float)  # None: lamb 1e-6 (timm), adamw 1e-8
+  config.optimizer.trust_coefficient = 0.001  # lars (You et al. 2017's eta)
+  # Clip the global gradient norm before the update (None: no clip; timm's Lamb clips at 1.0).
+  config.optimizer.clip_grad_norm = ml_collections.config_dict.placeholder(float)
   # Learning-rate factors of parameter groups: {pattern: factor}, the first matching pattern applies (patterns
   # as config.freeze's), e.g. {'head': 10.0}; on the command line --config.optimizer.lr_multipliers=head=10,stage3=2.
   config.optimizer.lr_multipliers = ml_collections.config_dict.placeholder(object)

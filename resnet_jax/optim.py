@@ -23,7 +23,10 @@ import optax
 from resnet_jax.config import resolve_steps
 from resnet_jax.errors import UserError
 
-OPTIMIZERS = ('sgd',)
+OPTIMIZERS = ('sgd', 'lamb', 'lars', 'adamw')
+#: config.optimizer.eps when None: timm's Lamb default, torch's AdamW default, optax.lars's default.
+DEFAULT_EPS = {'lamb': 1e-6, 'adamw': 1e-8, 'lars': 0.0}
+
 SCHEDULES = ('step', 'cosine', 'constant')
 WARMUPS = ('none', 'constant', 'linear')
 WEIGHT_DECAY_TARGETS = ('all', 'kernels')
@@ -224,24 +227,50 @@ def matches(paths: Sequence[str], pattern: str) -> list[str]:
   return [path for path in paths if regex.search(path)]
 
 
+def update_rule(optimizer_config: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
+  """config.optimizer.name's update, weight decay included, from optax's transforms.
+
+  sgd: coupled L2 then Torch/Caffe SGD (v <- momentum * v + g; p <- p - lr * v; optax.sgd), as the papers.
+  lamb (You et al. 2020; "ResNet strikes back"): Adam moments, decoupled weight decay, then the layer-wise trust
+  ratio ||p|| / ||update||, applied, as timm's Lamb, only where weight decay applies (weight_decay_on).
+  lars (You et al. 2017): optax.lars, weight decay and trust ratio masked alike, with `momentum` and
+  `trust_coefficient`. adamw (Loshchilov & Hutter 2019): optax.adamw.
+  `clip_grad_norm` first clips the global gradient norm (timm's Lamb clips at 1.0 by itself)."""
+  name, weight_decay = optimizer_config.name, float(optimizer_config.weight_decay)
+  if name not in OPTIMIZERS:
+    raise UserError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+  mask = weight_decay_mask(optimizer_config.weight_decay_on)
+  beta1, beta2 = optimizer_config.betas
+  eps = DEFAULT_EPS.get(name) if optimizer_config.eps is None else float(optimizer_config.eps)
+  if name == 'sgd':
+    decay = optax.add_decayed_weights(weight_decay, mask=mask) if weight_decay else optax.identity()
+    update = optax.chain(decay, optax.sgd(schedule, momentum=float(optimizer_config.momentum) or None,
+                                          nesterov=bool(optimizer_config.nesterov)))
+  elif name == 'lamb':
+    update = optax.chain(optax.scale_by_adam(beta1, beta2, eps),
+                         optax.add_decayed_weights(weight_decay, mask=mask),
+                         optax.masked(optax.scale_by_trust_ratio(), mask),
+                         optax.scale_by_learning_rate(schedule))
+  elif name == 'lars':
+    update = optax.lars(schedule, weight_decay=weight_decay, weight_decay_mask=mask, trust_ratio_mask=mask,
+                        trust_coefficient=optimizer_config.trust_coefficient, eps=eps,
+                        momentum=optimizer_config.momentum, nesterov=optimizer_config.nesterov)
+  else:
+    update = optax.adamw(schedule, beta1, beta2, eps, weight_decay=weight_decay, mask=mask)
+  if optimizer_config.clip_grad_norm:
+    update = optax.chain(optax.clip_by_global_norm(optimizer_config.clip_grad_norm), update)
+  return update
+
+
 def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
-  """Coupled L2 + SGD. With `config.freeze` or `config.optimizer.lr_multipliers`, an `optax.multi_transform`
+  """`update_rule`. With `config.freeze` or `config.optimizer.lr_multipliers`, an `optax.multi_transform`
   over parameter groups: frozen parameters get a zero update (no weight decay either), a group with factor f
   the same update scaled by f (its learning rate times f, weight decay included)."""
-  optimizer_config = config.optimizer
-  decay = optax.identity()
-  if optimizer_config.weight_decay:
-    decay = optax.add_decayed_weights(float(optimizer_config.weight_decay),
-                                      mask=weight_decay_mask(optimizer_config.weight_decay_on))
-  if optimizer_config.name not in OPTIMIZERS:
-    raise UserError(f"unknown optimizer {optimizer_config.name!r}; choose one of {', '.join(OPTIMIZERS)}")
-  # Torch/Caffe SGD: v <- momentum * v + g; p <- p - lr * v (optax.sgd is the same update).
-  update = optax.sgd(schedule, momentum=float(optimizer_config.momentum) or None,
-                     nesterov=bool(optimizer_config.nesterov))
+  update = update_rule(config.optimizer, schedule)
   freeze = as_patterns(config.get('freeze'), 'freeze')
   multipliers = lr_multipliers(config)
   if not freeze and not multipliers:
-    return optax.chain(decay, update)  # the state structure of every run without parameter groups
+    return update  # the state structure of every run without parameter groups
 
   def labels(params):
     paths = {}
@@ -249,7 +278,7 @@ def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) 
     groups = parameter_groups(list(paths.values()), freeze, multipliers)
     return jax.tree_util.tree_map_with_path(lambda path, _: groups[paths[path]], params)
 
-  transforms = {FROZEN: optax.set_to_zero(), TRAINED: optax.chain(decay, update)}
+  transforms = {FROZEN: optax.set_to_zero(), TRAINED: update}
   for _, factor in multipliers:
-    transforms[f'lr_x{factor!r}'] = optax.chain(decay, update, optax.scale(factor))
+    transforms[f'lr_x{factor!r}'] = optax.chain(update, optax.scale(factor))
   return optax.multi_transform(transforms, labels)
