@@ -40,6 +40,11 @@ PROPAGATION = 'python -m resnet_jax.analysis --workdir runs/quickstart --study p
 PROBE = ('python -m resnet_jax.main --config configs/quickstart.py --workdir runs/quickstart_probe '
          '--config.init_from=runs/quickstart --config.init_exclude=head --config.freeze=stem,stage1,stage2,stage3')
 BENCHMARK = 'python -m resnet_jax.benchmark --config configs/quickstart.py --synthetic --json runs/benchmark.jsonl'
+EMA = ('python -m resnet_jax.main --config configs/quickstart.py --workdir runs/qs_ema --config.ema.decay=0.9998 '
+       '--config.ema.warmup=True')
+LAMB = ('python -m resnet_jax.main --config configs/quickstart.py --workdir runs/qs_lamb --config.optimizer.name=lamb '
+        '--config.schedule.base_lr=5e-3 --config.optimizer.weight_decay=0.01 --config.optimizer.weight_decay_on=kernels '
+        '--config.optimizer.clip_grad_norm=1.0 --config.loss=bce --config.bce_target_threshold=0.2')
 PRINT_COMMANDS = ('python -m resnet_jax.reproduce --config configs/cifar.py:resnet110 --seeds 5 --workdir runs/r110 '
                   '--print_commands')
 
@@ -56,6 +61,8 @@ RUN = (
     PLOT,
     PROPAGATION,
     PROBE,
+    EMA,
+    LAMB,
     BENCHMARK,
     CONVERT,
     EXPORT,
@@ -179,6 +186,10 @@ def test_the_readme_commands_run_offline_as_written(tmp_path):
   assert (runs / 'table' / 'results.md').exists() and (runs / 'table' / 'results.csv').exists()
   assert (runs / 'quickstart_fig6.png').stat().st_size > 5000
 
+  final_ema = [json.loads(l) for l in open(runs / 'qs_ema' / 'metrics.jsonl') if 'test_accuracy' in l][-1]
+  assert 'ema_test_accuracy' in final_ema
+  lamb_config = json.loads((runs / 'qs_lamb' / 'config.json').read_text())
+  assert (lamb_config['optimizer']['name'], lamb_config['loss']) == ('lamb', 'bce')
   probe_config = json.loads((runs / 'quickstart_probe' / 'config.json').read_text())
   assert probe_config['init_from'] == 'runs/quickstart'
   benchmark = [json.loads(l) for l in open(runs / 'benchmark.jsonl')]

@@ -15,6 +15,7 @@ Variants (one independent choice each; see VARIANTS):
   jax_per_channel    the same with per-channel normalisation.
   jax_reference_conv per-channel normalisation and BN over the whole batch of 128: the reference's conventions
                      (tests/test_training_parity.py proves this step equal to the reference's).
+  jax_cifar_row_ema  jax_cifar_row keeping an EMA of the weights (timm's 0.9998 with its warm-up ramp).
   torch_reference    benchmarks/peers/torch_reference.py with its defaults (per-channel statistics of the split,
                      BN over 128, normalise then zero-pad, batches straddling epochs).
   torch_pad_black    the reference padding the raw image with black (torchvision's RandomCrop before Normalize).
@@ -46,6 +47,9 @@ VARIANTS = {
     'jax_cifar_row': ('jax', []),
     'jax_per_channel': ('jax', ['--config.augment.normalization=per_channel']),
     'jax_reference_conv': ('jax', ['--config.augment.normalization=per_channel', '--config.batch_norm.mode=global']),
+    # timm's EMA default (0.9998) with its warm-up ramp (issue 23): each run reports the weights (test_accuracy,
+    # the same run as jax_cifar_row: the average does not change training) and their average (ema_test_accuracy).
+    'jax_cifar_row_ema': ('jax', ['--config.ema.decay=0.9998', '--config.ema.warmup=True']),
     'torch_reference': ('torch', []),
     'torch_pad_black': ('torch', ['--pad', 'black']),
     'torch_short_batch': ('torch', ['--epoch_end', 'short']),
@@ -85,7 +89,8 @@ def read_run(workdir: str) -> dict:
   lines = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
   tests = [line for line in lines if 'test_accuracy' in line]
   train = [line for line in lines if 'train_loss' in line]
-  return {'test_accuracy': tests[-1]['test_accuracy'], 'test_loss': tests[-1]['test_loss'],
+  averaged = {name: tests[-1][name] for name in ('ema_test_accuracy', 'ema_test_loss') if name in tests[-1]}
+  return {'test_accuracy': tests[-1]['test_accuracy'], 'test_loss': tests[-1]['test_loss'], **averaged,
           'final_train_loss': train[-1]['train_loss'],
           'train_loss_by_step': {str(line['step']): line['train_loss'] for line in train},
           'test_accuracy_by_step': {str(line['step']): line['test_accuracy'] for line in tests}}
@@ -143,6 +148,10 @@ def main(argv=None):
     row = table.setdefault(f"{run['variant']}_{run['steps']}", {'accuracies': [], 'train_losses': []})
     row['accuracies'].append(run['test_accuracy'])
     row['train_losses'].append(run['final_train_loss'])
+    if 'ema_test_accuracy' in run:
+      table.setdefault(f"{run['variant']}_{run['steps']}_average", {'accuracies': [], 'train_losses': []})
+      table[f"{run['variant']}_{run['steps']}_average"]['accuracies'].append(run['ema_test_accuracy'])
+      table[f"{run['variant']}_{run['steps']}_average"]['train_losses'].append(run['final_train_loss'])
   for name, row in table.items():
     accuracies = row['accuracies']
     row.update(mean=statistics.mean(accuracies), std=statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
