@@ -49,7 +49,6 @@ Fields of the JSON object:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import glob
 import json
@@ -294,26 +293,14 @@ def synthetic_source(name: str, split: str, image_shape, num_classes: int, num_e
                                image_shape=tuple(image_shape), num_examples=int(num_examples), read_fn=read)
 
 
-@contextlib.contextmanager
-def synthetic_dataset(config, facts: dict[str, Any]):
-  """Within the block, opening the config's dataset (any split) gives synthetic data of its shape."""
-  original = sources.open_split
-  cache: dict[str, Any] = {}
-
-  def open_split(name, split, data_dir=None):
-    if name != config.dataset.name:
-      return original(name, split, data_dir)
-    if split not in cache:
-      count = facts['num_examples'] if split == config.dataset.train_split else config.get('eval_batch_size', 8)
-      cache[split] = synthetic_source(name, split, facts['image_shape'], facts['num_classes'], count,
-                                      seed=len(cache))
-    return cache[split]
-
-  sources.open_split = open_split
-  try:
-    yield
-  finally:
-    sources.open_split = original
+def synthetic_splits(config, facts: dict[str, Any]) -> tuple[sources.ExampleSource, sources.ExampleSource]:
+  """(train, eval) splits of synthetic data with the shape of the config's dataset, for build_experiment."""
+  name = config.dataset.name
+  train_split = synthetic_source(name, config.dataset.train_split, facts['image_shape'], facts['num_classes'],
+                                 facts['num_examples'], seed=0)
+  eval_split = synthetic_source(name, config.dataset.eval_split, facts['image_shape'], facts['num_classes'],
+                                config.get('eval_batch_size', 8), seed=1)
+  return train_split, eval_split
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -401,11 +388,10 @@ def benchmark_train(config, *, steps: int = 20, warmup: int = 2, synthetic: bool
     # Streamed data, synthetic: the model, optimizer and schedule come from build_experiment on a small
     # synthetic stand-in of the split (its resident copy is not used); device batches are fed below.
     stand_in = dict(facts, num_examples=max(batch, 2 * devices))
-    setup = synthetic_dataset(config, stand_in)
+    splits = synthetic_splits(config, stand_in)
   else:
-    setup = synthetic_dataset(config, facts) if synthetic else contextlib.nullcontext()
-  with setup:
-    experiment = train.build_experiment(config, mesh)
+    splits = synthetic_splits(config, facts) if synthetic else None
+  experiment = train.build_experiment(config, mesh, splits=splits)
   setup_s = time.perf_counter() - started
   streamed = experiment.train_data.pipeline == 'grain'
   if pipeline is None:

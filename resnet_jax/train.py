@@ -113,9 +113,11 @@ class Experiment:
       self.train_data.close()
 
 
-def build_experiment(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, start_step: int = 0) -> Experiment:
+def build_experiment(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, start_step: int = 0,
+                     splits: tuple[sources.ExampleSource, sources.ExampleSource] | None = None) -> Experiment:
   """Validates the config against data, model and devices, then loads the data (device-resident sets) or
-  starts the input pipeline at `start_step` (streamed sets). Compiles and writes nothing."""
+  starts the input pipeline at `start_step` (streamed sets). Compiles and writes nothing. `splits` (train, eval)
+  replaces the config's dataset (the benchmark's synthetic data)."""
   config_lib.validate(config)
   parallel.check_batch_divisible(config.batch_size, mesh)
   losses.check_loss(config.loss, config.bce_target_threshold)
@@ -126,8 +128,8 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
     raise UserError(f"config.steps_per_dispatch must be a positive integer (train steps per dispatch), got {dispatch!r}")
   pipelines.input_options(config)  # raises for unknown input options
   dataset = config.dataset
-  train_source = sources.open_split(dataset.name, dataset.train_split, dataset.get('data_dir'))
-  eval_source = sources.open_split(dataset.name, dataset.eval_split, dataset.get('data_dir'))
+  train_source, eval_source = splits or [sources.open_split(dataset.name, split, dataset.get('data_dir'))
+                                         for split in (dataset.train_split, dataset.eval_split)]
   check_eval_settings(config, train_source, eval_source)
 
   # Model options and the BN group size are checked before the data is loaded.

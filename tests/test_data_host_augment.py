@@ -7,10 +7,11 @@ import pytest
 
 from resnet_jax.data import host_augment
 from resnet_jax.data import host_pipeline
+from resnet_jax.data import synthetic
 
 
 def jpeg(height, width, seed=0):
-  return host_augment.jpeg_bytes(host_augment.synthetic_photo(np.random.default_rng(seed), height, width))
+  return synthetic.jpeg_bytes(synthetic.synthetic_photo(np.random.default_rng(seed), height, width))
 
 
 def test_scale_augmentation_box_matches_a_shorter_side_in_256_480():
@@ -91,7 +92,7 @@ def test_ten_crop_views_are_the_corners_centre_and_their_mirrors():
 
 def test_colour_jitter_and_lighting():
   rng = np.random.default_rng(4)
-  image = host_augment.synthetic_photo(rng, 32, 32).astype(np.float32)
+  image = synthetic.synthetic_photo(rng, 32, 32).astype(np.float32)
   np.testing.assert_allclose(host_augment.color_jitter(image, rng, 0, 0, 0), image)
   np.testing.assert_allclose(host_augment.pca_lighting(image, rng, 0.0), image)
   lit = host_augment.pca_lighting(image, np.random.default_rng(5), 0.1)
@@ -167,7 +168,7 @@ def test_training_crops_come_from_the_image_with_the_papers_geometry(mode):
 
 
 def test_imagenet_flips_happen_about_half_the_time_and_leave_the_crop_unchanged():
-  image = host_augment.synthetic_photo(np.random.default_rng(8), 120, 160)
+  image = synthetic.synthetic_photo(np.random.default_rng(8), 120, 160)
   flip = host_pipeline.TrainTransform(crop='inception', image_size=32, flip=True)
   keep = host_pipeline.TrainTransform(crop='inception', image_size=32, flip=False)
   mirrored = 0

@@ -18,7 +18,7 @@ from resnet_jax.data import host_augment
 from resnet_jax.data import pipelines
 from resnet_jax.data import sources
 from resnet_jax.data import streaming
-from resnet_jax.data import testing
+import data_helpers as testing
 from resnet_jax.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,7 +50,7 @@ def test_imagenet2012_training_batches_under_mock_data(crop):
       rest = take(data, 2)
     finally:
       data.close()
-  assert data.kind == 'grain' and data.image_shape == (48, 48, 3) and data.num_classes == 1000
+  assert data.pipeline == 'grain' and data.image_shape == (48, 48, 3) and data.num_classes == 1000
   assert data.mean == host_augment.IMAGENET_MEAN and data.std == host_augment.IMAGENET_STD
   assert data.steps_per_epoch == 2.5
   assert first['image'].shape == (8, 48, 48, 3) and first['image'].dtype == np.uint8
@@ -211,7 +211,7 @@ def test_device_resident_split_with_a_corrupt_png(tmp_path):
   with pytest.raises(host_augment.CorruptImageError, match=paths[1]):
     pipelines.make_train_data(make_config(name, batch=4), mesh, source)
   data = pipelines.make_train_data(make_config(name, batch=4, corrupt_images='skip'), mesh, source)
-  assert data.kind == 'device' and data.num_examples == 9
+  assert data.pipeline == 'device' and data.num_examples == 9
 
 
 def test_pipeline_choice_and_option_errors(tmp_path):
@@ -226,7 +226,7 @@ def test_pipeline_choice_and_option_errors(tmp_path):
   assert pipelines.resolve_eval_crop(small_limit, source) == 'none'
   # Streaming a small fixed-size split: host-side pad + crop, padding with the (rounded) mean colour.
   data = pipelines.make_train_data(make_config(name, device_max_bytes=1000), parallel.make_mesh(), source)
-  assert data.kind == 'grain' and data.image_shape == (8, 8, 3) and data.transform.pad_value == (0, 0, 0)
+  assert data.pipeline == 'grain' and data.image_shape == (8, 8, 3) and data.transform.pad_value == (0, 0, 0)
   data.close()
   # Defaults work for a config without an `input` section at all.
   bare = ml_collections.ConfigDict({'seed': 0, 'batch_size': 4, 'dataset': {'name': name}})

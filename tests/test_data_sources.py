@@ -1,5 +1,6 @@
 """Data sources: the embedded digits dataset (built without TensorFlow), TFDS mock data, npz files."""
 
+import os
 import subprocess
 import sys
 
@@ -91,7 +92,7 @@ from PIL import Image  # pylint: disable=g-import-not-at-top,wrong-import-positi
 
 from resnet_jax.data import host_augment  # pylint: disable=g-import-not-at-top,wrong-import-position
 from resnet_jax.data import prepare  # pylint: disable=g-import-not-at-top,wrong-import-position
-from resnet_jax.data import testing  # pylint: disable=g-import-not-at-top,wrong-import-position
+import data_helpers as testing  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def test_folder_with_split_folders(tmp_path):
@@ -179,8 +180,9 @@ def test_unknown_scheme_is_a_clear_error():
 
 def test_image_feature_tfds_dataset_is_read_as_jpeg_bytes_without_tensorflow(tmp_path):
   code = (
-      'import sys\n'
-      'from resnet_jax.data import sources, testing, host_augment\n'
+      f'import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n'
+      'import data_helpers as testing\n'
+      'from resnet_jax.data import sources, host_augment\n'
       f'name = testing.build_jpeg_tfds({str(tmp_path)!r}, train=6, validation=3)\n'
       f'train = sources.open_split(name, "train", data_dir={str(tmp_path)!r})\n'
       'raws, labels = train.read_raw([0, 4])\n'

@@ -11,7 +11,7 @@ from resnet_jax import checkpoints
 from resnet_jax import config as config_lib
 from resnet_jax import evaluate
 from resnet_jax import train
-from resnet_jax.data import testing
+import data_helpers as testing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -316,21 +316,3 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 def image_size(raw: Any) -> tuple[int, int]:
   """(width, height) from the header only."""
   return open_image(raw).size
-
-
-def jpeg_bytes(array: np.ndarray, quality: int = 90) -> bytes:
-  """Encodes a uint8 H x W x C array as JPEG (for synthetic data and tests)."""
-  buffer = io.BytesIO()
-  image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
-  image.save(buffer, format='JPEG', quality=quality)
-  return buffer.getvalue()
-
-
-def synthetic_photo(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-  """A random RGB image (smooth colour fields plus pixel noise) whose JPEG size is close to that of a natural
-  photograph of the same size (ImageNet training JPEGs average about 110 KB), so decoding it costs what a real
-  photograph does; pure noise would compress several times worse. `throughput` reports the sizes it writes."""
-  coarse = rng.integers(0, 256, (max(2, height // 16), max(2, width // 16), 3), dtype=np.uint8)
-  image = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC), np.int16)
-  image += rng.integers(-30, 31, image.shape, dtype=np.int16)
-  return np.clip(image, 0, 255).astype(np.uint8)

@@ -36,7 +36,6 @@ import re
 import tempfile
 import zipfile
 from typing import Any, Callable, Optional, Sequence
-from unittest import mock as unittest_mock
 
 import numpy as np
 from PIL import Image
@@ -222,11 +221,10 @@ def _open_tfds(name: str, split: str, data_dir: Optional[str]) -> ExampleSource:
   decoded = _TfdsReader(source, fixed)
 
   encoded = None
-  # Variable-size JPEGs: hand the encoded bytes to the workers, which decode while cropping. Under
-  # tfds.testing.mock_data the fake source can only produce decoded images (encoding needs TensorFlow), so
-  # the decoded path is used there.
-  mocked = isinstance(getattr(source, 'data_source', None), unittest_mock.Mock)
-  if not fixed and not mocked and isinstance(image_feature, tfds.features.Image) and len(source):
+  # Variable-size JPEGs: hand the encoded bytes to the workers, which decode while cropping. A source that
+  # yields decoded images even without decoding (tfds.testing.mock_data's: encoding needs TensorFlow) keeps the
+  # decoded path: the probe below finds no bytes.
+  if not fixed and isinstance(image_feature, tfds.features.Image) and len(source):
     try:
       skip = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
                               decoders={'image': tfds.decode.SkipDecoding()})

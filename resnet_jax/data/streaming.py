@@ -307,9 +307,3 @@ def device_batches(maker: Callable[[int], dict[str, np.ndarray]], start: int, st
   transfers them ahead of use. Close the result to stop both."""
   host = HostBatches(maker, start, stop, num_workers, num_threads, buffer_batches=max(2, prefetch))
   return DevicePrefetcher(host, lambda batch: parallel.host_to_global(batch, mesh, global_batch), prefetch)
-
-
-def local_rows(array: jax.Array) -> np.ndarray:
-  """This process's rows of a global batch array, in global row order (for tests and debugging)."""
-  shards = sorted(array.addressable_shards, key=lambda s: s.index[0].start or 0)
-  return np.concatenate([np.asarray(s.data) for s in shards])

@@ -33,7 +33,7 @@ from resnet_jax.data import host_pipeline
 from resnet_jax.data import pipelines
 from resnet_jax.data import sources
 from resnet_jax.data import streaming
-from resnet_jax.data import testing
+from resnet_jax.data import synthetic
 
 
 def device_augment_throughput(*, num_examples: int = 50_000, image_shape: Sequence[int] = (32, 32, 3),
@@ -71,7 +71,7 @@ def device_augment_throughput(*, num_examples: int = 50_000, image_shape: Sequen
 
 def make_synthetic_jpeg_folder(root: str, num_images: int = 512, num_classes: int = 10, seed: int = 0) -> dict:
   """Writes ImageNet-like JPEGs (about 500 x 375, quality 90) to ROOT/<class>/; returns their statistics."""
-  total = testing.write_jpeg_folder(root, num_images, num_classes, seed)
+  total = synthetic.write_jpeg_folder(root, num_images, num_classes, seed)
   return {'num_images': num_images, 'mean_jpeg_bytes': total / num_images}
 
 
@@ -142,7 +142,7 @@ def host_transform_cost(*, num_images: int = 64, repeats: int = 3, image_size: i
   (so other load on the machine does not inflate it); 1000 / ms is the img/s one core sustains."""
   rng = np.random.default_rng(seed)
   sizes = ((375, 500), (500, 375), (333, 500), (480, 640), (500, 500), (281, 500))
-  raws = [host_augment.jpeg_bytes(host_augment.synthetic_photo(rng, *sizes[i % len(sizes)]))
+  raws = [synthetic.jpeg_bytes(synthetic.synthetic_photo(rng, *sizes[i % len(sizes)]))
           for i in range(num_images)]
   resize = round(image_size * 256 / 224)
   transforms = {
