@@ -7,13 +7,18 @@ Tests needing other device or process counts run in subprocesses (see `run_pytho
 """
 
 import atexit
+import functools
 import glob
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import types
 
+import absl
+from absl import flags
 import pytest
 
 # Compiling dominates the suite's time and its programs are tiny: skip XLA's backend optimisation (a 12-step
@@ -86,6 +91,61 @@ def run_python(args, devices=1, env=None, timeout=600, cwd=REPO):
   full_env.update(env or {})
   return subprocess.run([sys.executable] + list(args), cwd=cwd, env=full_env, capture_output=True, text=True,
                         timeout=timeout)
+
+
+@functools.cache
+def load_cli(module: str) -> types.ModuleType:
+  """resnet_jax/MODULE.py (e.g. 'main', 'reproduce', 'analysis/__main__') as a private module whose absl flags
+  live in their own FlagValues: main, reproduce and analysis all define --config/--workdir on absl's global FLAGS,
+  so one process could import only one of them. Loaded once per process."""
+  private = flags.FlagValues()
+  shim = types.ModuleType('absl.flags')
+  shim.__dict__.update(flags.__dict__)
+  for name, define in flags.__dict__.items():
+    if name.startswith('DEFINE_') and callable(define):
+      setattr(shim, name, functools.partial(define, flag_values=private))
+  shim.FLAGS = private
+  name = '_resnet_jax_cli_' + module.replace('/', '_')
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'resnet_jax', f'{module}.py'))
+  loaded = importlib.util.module_from_spec(spec)
+  absl.flags = shim  # what the module's `from absl import flags` reads
+  try:
+    spec.loader.exec_module(loaded)
+  finally:
+    absl.flags = flags
+  return loaded
+
+
+@pytest.fixture
+def cli(monkeypatch, capfd):
+  """cli(module, argv) runs `python -m resnet_jax.MODULE ARGV` in this process (cwd: the repository, the suite's
+  2 fake devices) and returns (exit status, stdout, stderr): the command line's one-error-line checks without
+  starting a Python process each. The flags are parsed as the CLI's `app.run` parses them."""
+  from resnet_jax import config as config_lib  # pylint: disable=g-import-not-at-top  (after XLA_FLAGS)
+  monkeypatch.chdir(REPO)
+  monkeypatch.setattr(sys, 'argv', ['python'])
+
+  def run(module, argv):
+    loaded = load_cli(module)
+    loaded.FLAGS.unparse_flags()
+    overrides = getattr(loaded, '_OVERRIDES', None)
+    if overrides is not None:
+      del overrides[:]
+    capfd.readouterr()
+    program = f'resnet_jax.{module}'
+    try:
+      if overrides is not None:
+        rest = config_lib.flags_parser(loaded.FLAGS, overrides)([program, *argv])
+      else:  # absl's own parsing (app.run(main) without a flags_parser)
+        rest = loaded.FLAGS([program, *argv])
+      loaded.main(rest)
+      status = 0
+    except SystemExit as exit_:
+      status = exit_.code
+    captured = capfd.readouterr()
+    return status, captured.out, captured.err
+
+  return run
 
 
 def snapshot(root):

@@ -2,26 +2,21 @@
 
 Every row must end in exactly one `error:` line on stderr (the last line, no traceback), exit status 2, and
 nothing written: a fresh workdir is not created, an existing one (and the case's data) keeps every byte. The
-CLI runs in-process (its `main` with private absl flags, see `load_main`) on the suite's 2 fake devices, with
+CLI runs in-process (its `main` with private absl flags, conftest's `cli`) on the suite's 2 fake devices, with
 the train loop and evaluation replaced by a failure, so a row passes only if it is refused before anything
-compiles. One tiny run (digits, 4 steps) is trained once per module for the rows that need a checkpoint.
-Other refusals are tested in tests/test_cli.py and tests/test_reliability.py; docs/RELIABILITY.md lists all.
+compiles. The rows that need a checkpoint take a copy of the session's tiny run (conftest's `trained`).
+Other refusals are tested in tests/test_reliability.py and tests/test_cli.py; docs/RELIABILITY.md lists all.
 """
 
-import functools
 import glob
-import importlib.util
 import os
 import re
-import sys
-import types
 
-import absl
-from absl import flags
 import numpy as np
 import pytest
 from PIL import Image
 
+import conftest
 from conftest import snapshot
 from resnet_jax import config as config_lib
 from resnet_jax import evaluate
@@ -33,35 +28,8 @@ pytestmark = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptio
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = ['--config', 'configs/quickstart.py', '--config.total_steps=4', '--config.schedule.boundaries_epochs=None',
         '--config.batch_size=8']
-# The run the `trained` fixture makes; rows that resume or evaluate it repeat these overrides.
-TINY = {'total_steps': '4', 'batch_size': '32', 'schedule.boundaries_epochs': 'None', 'log_every_steps': '4',
-        'checkpoint_every_steps': '4', 'model.stage_widths': '(8,8,8)', 'model.stage_sizes': '(1,1,1)',
-        'eval_batch_size': '400'}
-TINY_ARGS = ['--config', 'configs/quickstart.py'] + [f'--config.{key}={value}' for key, value in TINY.items()]
-
-
-def load_main():
-  """resnet_jax/main.py as a private module whose absl flags live in their own FlagValues: reproduce and analysis
-  define --config/--workdir on absl's global FLAGS too, and a process can import only one of them."""
-  private = flags.FlagValues()
-  shim = types.ModuleType('absl.flags')
-  shim.__dict__.update(flags.__dict__)
-  for name in ('DEFINE_string', 'DEFINE_enum', 'DEFINE_integer', 'DEFINE_bool'):
-    setattr(shim, name, functools.partial(getattr(flags, name), flag_values=private))
-  shim.FLAGS = private
-  spec = importlib.util.spec_from_file_location('_resnet_jax_main_under_test', os.path.join(REPO, 'resnet_jax',
-                                                                                           'main.py'))
-  module = importlib.util.module_from_spec(spec)
-  absl.flags = shim
-  try:
-    spec.loader.exec_module(module)
-  finally:
-    absl.flags = flags
-  return module
-
-
-MAIN = load_main()
-
+# The session's tiny run (conftest's `trained`); rows that resume or evaluate it repeat its overrides.
+TINY_ARGS = conftest.TINY_ARGS
 
 
 def reached(what):
@@ -71,24 +39,14 @@ def reached(what):
 
 
 @pytest.fixture
-def cli(monkeypatch, capfd):
+def cli(cli, monkeypatch):  # pylint: disable=redefined-outer-name  (conftest's in-process CLI runner)
   """cli(argv) runs `python -m resnet_jax.main ARGV` in-process; returns (exit status, stderr)."""
   monkeypatch.setattr(train, '_train_loop', reached('the train loop'))
   monkeypatch.setattr(evaluate.Evaluator, 'evaluate', reached('evaluation'))
-  monkeypatch.chdir(REPO)
-  monkeypatch.setattr(sys, 'argv', ['resnet_jax.main'])
 
   def run(argv):
-    MAIN.FLAGS.unparse_flags()
-    del MAIN._OVERRIDES[:]  # pylint: disable=protected-access
-    capfd.readouterr()
-    try:
-      rest = config_lib.flags_parser(MAIN.FLAGS, MAIN._OVERRIDES)(['resnet_jax.main', *argv])  # pylint: disable=protected-access
-      MAIN.main(rest)
-      status = 0
-    except SystemExit as exit_:
-      status = exit_.code
-    return status, capfd.readouterr().err
+    status, _, err = cli('main', argv)
+    return status, err
 
   return run
 
@@ -159,6 +117,7 @@ def data(tmp_path_factory):
 
 _FRESH = [
     # The command line.
+    ('step_in_train_mode', ['--config', 'configs/quickstart.py', '--step', '3'], '--step is for --mode eval'),
     ('positional_argument', ['extra'], 'unexpected arguments extra'),
     ('unknown_mode', ['--mode', 'test'], 'flag --mode=test: value should be one of <train|eval>'),
     ('unknown_flag', ['--steps', '3'], "Unknown command line flag 'steps'"),
@@ -175,12 +134,16 @@ _FRESH = [
      'defines no get_config()'),
     ('config_returns_a_dict', ['--config', '{data}/returns_dict.py'], '{data}/returns_dict.py: get_config() must '
      'return an ml_collections.ConfigDict'),
+    ('config_file_missing', ['--config', 'configs/does_not_exist.py'], "config file 'configs/does_not_exist.py' does "
+     'not exist'),
     ('config_not_python', ['--config', 'setup.cfg'], "config 'setup.cfg': expected a Python file"),
     ('config_row_missing', ['--config', 'configs/cifar.py:resnet_nope'], "config file 'configs/cifar.py' has no "
      "variant 'resnet_nope'"),
     ('config_takes_no_row', ['--config', 'configs/quickstart.py:resnet20'], "config file 'configs/quickstart.py' "
      "takes no argument, but ':resnet20' was given"),
-    # Config fields: types.
+    # Config fields: names and types.
+    ('config_field_typo', ['--config', 'configs/quickstart.py', '--config.optimizer.momentun=0.5'],
+     "unknown config field 'optimizer.momentun'; did you mean momentum?"),
     ('batch_size_a_word', ['--config.batch_size=abc'], '--config.batch_size=abc: expected an integer'),
     ('seed_a_fraction', ['--config.seed=1.5'], '--config.seed=1.5: expected an integer'),
     ('bool_a_word', ['--config.optimizer.nesterov=maybe'], '--config.optimizer.nesterov=maybe: expected true or'),
@@ -209,6 +172,8 @@ _FRESH = [
     ('eval_every_epochs_negative', ['--config.eval_every_epochs=-1'], 'config.eval_every_epochs must be >= 0'),
     ('steps_per_dispatch_zero', ['--config.steps_per_dispatch=0'], 'config.steps_per_dispatch must be a positive '
      'integer'),
+    ('base_lr_negative', ['--config', 'configs/quickstart.py', '--config.schedule.base_lr=-0.1'],
+     'config.schedule.base_lr=-0.1 is out of range'),
     ('base_lr_infinite', ['--config.schedule.base_lr=inf'], 'config.schedule.base_lr=inf is out of range'),
     ('reference_batch_negative', ['--config.schedule.reference_batch_size=-64'],
      'config.schedule.reference_batch_size=-64 is out of range: it must be >= 1'),
@@ -222,6 +187,10 @@ _FRESH = [
     ('stage_lists_of_other_lengths', ['--config.model.stage_sizes=(3,3)'], 'stage_sizes (3, 3) and stage_widths '
      '(16, 32, 64) must be non-empty and of the same length'),
     ('stage_sizes_a_number', ['--config.model.stage_sizes=3'], 'stage_sizes must be a sequence of ints'),
+    ('unknown_model_name', ['--config', 'configs/quickstart.py', '--config.model.name=resnet17'],
+     "unknown model name 'resnet17'"),
+    ('batch_not_divisible_by_devices', ['--config', 'configs/quickstart.py', '--config.batch_size=63'],
+     'config.batch_size=63 is not divisible by the 2 devices'),
     ('cifar_depth_not_6n2', ['--config.model.name=cifar_resnet22'], "unknown model name 'cifar_resnet22'. Did you "
      'mean ...? CIFAR nets are 6n+2 layers deep with basic units'),
     ('cifar_depth_not_9n2', ['--config.model.name=cifar_preact_resnet165'], "unknown model name "
@@ -258,6 +227,9 @@ _FRESH = [
     # Schedule, optimizer, batch norm, policies.
     ('warmup_longer_than_run', ['--config.schedule.warmup=linear', '--config.schedule.warmup_steps=10'],
      'warm-up of 10 steps is not shorter than training (4 steps)'),
+    ('boundaries_not_increasing', ['--config', 'configs/quickstart.py',
+                                   '--config.schedule.boundaries_epochs=(15,10)'],
+     'learning-rate boundaries must be positive and strictly increasing'),
     ('unknown_schedule', ['--config.schedule.name=poly'], "unknown schedule 'poly'; choose one of step, cosine"),
     ('unknown_warmup', ['--config.schedule.warmup=cosine'], "unknown warmup 'cosine'; choose one of none"),
     ('unknown_optimizer', ['--config.optimizer.name=adam'], "unknown optimizer 'adam'; choose one of sgd"),
@@ -304,8 +276,8 @@ _FRESH = [
      '{data}/no_such_folder is not a directory'),
     ('folder_empty', ['--config.dataset.name=folder:{data}/empty_folder'], 'folder dataset {data}/empty_folder has '
      'no sub-folders'),
-    ('folder_corrupt_image', ['--config.dataset.name=folder:{data}/corrupt'], '{data}/corrupt/train/cat/3.png: not '
-     'a readable image'),
+    ('folder_corrupt_image', ['--config.dataset.name=folder:{data}/corrupt'], '...{data}/corrupt/train/cat/3.png: '
+     'not a readable image'),
 ]
 
 
@@ -332,16 +304,16 @@ def test_workdir_that_is_a_file_is_one_error_line(cli, tmp_path):
   assert path.read_text() == 'notes'
 
 
+def test_workdir_that_cannot_be_created_is_one_error_line(cli, tmp_path):
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('not a directory')
+  assert_one_error_line(*cli(['--config', 'configs/quickstart.py', '--workdir', str(blocker / 'run')]),
+                        f'--workdir {blocker}/run cannot be created')
+  assert blocker.read_text() == 'not a directory'
+
+
 # ----------------------------------------------------------------------------------------------------------
 # An existing run: resuming with another config, and --mode eval.
-
-
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('bad_inputs_run') / 'run')
-  config = config_lib.build_config(os.path.join(REPO, 'configs', 'quickstart.py'), list(TINY.items()))
-  train.train_and_evaluate(config, workdir)
-  return workdir
 
 
 _EXISTING = [
@@ -357,11 +329,11 @@ _EXISTING = [
     # --mode eval.
     ('eval_dataset_with_other_classes', ['--mode', 'eval'] + TINY_ARGS +
      ['--config.dataset.name=npz:{data}/three_classes.npz'], 'npz:{data}/three_classes.npz:test has 3 classes but '
-     'the model of {workdir} (step 4) predicts 10'),
+     'the model of {workdir} (step 12) predicts 10'),
     ('eval_unknown_split', ['--mode', 'eval'] + TINY_ARGS + ['--config.dataset.eval_split=validation'],
      "dataset 'digits' has no split 'validation'"),
     ('eval_step_not_saved', ['--mode', 'eval', '--step', '3'], '{workdir}/checkpoints has no checkpoint for step 3; '
-     'available: [4]'),
+     'available: [6, 12]'),
     ('eval_overrides_without_config', ['--mode', 'eval', '--config.dataset.eval_split=train'],
      '--config.* overrides need --config in eval mode'),
     ('eval_step_not_a_number', ['--mode', 'eval', '--step', 'last'], "flag --step=last: invalid literal for int()"),
