@@ -10,7 +10,7 @@ softmax cross-entropy; SGD momentum 0.9 with coupled L2 weight decay 1e-4 (added
 the step jitted (or torch.compiled) with the training state donated; the loss and the accuracy count computed in
 the step and left on the device.
 
-  resnet_jax   resnet_jax.train's own step (`make_streaming_runner`: what the train loop runs for a fed batch) on `create_model('resnet50')` built from configs/default.py.
+  resnet_jax   resnet_jax.train's own step (`make_runner` on a fed batch: what the train loop runs for streamed data) on `create_model('resnet50')` built from configs/default.py.
   haiku        dm-haiku `hk.nets.ResNet50` (the JAX peer; runs anywhere: `pip install dm-haiku`), optax SGD with
                the same chain, bf16 through haiku's jmp mixed-precision policy (BatchNorm kept float32, as haiku's
                ImageNet example does).
@@ -91,12 +91,13 @@ def make_resnet_jax(batch: dict[str, np.ndarray], dtype: str, model_name: str = 
   tx = optim.make_optimizer(config, optim.make_schedule(config, 1000.0, int(config.total_steps)))
 
   # The train loop's own step for a fed batch (augmentation on the host; on the device only the cast).
-  run = train.make_streaming_runner(model, tx, streaming.StreamingTrainData.device_augment, config, mesh)
+  run = train.make_runner(model, tx, streaming.StreamingTrainData.device_augment, config, mesh,
+                         streaming.StreamingTrainData.batch_in_program)
   state = state_lib.init_train_state(model, tx, tuple(batch['image'].shape[1:]), 0, mesh)
   acc = jax.device_put(train.zero_accumulator(), parallel.replicated(mesh))
   device_batch = jax.device_put(batch, parallel.batch_sharding(mesh))
   started = time.perf_counter()
-  compiled = run.lower(state, acc, device_batch).compile()
+  compiled = run.lower(state, acc, device_batch, 1).compile()
   compile_s = time.perf_counter() - started
   flops = benchmark._cost(compiled, 'flops')  # pylint: disable=protected-access
   carry = [state, acc]

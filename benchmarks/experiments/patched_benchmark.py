@@ -8,7 +8,7 @@ PATCHES (comma-separated):
                resnet_jax.models.conv's CPU rewrite
   lax_grouped_conv  grouped convolutions (ResNeXt) through plain lax.conv_general_dilated, the others through
                resnet_jax.models.conv (its form before grouped convolutions got the canonical backward pass)
-  no_donate    train.make_resident_runner's jit without donate_argnums (what buffer donation buys)
+  no_donate    train.make_runner's jit without donate_argnums (what buffer donation buys)
   autodiff_bn  BatchNorm's training arithmetic as plain two-pass statistics differentiated by JAX
                (layers.batch_norm_train_reference), i.e. without layers.batch_norm_train's written-out
                gradient and fused ReLU
@@ -53,9 +53,9 @@ def lax_grouped_conv():
 def no_donate():
   import jax  # pylint: disable=g-import-not-at-top
   from resnet_jax import train  # pylint: disable=g-import-not-at-top
-  original = train.make_resident_runner
+  original = train.make_runner
 
-  def make_resident_runner(exp):
+  def make_runner(*args, **kwargs):
     real_jit = jax.jit
 
     def jit(*args, **kwargs):
@@ -63,13 +63,13 @@ def no_donate():
       return real_jit(*args, **kwargs)
     jax.jit = jit
     try:
-      return original(exp)
+      return original(*args, **kwargs)
     finally:
       jax.jit = real_jit
-  train.make_resident_runner = make_resident_runner
+  train.make_runner = make_runner
 
   def undo():
-    train.make_resident_runner = original
+    train.make_runner = original
   return undo
 
 
