@@ -92,6 +92,16 @@ _HEAD = ('fc.weight', 'fc.bias')
 _MAX_LISTED = 10
 
 
+def mismatch_report(missing: Sequence[str], unexpected: Sequence[str], shaped: Sequence[str], noun: str) -> str:
+  """'M missing, U unexpected and S differently shaped {noun}: ' and a few of them, every kind its share: why
+  weights do not fit a model (here and `finetune.load_initialization`). `shaped`: 'NAME is ...' sentences."""
+  kinds = [[f'missing {name}' for name in missing], [f'unexpected {name}' for name in unexpected], list(shaped)]
+  listed = [kind[i] for i in range(_MAX_LISTED) for kind in kinds if i < len(kind)][:_MAX_LISTED]
+  more = len(missing) + len(unexpected) + len(shaped) - len(listed)
+  return (f'{len(missing)} missing, {len(unexpected)} unexpected and {len(shaped)} differently shaped {noun}: '
+          + '; '.join(listed) + (f' (and {more} more)' if more > 0 else ''))
+
+
 def torch_name(path: tuple[str, ...]) -> str:
   """('params', 'stage2_unit1', 'proj_conv', 'kernel') -> 'layer2.0.downsample.0.weight'."""
   _, *modules, leaf = path
@@ -102,7 +112,7 @@ def torch_name(path: tuple[str, ...]) -> str:
   return '.'.join(names + [_LEAVES[leaf]])
 
 
-def _torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+def torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
   """The torch shape of a Flax variable's shape: HWIO -> OIHW, (in, out) -> (out, in), vectors unchanged."""
   if len(shape) == 4:
     return (shape[3], shape[2], shape[0], shape[1])
@@ -175,7 +185,7 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], model_name: str, num_cl
   missing = sorted(set(expected) - set(tensors))
   unexpected = sorted(set(tensors) - set(expected))
   mismatched = sorted(name for name in set(expected) & set(tensors)
-                      if tensors[name].shape != _torch_shape(flat[expected[name]].shape))
+                      if tensors[name].shape != torch_shape(flat[expected[name]].shape))
   if missing or unexpected or mismatched:
     # Only the head's class count differs: the backbone fits, the classes are another task's.
     if not (missing or unexpected) and set(mismatched) <= set(_HEAD) and (
@@ -186,17 +196,11 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], model_name: str, num_cl
     if set(missing) <= set(_HEAD) and not unexpected and not mismatched:
       raise UserError(f'{source} has no head ({", ".join(missing)} missing): pass drop_head=True (--drop_head) to '
                       f'start a fresh head, or num_classes=0 for pooled features')
-    # Every kind of problem gets its share of the listed names: a file for another architecture has hundreds.
-    kinds = [[f'missing {name}' for name in missing], [f'unexpected {name}' for name in unexpected],
-             [f'{name} is {tensors[name].shape} not {_torch_shape(flat[expected[name]].shape)}'
-              for name in mismatched]]
-    listed = [kind[i] for i in range(_MAX_LISTED) for kind in kinds if i < len(kind)][:_MAX_LISTED]
-    more = len(missing) + len(unexpected) + len(mismatched) - len(listed)
+    shaped = [f'{name} is {tensors[name].shape} not {torch_shape(flat[expected[name]].shape)}' for name in mismatched]
     units = [len({name.split('.')[1] for name in tensors if name.startswith(f'layer{s}.')}) for s in range(1, 5)]
     raise UserError(f'{source} does not hold a torchvision/timm {model_name} (a file for another architecture? it '
-                    f'has {"/".join(map(str, units))} units in layer1..4): {len(missing)} missing, {len(unexpected)} '
-                    f'unexpected and {len(mismatched)} differently shaped tensors: {"; ".join(listed)}'
-                    + (f' (and {more} more)' if more > 0 else ''))
+                    f'has {"/".join(map(str, units))} units in layer1..4): '
+                    + mismatch_report(missing, unexpected, shaped, 'tensors'))
 
   converted = {}
   for name, path in expected.items():

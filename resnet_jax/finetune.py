@@ -16,7 +16,7 @@ a checkpoint, a rerun resumes from it and never reads `init_from` again.
 
 Patterns (`config.freeze`, `config.init_exclude`, the keys of `lr_multipliers`) are regexes matched with
 `re.search` against '/'-joined paths relative to the backbone, or stage names: 'stem', 'stage1'..'stage4' (the
-last stage also owns the pre-activation nets' final_bn), 'head' (see `optim.stage_regex`). On the command line,
+last stage also owns the pre-activation nets' final_bn), 'head' (see `models.parameter_groups`). On the command line,
 comma-separated: `--config.freeze=stem,stage1`, `--config.optimizer.lr_multipliers=head=10,stage3=2`.
 
 Frozen parameters get a zero update and no weight decay (`optim.make_optimizer`). With
@@ -35,25 +35,17 @@ from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from resnet_jax import checkpoints
 from resnet_jax import convert
+from resnet_jax import models
 from resnet_jax import optim
 from resnet_jax import storage
 from resnet_jax.errors import UserError
+from resnet_jax.models import counting
 from resnet_jax.models import layers as layers_lib
-
-# How many variable names one error message lists.
-_MAX_LISTED = 10
-_HEAD = r'^head/'
-
-
-def _abstract_variables(model, image_shape) -> dict[str, Any]:
-  return jax.eval_shape(lambda key: model.init(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False),
-                        jax.random.key(0))
 
 
 def _flat(variables) -> dict[tuple[str, str], Any]:
@@ -64,11 +56,6 @@ def _flat(variables) -> dict[tuple[str, str], Any]:
         lambda path, leaf, collection=collection: flat.__setitem__((collection, optim.parameter_path(path)), leaf),
         dict(tree))
   return flat
-
-
-def _listed(items: list[str]) -> str:
-  more = len(items) - _MAX_LISTED
-  return '; '.join(items[:_MAX_LISTED]) + (f' (and {more} more)' if more > 0 else '')
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -85,14 +72,15 @@ def check_parameter_groups(config: ml_collections.ConfigDict, model, image_shape
     config.optimizer.lr_multipliers = multipliers
   if not freeze and not multipliers:
     return
-  paths = [path for collection, path in _flat(_abstract_variables(model, image_shape)) if collection == 'params']
+  params = counting.abstract_variables(model, (1, *image_shape))['params']
+  paths = [path for _, path in _flat({'params': params})]
   for field, patterns in (('freeze', freeze), ('optimizer.lr_multipliers', [p for p, _ in multipliers])):
     for pattern in patterns:
       if not optim.matches(paths, pattern):
         raise UserError(f"config.{field}: {pattern!r} matches no parameter of {config.model.name} (stage names: "
-                        f"{', '.join(optim.STAGE_NAMES)}; regexes are matched against paths such as "
+                        f"{', '.join(models.parameter_groups(paths))}; regexes are matched against paths such as "
                         f"{', '.join(paths[:3])})")
-  groups = optim.parameter_groups(paths, freeze, multipliers)
+  groups = optim.group_labels(paths, freeze, multipliers)
   if all(group == optim.FROZEN for group in groups.values()):
     raise UserError(f"config.freeze={list(freeze)} freezes every parameter of {config.model.name}: nothing is left "
                     "to train; freeze fewer parts (e.g. everything but 'head')")
@@ -105,7 +93,7 @@ def frozen_batch_norms(params, config: ml_collections.ConfigDict) -> frozenset[s
   if not freeze or not config.batch_norm.get('freeze_frozen_stats', True):
     return frozenset()
   paths = [path for (_, path) in _flat({'params': params})]
-  groups = optim.parameter_groups(paths, freeze, ())
+  groups = optim.group_labels(paths, freeze, ())
   modules: dict[str, bool] = {}
   for path, group in groups.items():
     module = path.rpartition('/')[0]
@@ -189,14 +177,15 @@ def load_initialization(config: ml_collections.ConfigDict, model, image_shape) -
   UserError for a missing source or one for another architecture (naming the variables that differ). Reads only."""
   if not config.get('init_from'):
     return None
-  target = _flat(_abstract_variables(model, image_shape))
+  target = _flat(counting.abstract_variables(model, (1, *image_shape)))
   source_variables, description = _read_source(config)
   source = _flat(source_variables)
 
   exclude = optim.as_patterns(config.get('init_exclude'), 'init_exclude')
   paths = sorted({path for _, path in target} | {path for _, path in source})
   if config.get('init_exclude') is None:  # default: a head of another shape (or none) starts fresh
-    head = lambda flat: {key: leaf.shape for key, leaf in flat.items() if key[1].startswith('head/')}
+    heads = set(optim.matches(paths, 'head'))
+    head = lambda flat: {key: leaf.shape for key, leaf in flat.items() if key[1] in heads}
     exclude = ('head',) if head(target) != head(source) else ()
   else:
     for pattern in exclude:
@@ -208,18 +197,13 @@ def load_initialization(config: ml_collections.ConfigDict, model, image_shape) -
   order = lambda keys: sorted(keys, key=lambda key: (key[0] != 'params', key[1]))  # parameters first
   target = dict((key, target[key]) for key in order(target))
   source = dict((key, source[key]) for key in order(source))
-  missing = [f'missing {c}/{p}' for (c, p) in target if p not in excluded and (c, p) not in source]
-  unexpected = [f'unexpected {c}/{p}' for (c, p) in source if p not in excluded and (c, p) not in target]
+  missing = [f'{c}/{p}' for (c, p) in target if p not in excluded and (c, p) not in source]
+  unexpected = [f'{c}/{p}' for (c, p) in source if p not in excluded and (c, p) not in target]
   shaped = [f'{c}/{p} is {tuple(source[c, p].shape)} there, {tuple(target[c, p].shape)} here'
             for (c, p) in target if p not in excluded and (c, p) in source and source[c, p].shape != target[c, p].shape]
   if missing or unexpected or shaped:
-    # Every kind of problem gets its share of the listed names.
-    kinds = [shaped, missing, unexpected]
-    listed = [kind[i] for i in range(_MAX_LISTED) for kind in kinds if i < len(kind)]
-    more = len(missing) + len(unexpected) + len(shaped) - len(listed[:_MAX_LISTED])
     raise UserError(f"config.init_from {description} does not fit {config.model.name} (another architecture?): "
-                    f"{len(missing)} missing, {len(unexpected)} unexpected and {len(shaped)} differently shaped "
-                    f"variables: {'; '.join(listed[:_MAX_LISTED])}" + (f' (and {more} more)' if more > 0 else '')
+                    + convert.mismatch_report(missing, unexpected, shaped, 'variables')
                     + "; config.init_exclude lists variables that start fresh")
   values = {key: np.asarray(source[key], target[key].dtype) for key in target if key[1] not in excluded}
   fresh = [key for key in target if key[1] in excluded]

@@ -20,13 +20,13 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from resnet_jax import models
 from resnet_jax.config import resolve_steps
 from resnet_jax.errors import UserError
 
 OPTIMIZERS = ('sgd', 'lamb', 'lars', 'adamw')
 #: config.optimizer.eps when None: timm's Lamb default, torch's AdamW default, optax.lars's default.
 DEFAULT_EPS = {'lamb': 1e-6, 'adamw': 1e-8, 'lars': 0.0}
-
 SCHEDULES = ('step', 'cosine', 'constant')
 WARMUPS = ('none', 'constant', 'linear')
 WEIGHT_DECAY_TARGETS = ('all', 'kernels')
@@ -119,8 +119,6 @@ def weight_decay_mask(target: str) -> Callable:
 # (`config.optimizer.lr_multipliers`). They live here, not in `finetune`, because the optimizer state's
 # structure depends on them and `checkpoints.load` rebuilds the optimizer from the saved config alone.
 
-#: Names that stand for a part of the network rather than a regex (`stage_regex`).
-STAGE_NAMES = ('stem', 'stage1', 'stage2', 'stage3', 'stage4', 'head')
 FROZEN = 'frozen'
 TRAINED = 'trained'
 
@@ -130,21 +128,6 @@ def parameter_path(path: Sequence[Any]) -> str:
   ('backbone', 'stage1_unit1', 'conv1', 'kernel') -> 'stage1_unit1/conv1/kernel'."""
   names = [str(getattr(key, 'key', getattr(key, 'name', key))) for key in path]
   return '/'.join(names[1:] if names and names[0] == 'backbone' else names)
-
-
-def stage_regex(pattern: str, last_stage: int) -> str:
-  """The regex (matched with re.search) a `config.freeze` / `lr_multipliers` entry stands for. Stage names
-  select a part of the network: 'stem' (stem_conv, stem_bn), 'stageN' (its units, scanned or not; the last
-  stage also owns the pre-activation nets' final_bn, as in `features_only`'s last map), 'head'. Anything else
-  is a regex over '/'-joined paths such as 'stage1_unit1/conv1/kernel'."""
-  if pattern == 'stem':
-    return r'^stem_'
-  if pattern == 'head':
-    return r'^head/'
-  stage = re.fullmatch(r'stage(\d)', pattern)
-  if stage:
-    return rf'^stage{stage[1]}_' + (r'|^final_bn/' if int(stage[1]) == last_stage else '')
-  return pattern
 
 
 def as_patterns(value: Any, field: str) -> tuple[str, ...]:
@@ -157,8 +140,7 @@ def as_patterns(value: Any, field: str) -> tuple[str, ...]:
   elif isinstance(value, (tuple, list)) and all(isinstance(part, str) for part in value):
     patterns = tuple(value)
   else:
-    raise UserError(f"config.{field} must be a list of regexes or stage names ({', '.join(STAGE_NAMES)}), got "
-                    f"{value!r}")
+    raise UserError(f"config.{field} must be a list of regexes or stage names (stem, stage1.., head), got {value!r}")
   for pattern in patterns:
     try:
       re.compile(pattern)
@@ -200,17 +182,19 @@ def lr_multipliers(config: ml_collections.ConfigDict) -> tuple[tuple[str, float]
   return tuple(result)
 
 
-def _last_stage(paths: Sequence[str]) -> int:
-  stages = [int(match[1]) for match in (re.match(r'stage(\d+)_', path) for path in paths) if match]
-  return max(stages, default=0)
+def _regexes(paths: Sequence[str], patterns: Sequence[str]) -> list[re.Pattern]:
+  """Each pattern compiled: a stage name of `models.parameter_groups(paths)` ('stem', 'stage1'.., 'head') stands
+  for its regex, anything else is a regex over the '/'-joined paths."""
+  named = models.parameter_groups(paths)
+  return [re.compile(named.get(pattern, pattern)) for pattern in patterns]
 
 
-def parameter_groups(paths: Sequence[str], freeze: Sequence[str],
-                     multipliers: Sequence[tuple[str, float]]) -> dict[str, str]:
+def group_labels(paths: Sequence[str], freeze: Sequence[str],
+                 multipliers: Sequence[tuple[str, float]]) -> dict[str, str]:
   """path -> FROZEN, TRAINED or 'lr_x<factor>' (the first multiplier entry that matches)."""
-  last = _last_stage(paths)
-  freeze_regexes = [re.compile(stage_regex(pattern, last)) for pattern in freeze]
-  multiplier_regexes = [(re.compile(stage_regex(pattern, last)), factor) for pattern, factor in multipliers]
+  freeze_regexes = _regexes(paths, freeze)
+  multiplier_regexes = list(zip(_regexes(paths, [pattern for pattern, _ in multipliers]),
+                                (factor for _, factor in multipliers)))
   groups = {}
   for path in paths:
     if any(regex.search(path) for regex in freeze_regexes):
@@ -223,7 +207,7 @@ def parameter_groups(paths: Sequence[str], freeze: Sequence[str],
 
 def matches(paths: Sequence[str], pattern: str) -> list[str]:
   """The paths `pattern` (a regex or stage name) selects."""
-  regex = re.compile(stage_regex(pattern, _last_stage(paths)))
+  regex, = _regexes(paths, [pattern])
   return [path for path in paths if regex.search(path)]
 
 
@@ -275,7 +259,7 @@ def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) 
   def labels(params):
     paths = {}
     jax.tree_util.tree_map_with_path(lambda path, _: paths.setdefault(path, parameter_path(path)), params)
-    groups = parameter_groups(list(paths.values()), freeze, multipliers)
+    groups = group_labels(list(paths.values()), freeze, multipliers)
     return jax.tree_util.tree_map_with_path(lambda path, _: groups[paths[path]], params)
 
   transforms = {FROZEN: optax.set_to_zero(), TRAINED: update}

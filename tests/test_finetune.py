@@ -165,7 +165,7 @@ def test_a_torchvision_file_is_converted_on_the_fly_and_a_new_head_starts_fresh(
   for collection, tree in counting.abstract_variables(torch_model, (1, 32, 32, 3)).items():
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
       names = (collection,) + tuple(key.key for key in path)
-      state_dict[convert.torch_name(names)] = rng.standard_normal(convert._torch_shape(leaf.shape)).astype(np.float32)
+      state_dict[convert.torch_name(names)] = rng.standard_normal(convert.torch_shape(leaf.shape)).astype(np.float32)
   file = str(tmp_path / 'resnet18.safetensors')
   safetensors_numpy.save_file(state_dict, file)
 

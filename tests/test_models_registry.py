@@ -1,13 +1,16 @@
 """Registry: names, defaults, option validation (UserError with what to do). Nothing here compiles."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import pytest
 
 from resnet_jax.errors import UserError
+from resnet_jax.models import counting
 from resnet_jax.models import registry
 from resnet_jax.models import (DenseNet, ResNet, create_model, describe_units, list_models,
-                               model_options, num_residual_units)
+                               model_options, num_residual_units, parameter_groups)
 
 REQUIRED = {
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200", "plain18", "plain34",
@@ -139,3 +142,42 @@ def test_cifar_depth_factories_reject_depths_outside_their_family():
   with pytest.raises(ValueError, match=r"6n\+2"):
     registry._cifar_6n2(21)  # pylint: disable=protected-access
   assert registry._cifar_9n2(164).defaults["stage_sizes"] == (18, 18, 18)  # pylint: disable=protected-access
+
+
+def _variable_paths(model, size):
+  """'/'-joined paths of every variable (parameters and BatchNorm statistics), as config.freeze sees them."""
+  variables = counting.abstract_variables(model, (1, size, size, 3))
+  return ["/".join(key.key for key in path) for tree in variables.values()
+          for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
+
+
+# One name per family of the registry (each names its modules its own way), then the options that change names.
+_GROUP_CASES = [(name, {}) for name in (
+    "resnet18", "resnet50", "plain18", "preact_resnet152", "resnext50_32x4d", "wide_resnet50_2", "cifar_resnet20",
+    "cifar_plain20", "cifar_preact_resnet20", "cifar_resnet164", "cifar_preact_resnet164", "resnext29_8x64d",
+    "densenet_bc_100_12")] + [
+    ("resnet50", {"scan_units": True}), ("cifar_preact_resnet164", {"scan_units": True}),
+    ("preact_resnet152", {"features_only": True}), ("cifar_resnet20", {"features_only": True}),
+    ("resnet18", {"num_classes": 0}), ("densenet_bc_190_40", {"num_classes": 0}),
+    ("cifar_resnet110", {"shortcut": "exclusive_gate"}), ("cifar_resnet110", {"block": "single"}),
+    ("cifar_resnet110", {"shortcut_type": "C"})]
+
+
+@pytest.mark.parametrize("name,options", _GROUP_CASES)
+def test_every_variable_is_in_exactly_one_named_group(name, options):
+  # config.freeze, lr_multipliers and init_exclude name these groups; a variable in none would be unreachable by
+  # stage names, one in two would be frozen by one name and trained faster by another.
+  model = create_model(name, **options)
+  is_resnet = isinstance(model, ResNet)
+  # Three units (or two dense layers) per stage trace fast, are named as the full nets' and hold a scan.
+  model = model.clone(**(dict(stage_sizes=tuple(min(n, 3) for n in model.stage_sizes)) if is_resnet else
+                         dict(depth=16)))
+  paths = _variable_paths(model, 32)
+  groups = parameter_groups(paths)
+  stages = len(model.stage_sizes) if is_resnet else model.num_blocks
+  assert list(groups) == ["stem", *[f"stage{s}" for s in range(1, stages + 1)], "head"]
+  for path in paths:
+    assert len([group for group, regex in groups.items() if re.search(regex, path)]) == 1, path
+  has_head = model.num_classes > 0 and not getattr(model, "features_only", False)
+  for group, regex in groups.items():
+    assert any(re.search(regex, path) for path in paths) == (group != "head" or has_head), group

@@ -11,14 +11,18 @@ Module map (each paper concept lives in one place):
   conv.py      the CPU-friendly convolution behind `KERNELS['fast']`
   units.py     residual units: basic / bottleneck (ResNeXt groups) / 1-layer; the activation orders (a)-(e) as
                one table (`ORDERS`); shortcut variants
-  resnet.py    `ResNet`: stem -> stages -> head for every residual family; scanned <-> unrolled variables
-  densenet.py  `DenseNet` (DenseNet-BC)
+  resnet.py    `ResNet`: stem -> stages -> head for every residual family; scanned <-> unrolled variables;
+               its named parameter groups (stem, stage1.., head)
+  densenet.py  `DenseNet` (DenseNet-BC) and its parameter groups
   registry.py  names -> configurations (`create_model`, `list_models`)
   counting.py  `count_params`, `count_macs` (from the jaxpr), `abstract_variables`
   testing.py   NumPy-filled variables for tests and benchmarks
 """
 
+from typing import Sequence
+
 from resnet_jax.errors import UserError
+from resnet_jax.models import densenet, resnet
 from resnet_jax.models.counting import count_macs, count_params
 from resnet_jax.models.densenet import DenseNet
 from resnet_jax.models.layers import BatchNorm, LayerFactory
@@ -46,8 +50,17 @@ def describe_units(model) -> list[UnitInfo]:
   return residual_backbone(model).describe_units()
 
 
+def parameter_groups(paths: Sequence[str]) -> dict[str, str]:
+  """The named parts ('stem', 'stage1'.., 'head') of the model whose parameter paths ('/'-joined, relative to
+  the backbone, e.g. 'stage1_unit1/conv1/kernel') are `paths`, each a regex matched with re.search: names
+  `config.freeze`, `config.optimizer.lr_multipliers` and `config.init_exclude` accept. Each family defines its
+  own beside the modules it names (`resnet.parameter_groups`, `densenet.parameter_groups`); every parameter of
+  a registry model is in exactly one group."""
+  return densenet.parameter_groups(paths) or resnet.parameter_groups(paths)
+
+
 __all__ = [
     "BatchNorm", "DenseNet", "LayerFactory", "ResNet", "UnitInfo", "count_macs", "count_params", "create_model",
-    "describe_units", "list_models", "model_options", "num_residual_units", "residual_backbone", "scan_variables",
-    "unscan_variables",
+    "describe_units", "list_models", "model_options", "num_residual_units", "parameter_groups", "residual_backbone",
+    "scan_variables", "unscan_variables",
 ]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import re
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -115,3 +116,16 @@ class DenseNet(nn.Module):
         x = nn.avg_pool(x, (2, 2), strides=(2, 2))
     x = layers.norm(name="final_bn", relu=True)(x)
     return layers_lib.classifier(x, self.num_classes, layers.param_dtype)
+
+
+def parameter_groups(paths: Sequence[str]) -> Optional[dict[str, str]]:
+  """`resnet.parameter_groups` of a `DenseNet` (None for paths of another network): 'stem' (stem_conv),
+  'stage{b}' (dense block b and the transition before it: the transition downsamples as a ResNet stage's first
+  unit does, and a stage ends at its block's output; the last stage also owns final_bn), 'head'
+  (`layers.classifier`)."""
+  num_blocks = max((int(match[1]) for match in map(re.compile(r"block(\d+)_").match, paths) if match), default=0)
+  if not num_blocks:
+    return None
+  stages = {f"stage{block}": rf"^block{block}_" + (rf"|^transition{block - 1}_" if block > 1 else "")
+            + (r"|^final_bn/" if block == num_blocks else "") for block in range(1, num_blocks + 1)}
+  return {"stem": r"^stem_", **stages, "head": r"^head/"}

@@ -9,6 +9,7 @@ depth (Huang et al. 2016), and the analysis hooks of Veit et al. 2016 are all op
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
@@ -384,6 +385,18 @@ class ResNet(nn.Module):
           x, select(rest[0].index, rest[-1].index + 1))
       stage_outs.append(x)
     return stage_outs
+
+
+def parameter_groups(paths: Sequence[str]) -> dict[str, str]:
+  """The named parts of a `ResNet` (`config.freeze`, `config.optimizer.lr_multipliers`, `config.init_exclude`),
+  each a regex matched with re.search against '/'-joined parameter paths such as 'stage1_unit1/conv1/kernel':
+  'stem' (every module `_stem` names stem_*), 'stage1'.. (`_stages`' stage{s}_unit{j} and stage{s}_scan; the
+  last stage also owns the pre-activation nets' final_bn, as its `features_only` map does), 'head'
+  (`layers.classifier`). `paths` (a model's) say how many stages there are."""
+  num_stages = max((int(match[1]) for match in map(re.compile(r"stage(\d+)_").match, paths) if match), default=0)
+  stages = {f"stage{stage}": rf"^stage{stage}_" + (r"|^final_bn/" if stage == num_stages else "")
+            for stage in range(1, num_stages + 1)}
+  return {"stem": r"^stem_", **stages, "head": r"^head/"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
