@@ -7,9 +7,11 @@ Tests needing other device or process counts run in subprocesses (see `run_pytho
 """
 
 import atexit
+import contextlib
 import functools
 import glob
 import importlib.util
+import io
 import os
 import shutil
 import subprocess
@@ -116,36 +118,39 @@ def load_cli(module: str) -> types.ModuleType:
   return loaded
 
 
-@pytest.fixture
-def cli(monkeypatch, capfd):
-  """cli(module, argv) runs `python -m resnet_jax.MODULE ARGV` in this process (cwd: the repository, the suite's
-  2 fake devices) and returns (exit status, stdout, stderr): the command line's one-error-line checks without
-  starting a Python process each. The flags are parsed as the CLI's `app.run` parses them."""
+def run_cli(module: str, argv, cwd=REPO):
+  """Runs `python -m resnet_jax.MODULE ARGV` in this process (in `cwd`, on the suite's 2 fake devices) and returns
+  (exit status, stdout, stderr): a command line's checks without starting a Python process each. The flags are
+  parsed as the CLI's `app.run` parses them; what Python code prints is captured (not what C++ writes)."""
   from resnet_jax import config as config_lib  # pylint: disable=g-import-not-at-top  (after XLA_FLAGS)
-  monkeypatch.chdir(REPO)
-  monkeypatch.setattr(sys, 'argv', ['python'])
-
-  def run(module, argv):
-    loaded = load_cli(module)
-    loaded.FLAGS.unparse_flags()
-    overrides = getattr(loaded, '_OVERRIDES', None)
-    if overrides is not None:
-      del overrides[:]
-    capfd.readouterr()
-    program = f'resnet_jax.{module}'
-    try:
+  loaded = load_cli(module)
+  loaded.FLAGS.unparse_flags()
+  overrides = getattr(loaded, '_OVERRIDES', None)
+  if overrides is not None:
+    del overrides[:]
+  program = f'resnet_jax.{module}'
+  out, err, before = io.StringIO(), io.StringIO(), os.getcwd()
+  try:
+    os.chdir(cwd)
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
       if overrides is not None:
         rest = config_lib.flags_parser(loaded.FLAGS, overrides)([program, *argv])
       else:  # absl's own parsing (app.run(main) without a flags_parser)
         rest = loaded.FLAGS([program, *argv])
       loaded.main(rest)
-      status = 0
-    except SystemExit as exit_:
-      status = exit_.code
-    captured = capfd.readouterr()
-    return status, captured.out, captured.err
+    status = 0
+  except SystemExit as exit_:
+    status = exit_.code
+  finally:
+    os.chdir(before)
+  return status, out.getvalue(), err.getvalue()
 
-  return run
+
+@pytest.fixture
+def cli(monkeypatch):
+  """cli(module, argv) -> (exit status, stdout, stderr): `run_cli` with sys.argv as a command line's."""
+  monkeypatch.setattr(sys, 'argv', ['python'])
+  return run_cli
 
 
 def snapshot(root):
