@@ -44,10 +44,10 @@ import dataclasses
 import datetime
 import json
 import os
-import sys
 from typing import Any, Optional, Sequence, Union
 
 from absl import logging
+from flax import traverse_util
 import jax
 from jax import lax
 import jax.numpy as jnp
@@ -245,15 +245,8 @@ class _Builder:
     return self.add('dense', (x,), num_classes, 'head', params)
 
   def check_all_used(self, model_name: str) -> None:
-    def leaves(tree, prefix=''):
-      for key, value in tree.items():
-        path = f'{prefix}{key}'
-        if isinstance(value, dict):
-          yield from leaves(value, path + '/')
-        else:
-          yield path
     unused = [f'{collection} {path}' for collection, tree in (('params', self.params), ('batch_stats', self.stats))
-              for path in leaves(tree) if (collection, path) not in self.used]
+              for path in traverse_util.flatten_dict(tree, sep='/') if (collection, path) not in self.used]
     if unused:
       raise UserError(f'export does not know every layer of this {model_name}: {", ".join(unused[:5])}'
                       f'{" ..." if len(unused) > 5 else ""} would be left out of the inference graph')
@@ -465,8 +458,7 @@ def to_onnx(graph: InferenceGraph, image_shape: Sequence[int], batch: Optional[i
     return out
 
   def per_channel(vector):
-    vector = np.asarray(vector, np.float32).reshape(-1)
-    return vector.reshape(-1, 1, 1)
+    return np.asarray(vector, np.float32).reshape(-1, 1, 1)
 
   names = []
   for index, node in enumerate(graph.nodes):
@@ -530,9 +522,8 @@ def to_onnx(graph: InferenceGraph, image_shape: Sequence[int], batch: Optional[i
   n = batch if batch is not None else 'batch'
   elem = TensorProto.UINT8 if graph.input_dtype == 'uint8' else TensorProto.FLOAT
   inputs = [helper.make_tensor_value_info('images', elem, [n, *[int(d) for d in image_shape]])]
-  out_dim = None
-  for node in graph.nodes[graph.output:graph.output + 1]:
-    out_dim = node.params['bias'].shape[0] if node.op == 'dense' else None
+  last = graph.nodes[graph.output]
+  out_dim = last.params['bias'].shape[0] if last.op == 'dense' else None
   outputs = [helper.make_tensor_value_info(graph.output_name, TensorProto.FLOAT, [n, out_dim or 'features'])]
   onnx_graph = helper.make_graph(nodes, 'resnet_jax', inputs, outputs, initializers)
   model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid('', ONNX_OPSET)],
@@ -640,19 +631,14 @@ def test_images(image_shape: Sequence[int], batch: int, seed: int = 0) -> np.nda
 def _reference_fn(model, variables, features: bool):
   """jit(images -> the checkpoint's own logits (or pooled features)) with `model.apply`, in float32 as the export
   (a run whose compute dtype is bfloat16, as on an accelerator, is compared at float32)."""
-  if isinstance(model, classifier_lib.Classifier):
-    model = model.clone(backbone=model.backbone.clone(dtype=jnp.float32))
-  else:
-    model = model.clone(dtype=jnp.float32)
-  if features:
-    backbone = model.backbone if isinstance(model, classifier_lib.Classifier) else model
-    headless = backbone.clone(num_classes=0)
-    strip = lambda tree: {k: v for k, v in tree.items() if k != 'head'}  # pylint: disable=unnecessary-lambda-assignment
-    if isinstance(model, classifier_lib.Classifier):
-      model = model.clone(backbone=headless)
-      variables = dict(variables, params=dict(variables['params'], backbone=strip(variables['params']['backbone'])))
-    else:
-      model, variables = headless, dict(variables, params=strip(variables['params']))
+  is_classifier = isinstance(model, classifier_lib.Classifier)
+  backbone = (model.backbone if is_classifier else model).clone(dtype=jnp.float32)
+  params = variables['params']['backbone'] if is_classifier else variables['params']
+  if features:  # the backbone without its head
+    backbone = backbone.clone(num_classes=0)
+    params = {name: tree for name, tree in params.items() if name != 'head'}
+  model = model.clone(backbone=backbone) if is_classifier else backbone
+  variables = dict(variables, params=dict(variables['params'], backbone=params) if is_classifier else params)
   apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
   return lambda images: np.asarray(apply(variables, images), np.float32)
 
