@@ -24,6 +24,7 @@ import numpy as np
 
 from resnet_jax.errors import UserError
 from resnet_jax.evaluate import compiled_per_model
+from resnet_jax.losses import cross_entropy
 from resnet_jax.models import num_residual_units, residual_backbone
 
 
@@ -63,8 +64,7 @@ def _grad_norm_fn(model):
     def loss(images):
       logits = model.apply(variables, images, train=False, branch_grad_gates=branch_grad_gates,
                            shortcut_grad_gates=shortcut_grad_gates)
-      log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
-      return -jnp.sum(jnp.take_along_axis(log_probs, labels[:, None], axis=-1))
+      return jnp.sum(cross_entropy(logits, labels))
     grad = jax.grad(loss)(images)  # train=False: examples are independent, so row i is d loss_i / d image_i
     return jnp.mean(jnp.sqrt(jnp.sum(jnp.square(grad.astype(jnp.float32)), axis=(1, 2, 3))))
   return jax.jit(mean_input_grad_norm)

@@ -24,6 +24,7 @@ import numpy as np
 from resnet_jax import storage
 from resnet_jax.errors import UserError
 from resnet_jax.evaluate import compiled_per_model
+from resnet_jax.losses import cross_entropy
 from resnet_jax.models import residual_backbone
 from resnet_jax.models import units as units_lib
 
@@ -72,9 +73,8 @@ def _unit_grad_norms_fn(model):
 
       with nn.intercept_methods(perturb):
         logits = model.apply(variables, images, train=False)
-      log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
       # Summed: with train=False examples are independent, so row i of each gradient is d loss_i / d x_l[i].
-      return -jnp.sum(jnp.take_along_axis(log_probs, labels[:, None], axis=-1))
+      return jnp.sum(cross_entropy(logits, labels))
 
     grads = jax.grad(loss)(deltas)
     return jnp.stack([jnp.sum(jnp.sqrt(jnp.sum(jnp.square(g), axis=tuple(range(1, g.ndim))))) for g in grads])
