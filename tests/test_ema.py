@@ -11,23 +11,18 @@ import ml_collections
 import numpy as np
 import pytest
 
+import conftest
 from resnet_jax import checkpoints
 from resnet_jax import config as config_lib
 from resnet_jax import evaluate
 from resnet_jax import state as state_lib
 from resnet_jax import train
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICKSTART = os.path.join(REPO, 'configs', 'quickstart.py')
-EMA = {'ema.decay': '0.9', 'ema.warmup': 'True'}
-
 
 def tiny_config(**overrides):
-  base = {'total_steps': '12', 'batch_size': '32', 'schedule.boundaries_epochs': 'None',
-          'schedule.boundaries_steps': '8', 'log_every_steps': '6', 'eval_every_steps': '12',
-          'checkpoint_every_steps': '6', 'model.stage_widths': '(8,8,8)', 'model.stage_sizes': '(1,1,1)', **EMA}
-  base.update(overrides)
-  return config_lib.build_config(QUICKSTART, list(base.items()))
+  """The suite's tiny quickstart with an EMA (timm's warm-up, a decay that moves within 12 steps)."""
+  return conftest.tiny_config(**{'ema.decay': '0.9', 'ema.warmup': 'True', 'model.stage_sizes': '(1,1,1)',
+                                 **overrides})
 
 
 def ema_config(decay, every_steps=1, warmup=False):
