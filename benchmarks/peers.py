@@ -77,6 +77,7 @@ def make_resnet_jax(batch: dict[str, np.ndarray], dtype: str, model_name: str = 
   from resnet_jax import parallel  # pylint: disable=g-import-not-at-top
   from resnet_jax import state as state_lib  # pylint: disable=g-import-not-at-top
   from resnet_jax import train  # pylint: disable=g-import-not-at-top
+  from resnet_jax.data import augment  # pylint: disable=g-import-not-at-top
   from resnet_jax.data import streaming  # pylint: disable=g-import-not-at-top
 
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,9 +91,9 @@ def make_resnet_jax(batch: dict[str, np.ndarray], dtype: str, model_name: str = 
   model = classifier.model_from_config(config, NUM_CLASSES, MEAN, STD)
   tx = optim.make_optimizer(config, optim.make_schedule(config, 1000.0, int(config.total_steps)))
 
-  # The train loop's own step for a fed batch (augmentation on the host; on the device only the cast).
-  run = train.make_runner(model, tx, streaming.StreamingTrainData.device_augment, config, mesh,
-                         streaming.StreamingTrainData.batch_in_program)
+  # The train loop's own step for a fed batch (no device operation: only the cast, as the peers get the batch).
+  run = train.make_runner(model, tx, augment.SmallImageAugment(crop_padding=0, flip=False), config, mesh,
+                          streaming.StreamingTrainData.batch_in_program)
   state = state_lib.init_train_state(model, tx, tuple(batch['image'].shape[1:]), 0, mesh)
   acc = jax.device_put(train.zero_accumulator(), parallel.replicated(mesh))
   device_batch = jax.device_put(batch, parallel.batch_sharding(mesh))

@@ -75,6 +75,7 @@ from resnet_jax import errors
 from resnet_jax import parallel
 from resnet_jax import state as state_lib
 from resnet_jax import train
+from resnet_jax.data import pipelines
 from resnet_jax.data import sources
 from resnet_jax.data import streaming
 from resnet_jax.data import throughput
@@ -416,9 +417,11 @@ def benchmark_train(config, *, steps: int = 20, warmup: int = 2, synthetic: bool
     call = lambda carry: compiled(carry[0], carry[1], arrays)
   else:
     steps_per_call = 1
-    # The streamed input's on-device part (a cast: crops and flips happen on the host), whatever the stand-in.
-    fed_step = train.make_runner(experiment.model, experiment.tx, streaming.StreamingTrainData.device_augment,
-                                 experiment.config, mesh, streaming.StreamingTrainData.batch_in_program)
+    # The streamed input's device operations (the flip: crops happen on the host), whatever the stand-in.
+    device_augment = (experiment.augment if streamed else
+                      pipelines.device_augmentation(pipelines.input_options(config), 'inception', None))
+    fed_step = train.make_runner(experiment.model, experiment.tx, device_augment, experiment.config, mesh,
+                                 streaming.StreamingTrainData.batch_in_program)
     if synthetic:
       # Two device batches alternate (a new input buffer each step, as a prefetching pipeline delivers them).
       rng = np.random.default_rng(config.seed)

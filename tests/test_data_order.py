@@ -108,3 +108,29 @@ def test_keyed_permutation_is_a_bijection_and_looks_random(n):
     assert abs(np.mean(np.abs(np.diff(perm))) / n - 1 / 3) < 0.03
     other = np.asarray(order.feistel_permutation(jnp.arange(n), n, keys + 1, jnp))
     assert np.mean(perm == other) < 0.01  # different keys (epochs): different orders
+
+
+def test_pad_crop_and_flip_give_identical_images_on_both_pipelines_for_the_same_key(tmp_path):
+  """One implementation of the device operations: the streamed batch of a step, augmented with the step's key, is
+  the device-resident one, pixel for pixel (padding after normalisation included)."""
+  np.savez(tmp_path / 'ids_train.npz', images=testing.indexed_images(20, (8, 8, 3)), labels=np.arange(20) % 4)
+  source = sources.open_split(f'npz:{tmp_path}/ids', 'train')
+  mesh = parallel.make_mesh()
+  configs = [_config(pipeline) for pipeline in ('device', 'grain')]
+  for config in configs:
+    config.augment.update(crop_padding=2, flip=True, pad_after_normalize=True)
+    config.input.train_crop = 'auto'
+  resident, streamed = (pipelines.make_train_data(config, mesh, source) for config in configs)
+  try:
+    assert streamed.device_augment == resident.device_augment and resident.device_augment.crop_padding == 2
+    augment = {id(data): jax.jit(data.device_augment) for data in (resident, streamed)}
+    flipped = 0
+    for step in range(3):
+      key = jax.random.key(step)
+      from_resident = augment[id(resident)](key, jax.jit(resident.batch)(resident.arrays, jnp.int32(step))['image'])
+      from_stream = augment[id(streamed)](key, next(streamed)['image'])
+      np.testing.assert_array_equal(np.asarray(from_stream), np.asarray(from_resident))
+      flipped += int(np.asarray(resident.device_augment.draw(key, 8)['flip']).sum())
+    assert 0 < flipped < 24  # the flip is on, and not for every image
+  finally:
+    streamed.close()

@@ -224,9 +224,10 @@ def test_pipeline_choice_and_option_errors(tmp_path):
   assert pipelines.choose_pipeline(small_limit, source) == 'grain'
   assert pipelines.resolve_train_crop(small_limit, source) == 'pad_crop'
   assert pipelines.resolve_eval_crop(small_limit, source) == 'none'
-  # Streaming a small fixed-size split: host-side pad + crop, padding with the (rounded) mean colour.
+  # Streaming a small fixed-size split: the device pads and crops, as for the device-resident split.
   data = pipelines.make_train_data(make_config(name, device_max_bytes=1000), parallel.make_mesh(), source)
-  assert data.pipeline == 'grain' and data.image_shape == (8, 8, 3) and data.transform.pad_value == (0, 0, 0)
+  assert data.pipeline == 'grain' and data.image_shape == (8, 8, 3) and data.transform.crop == 'pad_crop'
+  assert data.device_augment == pipelines.device_augmentation(options, 'pad_crop', data.mean)
   data.close()
   # Defaults work for a config without an `input` section at all.
   bare = ml_collections.ConfigDict({'seed': 0, 'batch_size': 4, 'dataset': {'name': name}})

@@ -65,9 +65,30 @@ def random_flip_left_right(key: jax.Array, images: jax.Array) -> jax.Array:
   return jnp.where(flip[:, None, None, None], images[:, :, ::-1, :], images)
 
 
+def _pad_crop(key: jax.Array, images: jax.Array, augment: 'SmallImageAugment') -> jax.Array:
+  pad_value = 0.0 if augment.center is not None else np.asarray(augment.pad_value, np.float32)
+  return random_crop_with_padding(key, images, augment.crop_padding, pad_value)
+
+
+def _flip(key: jax.Array, images: jax.Array, augment: 'SmallImageAugment') -> jax.Array:
+  return random_flip_left_right(key, images) if augment.flip else images
+
+
+#: The per-batch device operations of training, in the order they run inside the jitted step: name ->
+#: function(key, float images [B, H, W, C], the SmallImageAugment holding the options) -> images. Each is the one
+#: implementation of its operation, for both pipelines (the streaming pipeline's host operations are
+#: `host_pipeline.HOST_OPERATIONS`); normalisation follows in the model (`classifier.Classifier`). The step's
+#: augmentation key is split into one key per entry, in this order. Adding an operation: a function and its entry
+#: here, its option in `pipelines.InputOptions` (docs/extending.md). An entry added after these two changes their
+#: keys, i.e. the augmentation of earlier runs: give the new one `jax.random.fold_in(key, ...)` of the step key
+#: instead if earlier runs must stay bitwise.
+DEVICE_OPERATIONS = {'pad_crop': _pad_crop, 'flip': _flip}
+
+
 @dataclasses.dataclass(frozen=True)
 class SmallImageAugment:
-  """Pad-and-crop plus horizontal flip for small images (CIFAR, SVHN, digits); float32 out, raw pixel scale.
+  """The device operations (`DEVICE_OPERATIONS`: pad-and-crop, horizontal flip) for every pipeline; float32 out,
+  raw pixel scale. crop_padding 0 and flip False leave only the cast (what the host has augmented already).
 
   pad_value: per-channel raw value shown in the padding (0: black; the channel means reproduce padding
     after per-channel normalisation). Ignored when `center` is set.
@@ -90,22 +111,17 @@ class SmallImageAugment:
     column) in the image padded by `crop_padding` on each side (zeros when crop_padding is 0: no crop), and
     'flip' bool [batch] (all False when flip is off). Same keys, same calls: the draws are bitwise the ones the
     augmentation uses (tests/test_training_parity.py replays them in NumPy against it)."""
-    crop_key, flip_key = jax.random.split(key)
+    crop_key, flip_key = jax.random.split(key, len(DEVICE_OPERATIONS))
     offsets = (crop_offsets(crop_key, batch, self.crop_padding) if self.crop_padding
                else jnp.zeros((batch, 2), jnp.int32))
     flip = flip_mask(flip_key, batch) if self.flip else jnp.zeros((batch,), bool)
     return {'offsets': offsets, 'flip': flip}
 
   def __call__(self, key: jax.Array, images_uint8: jax.Array) -> jax.Array:
-    crop_key, flip_key = jax.random.split(key)
     images = images_uint8.astype(jnp.float32)
+    mean = 0.0 if self.center is None else jnp.asarray(np.asarray(self.center, np.float32))
     if self.center is not None:
-      mean = jnp.asarray(np.asarray(self.center, np.float32))
-      images = random_crop_with_padding(crop_key, images - mean, self.crop_padding, 0.0)
-      if self.flip:
-        images = random_flip_left_right(flip_key, images)
-      return images + mean
-    images = random_crop_with_padding(crop_key, images, self.crop_padding, np.asarray(self.pad_value, np.float32))
-    if self.flip:
-      images = random_flip_left_right(flip_key, images)
-    return images
+      images = images - mean
+    for operation_key, operation in zip(jax.random.split(key, len(DEVICE_OPERATIONS)), DEVICE_OPERATIONS.values()):
+      images = operation(operation_key, images, self)
+    return images + mean if self.center is not None else images

@@ -12,8 +12,8 @@ Training crops (one image in, one `size x size` image out):
     (`RandomResizedCrop`): a box covering a uniform 8%..100% of the image area with aspect ratio in [3/4, 4/3]
     (log-uniform, as torchvision; fb.resnet.torch draws the ratio uniformly and swaps w/h with probability
     1/2, which is the same range), 10 attempts, then a centre crop as fallback; resized to `size x size`.
-  - `pad_crop`: small images (CIFAR) on the host: pad, random crop of the original size.
-Both box crops are done in one PIL call (`Image.resize(..., box=...)`), which resamples only the chosen
+Small images' pad-and-crop and every horizontal flip run on the device, for both pipelines
+(`resnet_jax.data.augment.DEVICE_OPERATIONS`). Both box crops are done in one PIL call (`Image.resize(..., box=...)`), which resamples only the chosen
 region (anti-aliased), so the full-size resize of the paper's description is never materialised. JPEGs are
 decoded at a reduced DCT scale (`Image.draft`) when the chosen region is at least twice the output size --
 the same image to within interpolation differences, several times faster for large photographs.
@@ -258,24 +258,6 @@ def ten_crop(images: Sequence[Any], resize: int = 256, crop: int = 224, *, chann
   out = [ten_crop_views(resize_shorter(raw, resize, channels=channels, interpolation=interpolation), crop)
          for raw in images]
   return np.concatenate(out) if out else np.zeros((0, crop, crop, channels), np.uint8)
-
-
-def pad_crop(image: np.ndarray, rng: np.random.Generator, padding: int,
-             pad_value: Sequence[int] = (0,)) -> np.ndarray:
-  """Pads `padding` pixels per side with `pad_value` (per channel) and takes a random crop of the input size."""
-  if padding <= 0:
-    return image
-  height, width, channels = image.shape
-  padded = np.empty((height + 2 * padding, width + 2 * padding, channels), np.uint8)
-  padded[...] = np.asarray(pad_value, np.uint8).reshape(1, 1, -1)
-  padded[padding:padding + height, padding:padding + width] = image
-  y, x = rng.integers(0, 2 * padding + 1, size=2)
-  return padded[y:y + height, x:x + width]
-
-
-def maybe_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  """Mirrors left-right with probability 1/2."""
-  return image[:, ::-1] if rng.random() < 0.5 else image
 
 
 def _grayscale(image: np.ndarray) -> np.ndarray:

@@ -55,12 +55,40 @@ def example_rng(seed: int, position: int, attempt: int = 0) -> np.random.Generat
   return np.random.default_rng([int(seed), AUGMENT_STREAM, int(position), int(attempt)])
 
 
+def _crop(raw: Any, rng: np.random.Generator, transform: 'TrainTransform') -> np.ndarray:
+  """Decode and, for 'inception' / 'scale', the random crop resized to image_size (one PIL call)."""
+  if transform.crop in ('inception', 'scale'):
+    return host_augment.random_crop_resize(
+        raw, rng, transform.image_size, transform.crop, channels=transform.channels,
+        scale_range=transform.scale_range, area_range=transform.area_range, aspect_range=transform.aspect_range,
+        interpolation=transform.interpolation)
+  return fixed_image(raw, transform.channels, transform.image_shape)
+
+
+def _color_jitter(image: np.ndarray, rng: np.random.Generator, transform: 'TrainTransform') -> np.ndarray:
+  strength = transform.color_jitter  # brightness, contrast and saturation alike (fb.resnet.torch)
+  return host_augment.color_jitter(image, rng, strength, strength, strength) if strength > 0 else image
+
+
+def _pca_lighting(image: np.ndarray, rng: np.random.Generator, transform: 'TrainTransform') -> np.ndarray:
+  return host_augment.pca_lighting(image, rng, transform.pca_lighting) if transform.pca_lighting > 0 else image
+
+
+#: The per-example host operations of training, in the order they run in the Grain workers (NumPy/PIL, before
+#: batching): name -> function(image (the raw example for the first), rng, the TrainTransform holding the
+#: options) -> image (uint8, or float32 in [0, 255] after a colour operation: rounded to uint8 at the end). Each
+#: is the one implementation of its operation; the per-batch device operations (pad-and-crop, flip; then the
+#: model's normalisation) are `augment.DEVICE_OPERATIONS`, run inside the jitted step for both pipelines. Adding
+#: an operation: a function and its entry here, its option in `pipelines.InputOptions` (docs/extending.md).
+HOST_OPERATIONS = {'crop': _crop, 'color_jitter': _color_jitter, 'pca_lighting': _pca_lighting}
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainTransform:
-  """Per-example host preprocessing for training; output uint8 `output_shape`.
+  """Per-example host preprocessing for training (`HOST_OPERATIONS`); output uint8 `output_shape`.
 
-  crop: 'inception' (random-sized crop), 'scale' (He et al. 2015 scale augmentation), 'pad_crop' (small
-    fixed-size images: pad `crop_padding` with `pad_value`, random crop of the original size), 'none'.
+  crop: 'inception' (random-sized crop), 'scale' (He et al. 2015 scale augmentation), 'pad_crop' and 'none'
+    (fixed-size images as they are: pad-and-crop, when asked for, runs on the device).
   """
   crop: str = 'inception'
   image_size: int = 224
@@ -69,12 +97,9 @@ class TrainTransform:
   scale_range: tuple[int, int] = (256, 480)
   area_range: tuple[float, float] = (0.08, 1.0)
   aspect_range: tuple[float, float] = (3 / 4, 4 / 3)
-  flip: bool = True
   color_jitter: float = 0.0
   pca_lighting: float = 0.0
   interpolation: str = 'bilinear'
-  crop_padding: int = 4
-  pad_value: tuple[int, ...] = (0,)
 
   @property
   def output_shape(self) -> tuple[int, int, int]:
@@ -83,25 +108,10 @@ class TrainTransform:
     return (self.image_size, self.image_size, self.channels)
 
   def __call__(self, raw: Any, rng: np.random.Generator) -> np.ndarray:
-    if self.crop in ('inception', 'scale'):
-      image = host_augment.random_crop_resize(
-          raw, rng, self.image_size, self.crop, channels=self.channels, scale_range=self.scale_range,
-          area_range=self.area_range, aspect_range=self.aspect_range, interpolation=self.interpolation)
-    else:
-      image = fixed_image(raw, self.channels, self.image_shape)
-      if self.crop == 'pad_crop':
-        image = host_augment.pad_crop(image, rng, self.crop_padding, self.pad_value)
-    if self.flip:
-      image = host_augment.maybe_flip(image, rng)
-    if self.color_jitter > 0 or self.pca_lighting > 0:
-      work = image.astype(np.float32)
-      if self.color_jitter > 0:
-        strength = self.color_jitter  # brightness, contrast and saturation alike (fb.resnet.torch)
-        work = host_augment.color_jitter(work, rng, strength, strength, strength)
-      if self.pca_lighting > 0:
-        work = host_augment.pca_lighting(work, rng, self.pca_lighting)
-      image = host_augment.to_uint8(work)
-    return np.ascontiguousarray(image)
+    image = raw
+    for operation in HOST_OPERATIONS.values():
+      image = operation(image, rng, self)
+    return np.ascontiguousarray(image if image.dtype == np.uint8 else host_augment.to_uint8(image))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -115,6 +115,12 @@ def batch_positions(step, global_batch: int, rows: Optional[tuple[int, int]] = N
   return step * global_batch + xp.arange(lo, hi)
 
 
+def check_batch_fits(global_batch: int, num_examples: int) -> None:
+  if global_batch > num_examples:
+    raise UserError(f"config.batch_size={global_batch} is larger than the {num_examples} training examples; use a "
+                    f"batch of at most {num_examples}")
+
+
 # The position saved with a checkpoint: the next step, and what the order depends on. Version 1 was the streaming
 # pipeline's order of earlier versions (a NumPy permutation per epoch); version 2 is this module's order.
 STATE_VERSION = 2

@@ -115,9 +115,7 @@ class DeviceResidentData:
     Every process passes the same arrays; each transfers only the rows its devices hold.
     """
     num_examples = len(arrays['label'])
-    if global_batch > num_examples:
-      raise UserError(f"config.batch_size={global_batch} is larger than the {num_examples} training examples; "
-                      f"use a batch of at most {num_examples}")
+    order.check_batch_fits(global_batch, num_examples)
     devices = mesh.devices.size
     padded = math.ceil(num_examples / devices) * devices
     per_device = padded // devices
@@ -412,8 +410,8 @@ def make_train_data(config, mesh: Mesh, train_source: ExampleSource, *,
                     start_step: int = 0) -> Union[DeviceResidentData, 'streaming.StreamingTrainData']:
   """The training input for `config`: device-resident or streamed (see the module docstring).
 
-  Both results carry image_shape, num_classes, num_examples, steps_per_epoch, mean, std, device_augment and
-  `kind` ('device' | 'grain'). Streaming data starts at `start_step` (or use `set_state`).
+  Both results are the train-data interface of the module docstring. Streaming data starts at `start_step` (or
+  use `set_state`).
   """
   options = input_options(config)
   global_batch, seed = int(config.batch_size), int(config.seed)
@@ -434,29 +432,31 @@ def make_train_data(config, mesh: Mesh, train_source: ExampleSource, *,
     data.mean, data.std = mean, std
     data.image_shape = tuple(arrays['image'].shape[1:])
     data.num_classes = train_source.num_classes
-    # pad_after_normalize pads the centred image with zeros (exact for per-channel and per-pixel means).
-    data.device_augment = augment_lib.SmallImageAugment(
-        crop_padding=options.crop_padding, flip=options.flip, center=mean if options.pad_after_normalize else None)
+    data.device_augment = device_augmentation(options, 'pad_crop', mean)
     return data
 
   crop = resolve_train_crop(options, train_source)
   if options.pca_lighting > 0 and train_source.channels != 3:
     raise UserError("config.input.pca_lighting needs RGB images; set it to 0 for grey images")
   mean, std = _streaming_statistics(options, train_source, seed)
-  pad_value = (0,)
-  if crop == 'pad_crop' and options.pad_after_normalize:
-    channel_mean = np.asarray(mean, np.float64).reshape(-1, train_source.channels).mean(axis=0)
-    pad_value = tuple(int(v) for v in np.clip(np.rint(channel_mean), 0, 255))  # uint8: to within rounding
   transform = host_pipeline.TrainTransform(
       crop=crop, image_size=options.image_size, channels=train_source.channels,
       image_shape=train_source.image_shape, scale_range=options.scale_range, area_range=options.area_range,
-      aspect_range=options.aspect_range, flip=options.flip, color_jitter=options.color_jitter,
-      pca_lighting=options.pca_lighting, interpolation=options.interpolation,
-      crop_padding=options.crop_padding, pad_value=pad_value)
+      aspect_range=options.aspect_range, color_jitter=options.color_jitter, pca_lighting=options.pca_lighting,
+      interpolation=options.interpolation)
   return streaming.StreamingTrainData(
-      train_source, mesh, global_batch, seed, transform, mean=mean, std=std, num_workers=options.num_workers,
-      num_threads=options.num_threads, prefetch=options.prefetch, corrupt_images=options.corrupt_images,
-      start_step=start_step)
+      train_source, mesh, global_batch, seed, transform, device_augmentation(options, crop, mean), mean=mean,
+      std=std, num_workers=options.num_workers, num_threads=options.num_threads, prefetch=options.prefetch,
+      corrupt_images=options.corrupt_images, start_step=start_step)
+
+
+def device_augmentation(options: InputOptions, crop: str, mean: Any) -> augment_lib.SmallImageAugment:
+  """The device operations of training for either pipeline: pad-and-crop for crop 'pad_crop' (the device-resident
+  pipeline always), and the flip. pad_after_normalize pads the centred image with zeros (exact for per-channel and
+  per-pixel means)."""
+  padding = options.crop_padding if crop == 'pad_crop' else 0
+  center = mean if options.pad_after_normalize and padding else None
+  return augment_lib.SmallImageAugment(crop_padding=padding, flip=options.flip, center=center)
 
 
 def make_eval_batches(config, mesh: Mesh, eval_source: ExampleSource, *,

@@ -142,25 +142,25 @@ class DevicePrefetcher:
 class StreamingTrainData:
   """Training batches streamed from a source through Grain, as global arrays sharded over `data`.
 
-  Iterate with `next(data)`: {'image': uint8 [global_batch, H, W, C], 'label': int32 [global_batch]}, already
-  augmented on the host (crop, flip, colour); `device_augment(key, images)` only casts to float32 (use it
-  where the device-resident path applies `SmallImageAugment`).
+  Iterate with `next(data)`: {'image': uint8 [global_batch, H, W, C], 'label': int32 [global_batch]}, after the
+  host operations (decode, crops, colour: `host_pipeline.HOST_OPERATIONS`); `device_augment(key, images)` runs
+  the device operations (pad-and-crop, flip) inside the jitted step, as on the device-resident path.
   """
 
   pipeline = 'grain'
 
-  def __init__(self, source, mesh: Mesh, global_batch: int, seed: int, transform: host_pipeline.TrainTransform, *,
-               mean: Any = (0.0,), std: Any = (1.0,), num_workers: int = 0, num_threads: int = 1,
-               prefetch: int = 2, corrupt_images: str = 'fail', start_step: int = 0):
+  def __init__(self, source, mesh: Mesh, global_batch: int, seed: int, transform: host_pipeline.TrainTransform,
+               device_augment: Callable[[jax.Array, jax.Array], jax.Array], *, mean: Any = (0.0,),
+               std: Any = (1.0,), num_workers: int = 0, num_threads: int = 1, prefetch: int = 2,
+               corrupt_images: str = 'fail', start_step: int = 0):
     parallel.check_batch_divisible(global_batch, mesh)
-    if global_batch > len(source):
-      raise UserError(f"config.batch_size={global_batch} is larger than the {len(source)} training examples; use a "
-                      f"batch of at most {len(source)}")
+    order.check_batch_fits(global_batch, len(source))
     self.source = source
     self.mesh = mesh
     self.global_batch = int(global_batch)
     self.seed = int(seed)
     self.transform = transform
+    self.device_augment = device_augment
     self.mean, self.std = mean, std
     self.num_workers, self.num_threads, self.prefetch = int(num_workers), int(num_threads), int(prefetch)
     rows = parallel.local_batch_slice(global_batch, mesh)
@@ -185,11 +185,6 @@ class StreamingTrainData:
   @property
   def steps_per_epoch(self) -> float:
     return self.num_examples / self.global_batch
-
-  @staticmethod
-  def device_augment(key: jax.Array, images: jax.Array) -> jax.Array:
-    del key
-    return images.astype(np.float32)
 
   # Iteration --------------------------------------------------------------------------------------------
   def _start(self) -> None:

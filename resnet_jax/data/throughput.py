@@ -45,7 +45,9 @@ def device_augment_throughput(*, num_examples: int = 50_000, image_shape: Sequen
   images = np.random.default_rng(seed).integers(0, 256, (num_examples,) + tuple(image_shape), dtype=np.uint8)
   labels = np.arange(num_examples) % 10
   data = pipelines.DeviceResidentData.from_arrays({'image': images, 'label': labels}, mesh, batch_size, seed)
-  small_image_augment = augment.SmallImageAugment(crop_padding=4, flip=True, center=(125.3, 123.0, 113.9))
+  # The training run's own device operations (default options), centred on these images' channel means.
+  small_image_augment = pipelines.device_augmentation(pipelines.InputOptions(), 'pad_crop',
+                                                      tuple(images.mean(axis=(0, 1, 2))))
 
   @jax.jit
   def produce(arrays, step):
@@ -98,14 +100,15 @@ def grain_imagenet_throughput(*, worker_counts: Sequence[int] = (0, 1, 2), num_i
       info = {'num_images': None, 'mean_jpeg_bytes': None}
     source = sources.open_split(f'folder:{root}', 'train')
     info['num_images'] = len(source)
-    transform = host_pipeline.TrainTransform(crop=train_crop, image_size=image_size, flip=True,
+    transform = host_pipeline.TrainTransform(crop=train_crop, image_size=image_size,
                                              color_jitter=color_jitter, pca_lighting=pca_lighting)
     eval_transform = host_pipeline.EvalTransform(crop='center', resize=round(image_size * 256 / 224),
                                                  crop_size=image_size)
     results = []
     for workers in worker_counts:
       row = {'num_workers': int(workers), 'num_threads': int(num_threads)}
-      data = streaming.StreamingTrainData(source, mesh, batch_size, 0, transform, num_workers=workers,
+      data = streaming.StreamingTrainData(source, mesh, batch_size, 0, transform, augment.SmallImageAugment(0),
+                                          num_workers=workers,
                                           num_threads=num_threads, prefetch=2)
       try:
         start = time.perf_counter()
@@ -147,9 +150,9 @@ def host_transform_cost(*, num_images: int = 64, repeats: int = 3, image_size: i
   resize = round(image_size * 256 / 224)
   transforms = {
       'decode_only': lambda raw, r: host_augment.decode(raw),
-      'inception_crop_flip': host_pipeline.TrainTransform('inception', image_size),
-      'scale_crop_flip': host_pipeline.TrainTransform('scale', image_size),
-      'inception_flip_color_jitter_lighting': host_pipeline.TrainTransform('inception', image_size,
+      'inception_crop': host_pipeline.TrainTransform('inception', image_size),
+      'scale_crop': host_pipeline.TrainTransform('scale', image_size),
+      'inception_color_jitter_lighting': host_pipeline.TrainTransform('inception', image_size,
                                                                            color_jitter=0.4, pca_lighting=0.1),
       'eval_center_crop': lambda raw, r: host_augment.center_crop(raw, resize, image_size),
       'eval_ten_crop': lambda raw, r: host_augment.ten_crop_views(host_augment.resize_shorter(raw, resize),
