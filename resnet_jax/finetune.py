@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -86,19 +86,12 @@ def check_parameter_groups(config: ml_collections.ConfigDict, model, image_shape
                     "to train; freeze fewer parts (e.g. everything but 'head')")
 
 
-def frozen_batch_norms(params, config: ml_collections.ConfigDict) -> frozenset[str]:
-  """Paths (relative to the backbone) of the modules whose parameters `config.freeze` all freezes; with
-  `config.batch_norm.freeze_frozen_stats`, the BatchNorm modules among them run in inference mode."""
-  freeze = optim.as_patterns(config.get('freeze'), 'freeze')
-  if not freeze or not config.batch_norm.get('freeze_frozen_stats', True):
-    return frozenset()
-  paths = [path for (_, path) in _flat({'params': params})]
-  groups = optim.group_labels(paths, freeze, ())
-  modules: dict[str, bool] = {}
-  for path, group in groups.items():
-    module = path.rpartition('/')[0]
-    modules[module] = modules.get(module, True) and group == optim.FROZEN
-  return frozenset(module for module, frozen in modules.items() if frozen)
+def frozen_batch_norms(params, freeze: Sequence[str]) -> frozenset[str]:
+  """Paths (relative to the backbone) of the modules whose parameters the `freeze` patterns all freeze."""
+  groups = optim.group_labels([path for _, path in _flat({'params': params})], freeze, ())
+  frozen = {path.rpartition('/')[0] for path, group in groups.items() if group == optim.FROZEN}
+  trained = {path.rpartition('/')[0] for path, group in groups.items() if group != optim.FROZEN}
+  return frozenset(frozen - trained)
 
 
 def _inference_batch_norm(frozen: frozenset[str]) -> Callable:
@@ -115,16 +108,14 @@ def _inference_batch_norm(frozen: frozenset[str]) -> Callable:
 
 
 def training_apply(model, config: ml_collections.ConfigDict) -> Callable:
-  """`model.apply` for the train step: with frozen BatchNorm (see `frozen_batch_norms`), those modules run in
-  inference mode. Without, `model.apply` itself."""
-  if not optim.as_patterns(config.get('freeze'), 'freeze') or not config.batch_norm.get('freeze_frozen_stats', True):
+  """`model.apply` for the train step: with `config.batch_norm.freeze_frozen_stats` (the default), the BatchNorm
+  modules `config.freeze` freezes entirely (`frozen_batch_norms`) run in inference mode. Without, `model.apply`."""
+  freeze = optim.as_patterns(config.get('freeze'), 'freeze')
+  if not freeze or not config.batch_norm.get('freeze_frozen_stats', True):
     return model.apply
 
   def apply(variables, *args, **kwargs):
-    frozen = frozen_batch_norms(variables['params'], config)
-    if not frozen:
-      return model.apply(variables, *args, **kwargs)
-    with nn.intercept_methods(_inference_batch_norm(frozen)):
+    with nn.intercept_methods(_inference_batch_norm(frozen_batch_norms(variables['params'], freeze))):
       return model.apply(variables, *args, **kwargs)
   return apply
 
