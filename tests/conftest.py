@@ -110,6 +110,7 @@ def load_cli(module: str) -> types.ModuleType:
   name = '_resnet_jax_cli_' + module.replace('/', '_')
   spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'resnet_jax', f'{module}.py'))
   loaded = importlib.util.module_from_spec(spec)
+  sys.modules[name] = loaded  # dataclasses and pickling look a class's module up by name
   absl.flags = shim  # what the module's `from absl import flags` reads
   try:
     spec.loader.exec_module(loaded)

@@ -1,4 +1,9 @@
-"""Multi-seed reproduction of a paper row: per-seed runs, median / mean +- std beside the published error."""
+"""Multi-seed reproduction of a paper row: per-seed runs, median / mean +- std beside the published error.
+
+The command lines (reproduce, the `python -m resnet_jax.main` commands it prints, plot) run in-process
+(conftest.run_cli) on the suite's 2 fake devices, with the suite's tiny quickstart: seed 0 is the session's
+tiny run, whose programs are already compiled.
+"""
 
 import csv
 import json
@@ -8,26 +13,29 @@ import shutil
 
 import pytest
 
-from conftest import run_python
+from conftest import TINY_OVERRIDES
+from conftest import run_cli
 from resnet_jax import config as config_lib
 from resnet_jax import reproduce
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-TINY = ['--config.total_steps=8', '--config.batch_size=32', '--config.schedule.boundaries_epochs=None',
-        '--config.log_every_steps=4', '--config.eval_every_steps=4', '--config.model.stage_widths=(8,8,8)']
+TINY = [f'--config.{key}={value}' for key, value in TINY_OVERRIDES.items()]
 
 
 def _ok(result):
-  assert result.returncode == 0, result.stderr[-3000:]
-  return result
+  """The stdout of a command line that succeeded ((exit status, stdout, stderr) of run_cli)."""
+  status, out, err = result
+  assert status == 0, err[-3000:]
+  return out
 
 
 def _error_line(result):
-  assert result.returncode == 2, result.stderr[-3000:]
-  assert 'Traceback' not in result.stderr
-  lines = result.stderr.strip().splitlines()
+  status, _, err = result
+  assert status == 2, err[-3000:]
+  assert 'Traceback' not in err
+  lines = err.strip().splitlines()
   assert lines[-1].startswith('error: '), lines[-1]
   return lines[-1]
 
@@ -37,16 +45,16 @@ def reproduced(tmp_path_factory):
   """2 seeds of a tiny digits config, once by `reproduce`, once by running its --print_commands one by one."""
   root = tmp_path_factory.mktemp('reproduce')
   by_reproduce, by_commands = str(root / 'by_reproduce'), str(root / 'by_commands')
-  base = ['-m', 'resnet_jax.reproduce', '--config', 'configs/quickstart.py', '--seeds', '2']
-  trained = _ok(run_python(base + ['--workdir', by_reproduce] + TINY))
-  listed = _ok(run_python(base + ['--workdir', by_commands, '--print_commands'] + TINY)).stdout.strip().splitlines()
+  base = ['--config', 'configs/quickstart.py', '--seeds', '2']
+  trained = _ok(run_cli('reproduce', base + ['--workdir', by_reproduce] + TINY))
+  listed = _ok(run_cli('reproduce', base + ['--workdir', by_commands, '--print_commands'] + TINY)).strip().splitlines()
   for line in listed:
     words = shlex.split(line)
     assert words[:3] == ['python', '-m', 'resnet_jax.main']
-    _ok(run_python(words[1:]))
-  aggregated = _ok(run_python(['-m', 'resnet_jax.reproduce', '--aggregate', by_commands]))
-  return {'by_reproduce': by_reproduce, 'by_commands': by_commands, 'commands': listed, 'stdout': trained.stdout,
-          'aggregate_stdout': aggregated.stdout, 'root': str(root)}
+    _ok(run_cli('main', words[3:]))
+  aggregated = _ok(run_cli('reproduce', ['--aggregate', by_commands]))
+  return {'by_reproduce': by_reproduce, 'by_commands': by_commands, 'commands': listed, 'stdout': trained,
+          'aggregate_stdout': aggregated, 'root': str(root)}
 
 
 def test_summary_statistics_match_the_papers_conventions():
@@ -80,12 +88,12 @@ def test_list_names_every_paper_row_with_its_table():
 
 
 def test_list_cli_and_a_filter_matching_nothing():
-  result = _ok(run_python(['-m', 'resnet_jax.reproduce', '--list', 'table_2']))
-  assert all('Table 2' in line for line in result.stdout.strip().splitlines())
-  assert len(result.stdout.strip().splitlines()) == 3 + 10 + 4  # He et al. 2015, He et al. 2016, Huang et al. 2017
-  result = _ok(run_python(['-m', 'resnet_jax.reproduce', '--list', 'Table 6']))
-  assert len(result.stdout.strip().splitlines()) == 11  # ResNet-20..1202 and plain-20..110
-  assert _error_line(run_python(['-m', 'resnet_jax.reproduce', '--list', 'no_such_row'])).startswith(
+  listed = _ok(run_cli('reproduce', ['--list', 'table_2']))
+  assert all('Table 2' in line for line in listed.strip().splitlines())
+  assert len(listed.strip().splitlines()) == 3 + 10 + 4  # He et al. 2015, He et al. 2016, Huang et al. 2017
+  listed = _ok(run_cli('reproduce', ['--list', 'Table 6']))
+  assert len(listed.strip().splitlines()) == 11  # ResNet-20..1202 and plain-20..110
+  assert _error_line(run_cli('reproduce', ['--list', 'no_such_row'])).startswith(
       "error: no paper row matches 'no_such_row'")
 
 
@@ -131,44 +139,41 @@ def test_aggregate_groups_by_row_and_lists_unfinished_runs(reproduced, tmp_path)
   assert (summaries[1]['runs'], summaries[1]['finished'], summaries[1]['total']) == (2, 2, 3)
   table = reproduce.markdown_table(summaries)
   assert '| resnet20 | He et al. 2015, Table 6 | 8.75 |' in table and '2/3 |' in table
-  assert f'- cifar_preact_resnet20: {unfinished} (step 4 of 8)' in table
+  assert f'- cifar_preact_resnet20: {unfinished} (step 4 of 12)' in table
 
 
 def test_plot_draws_the_reproduce_directories(reproduced):
   out = os.path.join(reproduced['root'], 'fig.png')
-  result = _ok(run_python(['-m', 'resnet_jax.plot', reproduced['by_reproduce'],
-                           os.path.join(reproduced['by_commands'], 'seed_0'), '--out', out]))
-  assert os.path.getsize(out) > 5000 and out in result.stdout
+  printed = _ok(run_cli('plot', [reproduced['by_reproduce'], os.path.join(reproduced['by_commands'], 'seed_0'),
+                                  '--out', out]))
+  assert os.path.getsize(out) > 5000 and out in printed
 
 
 def test_bad_inputs_are_one_error_line(tmp_path):
   (tmp_path / 'empty').mkdir()
-  assert _error_line(run_python(['-m', 'resnet_jax.reproduce', '--aggregate', str(tmp_path / 'empty')])).endswith(
+  assert _error_line(run_cli('reproduce', ['--aggregate', str(tmp_path / 'empty')])).endswith(
       'pass a run directory or a reproduce --workdir')
-  assert "has no variant 'resnet21'" in _error_line(run_python(
-      ['-m', 'resnet_jax.reproduce', '--config', 'configs/cifar.py:resnet21', '--workdir', str(tmp_path / 'x')]))
-  assert _error_line(run_python(
-      ['-m', 'resnet_jax.reproduce', '--config', 'configs/quickstart.py', '--seeds', '2', '--seed_index', '2',
-       '--workdir', str(tmp_path / 'x')])) == (
+  assert "has no variant 'resnet21'" in _error_line(run_cli(
+      'reproduce', ['--config', 'configs/cifar.py:resnet21', '--workdir', str(tmp_path / 'x')]))
+  assert _error_line(run_cli(
+      'reproduce', ['--config', 'configs/quickstart.py', '--seeds', '2', '--seed_index', '2',
+                    '--workdir', str(tmp_path / 'x')])) == (
            'error: --seed_index 2 is out of range: --seeds 2 gives seeds 0..1')
   assert not os.path.exists(tmp_path / 'x')
 
 
 def test_override_without_a_value_is_one_error_line(tmp_path):
-  result = run_python(['-m', 'resnet_jax.reproduce', '--config', 'configs/quickstart.py', '--workdir',
-                       str(tmp_path / 'never'), '--config.seed'])
-  assert result.returncode == 2, result.stderr[-3000:]
-  assert result.stderr.strip().splitlines()[-1] == 'error: --config.seed: missing value; write --config.seed=VALUE'
-  assert 'Traceback' not in result.stderr
+  assert _error_line(run_cli('reproduce', ['--config', 'configs/quickstart.py', '--workdir', str(tmp_path / 'never'),
+                                            '--config.seed'])) == (
+                                                'error: --config.seed: missing value; write --config.seed=VALUE')
 
 
 def test_a_diverged_seed_exits_with_the_status_main_uses(tmp_path):
-  # lr 1e8: the loss overflows within a few steps.
-  result = run_python(['-m', 'resnet_jax.reproduce', '--config', 'configs/quickstart.py', '--seeds', '1',
-                       '--workdir', str(tmp_path), '--config.batch_size=32', '--config.model.stage_widths=(8,8,8)',
-                       '--config.total_steps=12', '--config.schedule.boundaries_epochs=None',
-                       '--config.schedule.base_lr=1e8',
-                       '--config.log_every_steps=4', '--config.checkpoint_every_steps=4'])
-  assert result.returncode == 3, result.stderr[-3000:]
-  assert result.stderr.strip().splitlines()[-1].startswith('error: loss or gradients became NaN/Inf at step ')
-  assert 'Traceback' not in result.stderr
+  # lr 1e8: the loss overflows within a few steps. (One unit per stage: this learning rate compiles a program of
+  # its own, in half the time of the tiny run's network.)
+  status, _, err = run_cli('reproduce', ['--config', 'configs/quickstart.py', '--seeds', '1', '--workdir',
+                                         str(tmp_path), *TINY, '--config.model.stage_sizes=(1,1,1)',
+                                         '--config.model.stage_widths=(8,8,8)', '--config.schedule.base_lr=1e8'])
+  assert status == 3, err[-3000:]
+  assert err.strip().splitlines()[-1].startswith('error: loss or gradients became NaN/Inf at step ')
+  assert 'Traceback' not in err
