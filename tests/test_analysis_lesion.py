@@ -6,10 +6,10 @@ import jax
 import numpy as np
 import pytest
 
+from model_helpers import random_variables
 from resnet_jax.analysis import lesion
 from resnet_jax.errors import UserError
 from resnet_jax.models import create_model
-from resnet_jax.models.testing import random_variables
 
 MODEL = create_model("cifar_resnet20", stage_sizes=(2, 1, 1), stage_widths=(4, 8, 16))
 RS = np.random.default_rng(0)

@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from model_helpers import random_variables
 from resnet_jax.analysis import paths
 from resnet_jax.errors import UserError
 from resnet_jax.models import create_model
-from resnet_jax.models.testing import random_variables
 
 RS = np.random.default_rng(0)
 IMAGES = RS.standard_normal((6, 8, 8, 3)).astype(np.float32)

@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from model_helpers import random_variables
 from resnet_jax.errors import UserError
 from resnet_jax.models import create_model
 from resnet_jax.models.counting import abstract_variables
-from resnet_jax.models.testing import random_variables
 
 
 def feature_shapes(model, input_shape):

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from model_helpers import random_variables
 from resnet_jax.errors import UserError
 from resnet_jax.models import (BatchNorm, count_params, create_model, describe_units, scan_variables,
                                unscan_variables)
 from resnet_jax.models import units
 from resnet_jax.models.layers import batch_norm_train, batch_norm_train_reference, survival_probabilities
-from resnet_jax.models.testing import random_variables
 
 WIDTHS = (4, 8, 16)
 X = jnp.asarray(np.random.default_rng(0).standard_normal((4, 8, 8, 3), dtype=np.float32))

@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from model_helpers import fill_variables, random_variables
 from resnet_jax.models import count_params, create_model, list_models
-from resnet_jax.models.testing import abstract_variables, fill_variables, random_variables
+from resnet_jax.models.counting import abstract_variables
 
 # Trainable parameters (BatchNorm running statistics excluded).
 #  [TV]   torchvision 0.28 `sum(p.numel())`.            [P]  the paper's table (rounded), exact count computed.

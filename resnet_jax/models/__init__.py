@@ -16,7 +16,6 @@ Module map (each paper concept lives in one place):
   densenet.py  `DenseNet` (DenseNet-BC) and its parameter groups
   registry.py  names -> configurations (`create_model`, `list_models`)
   counting.py  `count_params`, `count_macs` (from the jaxpr), `abstract_variables`
-  testing.py   NumPy-filled variables for tests and benchmarks
 """
 
 from typing import Sequence

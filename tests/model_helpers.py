@@ -1,4 +1,4 @@
-"""Helpers for tests and benchmarks that need variables of the right shapes fast, not trained or paper-init ones.
+"""Helpers for tests that need variables of the right shapes fast, not trained or paper-init ones.
 
 `model.init` draws every parameter with the JAX PRNG inside the traced forward pass, which costs seconds of XLA
 compilation per model on CPU. `random_variables` traces the model once with `jax.eval_shape` (no compilation)
