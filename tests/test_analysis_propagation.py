@@ -8,24 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import run_python
-from resnet_jax import config as config_lib
-from resnet_jax import train
 from resnet_jax.analysis import propagation
 from resnet_jax.errors import UserError
 from resnet_jax.models import create_model
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('propagation') / 'run')
-  config = config_lib.build_config(os.path.join(REPO, 'configs', 'quickstart.py'), [
-      ('total_steps', '20'), ('batch_size', '32'), ('schedule.boundaries_epochs', 'None'),
-      ('log_every_steps', '10'), ('model.stage_widths', '(8,8,8)')])
-  train.train_and_evaluate(config, workdir)
-  return workdir
 
 
 def _images(n=12, size=8, seed=0):
@@ -60,11 +45,12 @@ def test_scanned_units_are_a_clear_error():
     propagation.gradient_by_unit(model, None, images, labels)
 
 
-def test_propagation_of_a_checkpoint_compared_with_another_run(trained):
-  result = run_python(['-m', 'resnet_jax.analysis', '--workdir', trained, '--study', 'propagation',
-                       '--limit', '64', '--compare', trained])
-  assert result.returncode == 0, result.stderr[-3000:]
-  out = os.path.join(trained, 'analysis')
+def test_propagation_of_a_checkpoint_compared_with_another_run(run_copy, cli):
+  """`python -m resnet_jax.analysis --study propagation` (in-process) on a copy of the session's tiny run."""
+  status, stdout, stderr = cli('analysis/__main__', ['--workdir', run_copy, '--study', 'propagation', '--limit', '64',
+                                                     '--compare', run_copy])
+  assert status == 0, stderr[-3000:]
+  out = os.path.join(run_copy, 'analysis')
   single = json.load(open(os.path.join(out, 'propagation.json')))
   assert single['num_examples'] == 64 and len(single['units']) == 9
   assert [u['stage'] for u in single['units']] == [1, 1, 1, 2, 2, 2, 3, 3, 3]
@@ -74,7 +60,7 @@ def test_propagation_of_a_checkpoint_compared_with_another_run(trained):
   assert [u['grad_norm'] for u in compare['runs'][0]['units']] == [u['grad_norm'] for u in single['units']]
   for name in ('propagation.png', 'propagation_compare.png'):
     assert os.path.getsize(os.path.join(out, name)) > 1000
-  assert 'ratio first/last' in result.stdout
+  assert 'ratio first/last' in stdout
 
 
 def test_at_init_differs_from_the_trained_network(trained):
