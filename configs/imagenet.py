@@ -82,7 +82,7 @@ def _apply_recipe(config, recipe: str) -> None:
   config.optimizer.weight_decay = 1e-4
   config.batch_norm.mode = 'ghost'    # 256 over 8 GPUs: statistics per 32 examples
   config.batch_norm.group_size = 32
-  config.augment.normalization = 'per_channel'
+  config.augment.normalization = 'imagenet'  # the published statistics (fb.resnet.torch, torchvision)
   config.input.eval_resize = 256
   config.input.eval_crop = 224
   config.input.eval_crop_mode = 'center'

@@ -4,7 +4,7 @@ Backbones (`resnet_jax.models.create_model`) take normalised float images. Train
 and `resnet_jax.evaluate.predict` work with `Classifier`, which takes raw pixels (uint8 or float in [0, 255])
 and normalises them with statistics fixed at training time, so a loaded checkpoint needs nothing else to
 classify images. The statistics themselves are computed by the data layer
-(`resnet_jax.data.pipelines.normalization_statistics`).
+(`resnet_jax.data.normalization`).
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ from resnet_jax import models
 from resnet_jax import optim
 from resnet_jax import state as state_lib
 from resnet_jax import storage
-from resnet_jax.data import host_augment
+from resnet_jax.data import normalization
 from resnet_jax.errors import UserError
 from resnet_jax.models import counting
 from resnet_jax.models import layers as layers_lib
@@ -76,7 +76,7 @@ FORMATS = ('.safetensors', '.pth', '.pt', '.bin')
 #: torchvision's ImageNet normalisation (transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224,
 #: 0.225]) of images in [0, 1]; timm's default for these models too), times 255: the Classifier takes raw pixels.
 #: The same statistics the data layer gives ImageNet runs.
-IMAGENET_MEAN, IMAGENET_STD = host_augment.IMAGENET_MEAN, host_augment.IMAGENET_STD
+IMAGENET_MEAN, IMAGENET_STD = normalization.IMAGENET_MEAN, normalization.IMAGENET_STD
 #: The image shape the converted directory records (torchvision's and timm's ImageNet crop).
 IMAGE_SHAPE = (224, 224, 3)
 #: The base config of a converted directory (a config file of the checkout, as every run's).

@@ -15,6 +15,7 @@ from conftest import run_python
 from resnet_jax import config as config_lib
 from resnet_jax import parallel
 from resnet_jax.data import host_augment
+from resnet_jax.data import normalization
 from resnet_jax.data import pipelines
 from resnet_jax.data import sources
 from resnet_jax.data import streaming
@@ -42,6 +43,7 @@ def take(data, n):
 def test_imagenet2012_training_batches_under_mock_data(crop):
   mesh = parallel.make_mesh()
   config = make_config('imagenet2012', train_crop=crop, color_jitter=0.4, pca_lighting=0.1)
+  config.augment.normalization = 'imagenet'  # the published statistics, as configs/imagenet.py asks
   with tfds.testing.mock_data(num_examples=20):
     source = sources.open_split('imagenet2012', 'train')
     data = pipelines.make_train_data(config, mesh, source)
@@ -51,7 +53,7 @@ def test_imagenet2012_training_batches_under_mock_data(crop):
     finally:
       data.close()
   assert data.pipeline == 'grain' and data.image_shape == (48, 48, 3) and data.num_classes == 1000
-  assert data.mean == host_augment.IMAGENET_MEAN and data.std == host_augment.IMAGENET_STD
+  assert data.mean == normalization.IMAGENET_MEAN and data.std == normalization.IMAGENET_STD
   assert data.steps_per_epoch == 2.5
   assert first['image'].shape == (8, 48, 48, 3) and first['image'].dtype == np.uint8
   assert first['label'].dtype == np.int32
@@ -309,25 +311,25 @@ def test_command_line_input_options_keep_their_types():
 def test_normalization_statistics():
   images = np.random.default_rng(0).integers(0, 256, (7, 4, 5, 3), dtype=np.uint8)
   as_float = images.astype(np.float64)
-  mean, std = pipelines.normalization_statistics(images, 'per_channel')
+  mean, std = normalization.statistics(images, 'per_channel')
   assert mean == tuple(float(m) for m in as_float.mean(axis=(0, 1, 2)))
   assert std == tuple(float(s) for s in as_float.std(axis=(0, 1, 2)))
-  assert pipelines.normalization_statistics(np.zeros((2, 3, 3, 1), np.uint8), 'per_channel') == ((0.0,), (1.0,))
+  assert normalization.statistics(np.zeros((2, 3, 3, 1), np.uint8), 'per_channel') == ((0.0,), (1.0,))
   # The mean image: nested tuples (hashable) of the float32 values, as Python floats.
-  mean_image, unit = pipelines.normalization_statistics(images, 'per_pixel_mean')
+  mean_image, unit = normalization.statistics(images, 'per_pixel_mean')
   expected = as_float.mean(axis=0).astype(np.float32)
   assert unit == (1.0,) and np.array_equal(np.asarray(mean_image, np.float32), expected)
   assert mean_image[1][2] == tuple(float(v) for v in expected[1, 2])
   hash(mean_image)  # a static attribute of the jitted model: must be hashable
   with pytest.raises(UserError, match='unknown normalization'):
-    pipelines.normalization_statistics(images, 'zca')
+    normalization.statistics(images, 'zca')
 
 
 def test_the_data_layer_imports_no_model():
   script = (
       'import sys, numpy as np\n'
-      'from resnet_jax.data import augment, host_pipeline, pipelines, sources, streaming, throughput\n'
-      "pipelines.normalization_statistics(np.zeros((2, 4, 4, 3), np.uint8), 'per_pixel_mean')\n"
+      'from resnet_jax.data import augment, host_pipeline, normalization, pipelines, sources, streaming, throughput\n'
+      "normalization.statistics(np.zeros((2, 4, 4, 3), np.uint8), 'per_pixel_mean')\n"
       "banned = ('flax', 'resnet_jax.classifier', 'resnet_jax.models', 'resnet_jax.train', 'resnet_jax.evaluate',\n"
       "          'resnet_jax.checkpoints', 'resnet_jax.state')\n"
       'print(sorted(m for m in sys.modules if m.startswith(banned)))\n')

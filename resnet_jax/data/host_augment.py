@@ -2,7 +2,7 @@
 
 This module imports neither JAX nor TensorFlow: it runs inside Grain worker processes (which start by
 importing it), so it stays cheap to import. Every function returns uint8 pixels; normalisation stays in the
-model (`resnet_jax.classifier.Classifier`), which is given `IMAGENET_MEAN` / `IMAGENET_STD` for ImageNet.
+model (`resnet_jax.classifier.Classifier`), with the run's statistics (`resnet_jax.data.normalization`).
 
 Training crops (one image in, one `size x size` image out):
   - `sample_scale_crop`: scale augmentation of He et al. 2015 Sec. 3.4 -- "the image is resized with its
@@ -42,9 +42,6 @@ from PIL import Image
 
 from resnet_jax.errors import UserError
 
-# fb.resnet.torch (datasets/imagenet.lua) / torchvision, in [0, 255] pixel units (0.485 * 255, ...).
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
 # PCA of ImageNet RGB pixels in [0, 1] (AlexNet; fb.resnet.torch datasets/imagenet.lua `pca`).
 IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
 IMAGENET_EIGVEC = ((-0.5675, 0.7192, 0.4009),

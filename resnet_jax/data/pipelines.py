@@ -59,6 +59,7 @@ from resnet_jax.config import nested_tuple
 from resnet_jax.data import augment as augment_lib
 from resnet_jax.data import host_augment
 from resnet_jax.data import host_pipeline
+from resnet_jax.data import normalization
 from resnet_jax.data import order
 from resnet_jax.data import streaming
 from resnet_jax.data.sources import ExampleSource
@@ -174,7 +175,6 @@ def apply_multi_view(apply_fn: Callable[[jax.Array], jax.Array], images: jax.Arr
 # Options and factories.
 
 PIPELINES = ('auto', 'device', 'grain')
-NORMALIZATIONS = ('per_channel', 'per_pixel_mean')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +188,8 @@ class InputOptions:
   crop_padding: int = 4
   flip: bool = True
   # 'per_channel': (x - mean_c) / std_c with statistics of the training split (fb.resnet.torch);
-  # 'per_pixel_mean': x - mean image, the "per-pixel mean subtracted" of He et al. 2015 Sec. 4.2.
+  # 'per_pixel_mean': x - mean image, the "per-pixel mean subtracted" of He et al. 2015 Sec. 4.2;
+  # 'imagenet': the published ImageNet statistics (see `normalization`).
   normalization: str = 'per_channel'
   # fb.resnet.torch normalises before padding, so padding shows the mean colour; False pads with black.
   pad_after_normalize: bool = True
@@ -268,7 +269,8 @@ def _get(config, section: str, key: str, default: Any) -> Any:
 
 
 def _validate(options: InputOptions) -> None:
-  choices = {'pipeline': PIPELINES, 'normalization': NORMALIZATIONS, 'corrupt_images': host_pipeline.CORRUPT_POLICIES,
+  choices = {'pipeline': PIPELINES, 'normalization': normalization.MODES,
+             'corrupt_images': host_pipeline.CORRUPT_POLICIES,
              'train_crop': ('auto',) + host_pipeline.TRAIN_CROPS, 'interpolation': tuple(host_augment.INTERPOLATIONS),
              'eval_crop_mode': ('auto',) + host_pipeline.EVAL_CROPS}
   for key, allowed in choices.items():
@@ -363,47 +365,37 @@ def _read_all(source: ExampleSource, corrupt_images: str) -> dict[str, np.ndarra
   return arrays
 
 
-def normalization_statistics(images_uint8: np.ndarray, mode: str) -> tuple[Any, Any]:
-  """(mean, std) of a training split as nested tuples (hashable attributes of the model, which applies them).
-
-  'per_channel': mean and std per channel over all pixels (fb.resnet.torch; for CIFAR-10 this gives its
-     {125.3, 123.0, 113.9} / {63.0, 62.1, 66.7}).
-  'per_pixel_mean': the mean image (float32 values), std 1 (He et al. 2015 Sec. 4.2: "the per-pixel mean
-     subtracted").
-  """
-  images = np.asarray(images_uint8, np.float64)
-  if mode == 'per_channel':
-    std = images.std(axis=(0, 1, 2))
-    return nested_tuple(images.mean(axis=(0, 1, 2))), nested_tuple(np.where(std > 0, std, 1.0))
-  if mode == 'per_pixel_mean':
-    return nested_tuple(images.mean(axis=0).astype(np.float32)), (1.0,)
-  raise UserError(f"unknown normalization {mode!r}; choose one of {', '.join(NORMALIZATIONS)}")
-
-
-def _streaming_statistics(options: InputOptions, source: ExampleSource, seed: int) -> tuple[Any, Any]:
-  """mean/std for a streamed split: config override, ImageNet constants, or estimated from a sample."""
+def training_statistics(options: InputOptions, source: ExampleSource, seed: int,
+                        images: Optional[np.ndarray] = None) -> tuple[Any, Any]:
+  """The run's normalisation (`normalization`), decided once for either pipeline: the config's mean/std, the
+  mode's constants, or the mode applied to `images` (the whole split, when it is on hand) or to a sample of
+  `stats_examples` examples of the split."""
+  for name, values in (('mean', options.mean), ('std', options.std)):
+    if values is not None and len(values) not in (1, source.channels):
+      raise UserError(f"config.input.{name}={values} has {len(values)} values, but the images of "
+                      f"{source.dataset} have {source.channels} channel(s); give 1 value or one per channel")
   if options.mean is not None:
     return options.mean, options.std
+  if images is not None or options.normalization == 'imagenet':
+    return normalization.statistics(images, options.normalization)
   if options.normalization == 'per_pixel_mean' and source.image_shape is None:
     raise UserError(f"config.augment.normalization='per_pixel_mean' needs images of one size, but "
                     f"{source.dataset} images vary; use 'per_channel'")
-  if source.dataset.startswith('imagenet') and options.normalization == 'per_channel':
-    return host_augment.IMAGENET_MEAN, host_augment.IMAGENET_STD
   count = min(len(source), max(1, options.stats_examples))
   indices = np.sort(np.random.default_rng([seed, 0x57A7]).permutation(len(source))[:count])
   crop = 'none' if source.image_shape is not None else 'center'
   transform = host_pipeline.EvalTransform(crop=crop, resize=options.eval_resize, crop_size=options.eval_crop,
                                           channels=source.channels, image_shape=source.image_shape,
                                           interpolation=options.interpolation)
-  images = []
+  sample = []
   for start in range(0, count, 256):
     decoded, _ = host_pipeline.transform_rows(source, indices[start:start + 256], lambda raw, row: transform(raw),
                                               'skip')
-    images += [image for image in decoded if image is not None]
-  if not images:
+    sample += [image for image in decoded if image is not None]
+  if not sample:
     raise UserError(f"{source.dataset} {source.split!r}: no readable image to compute normalisation statistics")
-  logging.info('normalisation statistics of %s estimated from %d examples', source.dataset, len(images))
-  return normalization_statistics(np.stack(images), options.normalization)
+  logging.info('normalisation statistics of %s estimated from %d examples', source.dataset, len(sample))
+  return normalization.statistics(np.stack(sample), options.normalization)
 
 
 def make_train_data(config, mesh: Mesh, train_source: ExampleSource, *,
@@ -417,17 +409,9 @@ def make_train_data(config, mesh: Mesh, train_source: ExampleSource, *,
   global_batch, seed = int(config.batch_size), int(config.seed)
   parallel.check_batch_divisible(global_batch, mesh)
   kind = choose_pipeline(options, train_source)
-  for name, values in (('mean', options.mean), ('std', options.std)):
-    if values is not None and len(values) not in (1, train_source.channels):
-      raise UserError(f"config.input.{name}={values} has {len(values)} values, but the images of "
-                      f"{train_source.dataset} have {train_source.channels} channel(s); give 1 value or one per "
-                      "channel")
   if kind == 'device':
     arrays = _read_all(train_source, options.corrupt_images)
-    if options.mean is not None:
-      mean, std = options.mean, options.std
-    else:
-      mean, std = normalization_statistics(arrays['image'], options.normalization)
+    mean, std = training_statistics(options, train_source, seed, arrays['image'])
     data = DeviceResidentData.from_arrays(arrays, mesh, global_batch, seed)
     data.mean, data.std = mean, std
     data.image_shape = tuple(arrays['image'].shape[1:])
@@ -438,7 +422,7 @@ def make_train_data(config, mesh: Mesh, train_source: ExampleSource, *,
   crop = resolve_train_crop(options, train_source)
   if options.pca_lighting > 0 and train_source.channels != 3:
     raise UserError("config.input.pca_lighting needs RGB images; set it to 0 for grey images")
-  mean, std = _streaming_statistics(options, train_source, seed)
+  mean, std = training_statistics(options, train_source, seed)
   transform = host_pipeline.TrainTransform(
       crop=crop, image_size=options.image_size, channels=train_source.channels,
       image_shape=train_source.image_shape, scale_range=options.scale_range, area_range=options.area_range,
