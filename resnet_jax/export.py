@@ -47,6 +47,7 @@ import os
 from typing import Any, Optional, Sequence, Union
 
 from absl import logging
+import flax
 from flax import traverse_util
 import jax
 from jax import lax
@@ -252,13 +253,6 @@ class _Builder:
                       f'{" ..." if len(unused) > 5 else ""} would be left out of the inference graph')
 
 
-def _plain(tree) -> dict:
-  """A variables (sub)tree as nested dicts (FrozenDict, flax structures)."""
-  if hasattr(tree, 'items'):
-    return {str(k): _plain(v) for k, v in tree.items()}
-  return tree
-
-
 def _branch_scales(model: ResNet) -> np.ndarray:
   """Each unit's test-time multiplier of its branch: 0 for lesioned units, p_l with stochastic depth."""
   scales = np.ones((model.num_units,), np.float64)
@@ -351,7 +345,7 @@ def inference_graph(model, variables, features: bool = False) -> InferenceGraph:
   `variables` ({'params', 'batch_stats'}): BatchNorm as a scale-and-shift of the running statistics.
   `features`: output the pooled features (the head's input) instead of the logits."""
   backbone, normalise = model, None
-  params, stats = _plain(variables['params']), _plain(variables.get('batch_stats', {}))
+  params, stats = flax.core.unfreeze(variables['params']), flax.core.unfreeze(variables.get('batch_stats', {}))
   if isinstance(model, classifier_lib.Classifier):
     backbone, normalise = model.backbone, (model.mean, model.std)
     params, stats = params['backbone'], stats.get('backbone', {})
