@@ -192,6 +192,29 @@ def latest_step(workdir: str) -> Optional[int]:
     return checkpointer.latest_step()
 
 
+def _not_a_run(workdir: str) -> str:
+  """Why `workdir` holds no checkpoints, naming the path to pass instead when it is part of a run (a file of it,
+  its checkpoints/ folder or one step of it) or a reproduce directory."""
+  path = storage.resolve(workdir)
+  parent, name = path.parent, path.name
+  if not storage.exists(path):
+    return (f"no checkpoints in {workdir}: no such directory; pass a run's --workdir (the directory holding "
+            f"{CHECKPOINT_DIR}/)")
+  if not storage.is_dir(path):
+    return f"{workdir} is a file; pass the run's directory (the --workdir holding {CHECKPOINT_DIR}/)"
+  if name == CHECKPOINT_DIR:
+    return f"{workdir} is the {CHECKPOINT_DIR}/ folder of a run; pass the run's directory: {parent}"
+  if parent.name == CHECKPOINT_DIR and name.isdigit():
+    return (f"{workdir} is checkpoint step {name} of a run; load it with load({str(parent.parent)!r}, "
+            f"step={name})")
+  seeds = sorted(n for n in storage.list_names(path) if n.startswith('seed_') and storage.is_dir(path / n))
+  if seeds:
+    return (f"{workdir} is a reproduce directory of {len(seeds)} runs ({', '.join(seeds)}); load one of them, "
+            f"e.g. {str(path / seeds[0])!r}")
+  return (f"no checkpoints in {workdir} (expected {path / CHECKPOINT_DIR}); train first with "
+          f"python -m resnet_jax.main --config CONFIG --workdir {workdir}")
+
+
 @dataclasses.dataclass
 class LoadedCheckpoint:
   """What `load` returns: `model.apply(variables, images_uint8, train=False)` gives logits. `variables` are
@@ -209,8 +232,11 @@ def load(workdir: str, step: Optional[int] = None, ema: Optional[bool] = None) -
   set otherwise)."""
   directory = storage.resolve(workdir) / CHECKPOINT_DIR
   if not storage.is_dir(directory):
-    raise UserError(f"no checkpoints in {workdir} (expected {directory}); train first with "
-                    f"python -m resnet_jax.main --config CONFIG --workdir {workdir}")
+    raise UserError(_not_a_run(workdir))
+  if step is not None:
+    if isinstance(step, bool) or not hasattr(step, '__index__'):
+      raise UserError(f"step must be an integer (a checkpoint step of {workdir}) or None, got {step!r}")
+    step = int(step)
   with Checkpointer(workdir, read_only=True) as checkpointer:
     steps = checkpointer.all_steps()
     if not steps:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax import checkpoints
+from resnet_jax import classifier
 from resnet_jax import parallel
 from resnet_jax import storage
 from resnet_jax import workdir as workdir_lib
@@ -84,16 +85,25 @@ class Evaluator:
 
 
 def predict(model, variables, images_uint8: np.ndarray, batch_size: int = 256) -> np.ndarray:
-  """Float32 logits for `images_uint8` (N x H x W x C, raw pixels), on the local devices.
+  """Float32 logits [N, classes] for `images_uint8` (N x H x W x C raw pixels, 0..255), on the local devices.
 
-  `model` is the Classifier of a run (from `resnet_jax.checkpoints.load`): it normalises raw pixels itself.
+  `model` is the Classifier of a run (from `resnet_jax.checkpoints.load`): it normalises raw pixels itself, so
+  the images are what the run was trained on: uint8 (or any integer or float array of values in 0..255).
+  Images scaled to [0, 1] (torchvision's `ToTensor`), channels-first (N x C x H x W) or with another channel
+  count than the run's are refused with a ValueError saying what was expected: they would give logits, wrong
+  ones. No images give an empty [0, classes] array.
   """
-  images = np.asarray(images_uint8)
-  if images.ndim != 4:
-    raise ValueError(f'images must be N x H x W x C, got shape {images.shape}')
+  images = check_images(model, images_uint8)
+  if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    raise ValueError(f'batch_size must be a positive integer, got {batch_size!r}')
   apply = _jitted_apply(model)
   devices = jax.local_devices()
+  # No larger than the input (rounded up to the devices): padding 5 images to a batch of 1000 computes 1000.
+  batch_size = min(int(batch_size), -(-len(images) // len(devices)) * len(devices))
   batch_size = max(len(devices), batch_size - batch_size % len(devices))
+  if not len(images):
+    logits = jax.eval_shape(apply, variables, jax.ShapeDtypeStruct((1,) + images.shape[1:], images.dtype))
+    return np.zeros((0,) + logits.shape[1:], np.float32)
   mesh = parallel.make_mesh(devices)
   sharding = parallel.batch_sharding(mesh)
   variables = jax.device_put(variables, parallel.replicated(mesh))
@@ -105,9 +115,45 @@ def predict(model, variables, images_uint8: np.ndarray, batch_size: int = 256) -
       chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
     logits = apply(variables, jax.device_put(chunk, sharding))
     outputs.append(np.asarray(logits)[:batch_size - pad])
-  if not outputs:
-    return np.zeros((0, 0), np.float32)
   return np.concatenate(outputs).astype(np.float32)
+
+
+def check_images(model, images_uint8) -> np.ndarray:
+  """`images_uint8` as an array `predict` can classify, or a ValueError naming what was expected.
+
+  The pixels must be raw values in 0..255, as training fed them (the Classifier normalises them itself). A float
+  array whose values all lie in [0, 1] and are not all whole numbers is an image scaled to [0, 1]: refused, not
+  rescaled, since a dark image in 0..255 can also lie in [0, 1].
+  """
+  images = np.asarray(images_uint8)
+  expected = 'N x H x W x C raw pixels (uint8, values 0..255)'
+  if images.ndim != 4:
+    raise ValueError(f'images must be {expected}, got shape {images.shape}')
+  if images.dtype == bool or not (np.issubdtype(images.dtype, np.integer) or
+                                  np.issubdtype(images.dtype, np.floating)):
+    raise ValueError(f'images must be {expected}, got dtype {images.dtype}')
+  if images.size:
+    if np.issubdtype(images.dtype, np.floating) and not np.isfinite(images).all():
+      raise ValueError(f'images hold NaN or infinite values; expected {expected}')
+    low, high = images.min(), images.max()
+    if low < 0 or high > 255:
+      raise ValueError(f'images have values in [{low:g}, {high:g}]; expected {expected}')
+    if (np.issubdtype(images.dtype, np.floating) and high <= 1 and
+        not np.array_equal(images, np.round(images))):
+      raise ValueError('images look scaled to [0, 1] (torchvision ToTensor style); predict takes raw pixels '
+                       f'in 0..255 as the run was trained on: pass (images * 255).round().astype(np.uint8)')
+  mean = getattr(model, 'mean', None)  # a Classifier: one normalisation value per channel (or per pixel)
+  if isinstance(model, classifier.Classifier) and np.ndim(mean):
+    channels = np.shape(mean)[-1]
+    if images.shape[-1] != channels:
+      layout = (f'; they look channels-first (N x C x H x W): pass images.transpose(0, 2, 3, 1)'
+                if images.shape[1] == channels else '')
+      raise ValueError(f'images of shape {images.shape} have {images.shape[-1]} channels, the model takes '
+                       f'{channels} (N x H x W x {channels}){layout}')
+    if np.ndim(mean) == 3 and images.shape[1:3] != np.shape(mean)[:2]:  # the per-pixel mean image of the run
+      raise ValueError(f'images of shape {images.shape}: the model subtracts a per-pixel mean image of '
+                       f'{np.shape(mean)[0]} x {np.shape(mean)[1]}; pass images of that size')
+  return images
 
 
 @compiled_per_model

@@ -175,23 +175,45 @@ def reproduce(config, workdir: str, seeds: int, seed_index: Optional[int] = None
   runs = seed_runs(config, workdir, seeds)
   if seed_index is not None and not 0 <= seed_index < seeds:
     raise UserError(f'--seed_index {seed_index} is out of range: --seeds {seeds} gives seeds 0..{seeds - 1}')
-  storage.make_dirs(workdir)
+  root = storage.resolve(workdir)
+  if storage.exists(root) and not storage.is_dir(root):
+    raise UserError(f'--workdir {workdir} is a file, not a directory; choose another path')
   paper = dict(config.get('paper') or {})
   plan = {'row': paper.get('row', config.model.name), 'source': paper.get('source', ''),
           'published': paper.get('published_error'), 'note': paper.get('note', ''), 'seeds': seeds,
           'runs': [dataclasses.asdict(run) for run in runs]}
-  if jax.process_index() == 0:
-    _write_json(storage.resolve(workdir) / PLAN_FILE, plan)
-  for run in runs:
-    if seed_index is None or run.index == seed_index:
+  chosen = [run for run in runs if seed_index is None or run.index == seed_index]
+  # The plan is written when the first seed's run has passed its checks (train_and_evaluate refuses a bad config
+  # before it writes anything), so that a refused reproduction leaves nothing behind either.
+  planned = storage.exists(root / PLAN_FILE)
+  for number, run in enumerate(chosen, 1):
+    if jax.process_index() == 0:
+      print(f'== seed {run.index} ({number} of {len(chosen)}): config.seed={run.seed}, workdir {run.workdir}',
+            file=sys.stderr, flush=True)
+    try:
       train.train_and_evaluate(seed_config(config, run), run.workdir)
+    except BaseException:  # refused (nothing written), or failed or interrupted after the run started
+      if storage.exists(run.workdir):
+        _write_plan(root, plan, planned=planned)
+      raise
+    planned = _write_plan(root, plan, planned=planned)
   groups = aggregate([workdir])
   summary = groups[0] if groups else {}
   if jax.process_index() == 0:
-    write_results(groups, workdir)
-    _write_json(storage.resolve(workdir) / PLAN_FILE, {**plan, 'summary': summary})
+    written = write_results(groups, workdir)
+    _write_json(root / PLAN_FILE, {**plan, 'summary': summary})
     print(markdown_table(groups))
+    print(f"results in {' and '.join(written)}; the plan and the summary in {root / PLAN_FILE}")
   return summary
+
+
+def _write_plan(root, plan: dict[str, Any], planned: bool) -> bool:
+  """Writes WORKDIR/reproduce.json (process 0) unless it is already written; returns True."""
+  import jax  # pylint: disable=g-import-not-at-top  (--list/--aggregate need no JAX)
+  if not planned and jax.process_index() == 0:
+    storage.make_dirs(root)
+    _write_json(root / PLAN_FILE, plan)
+  return True
 
 
 def _write_json(path, value) -> None:
@@ -217,20 +239,44 @@ def summarize(errors_pct: Sequence[float], published: Any = None) -> dict[str, A
   }
 
 
+def _warn(message: str) -> None:
+  print(f'warning: {message}', file=sys.stderr, flush=True)
+
+
+def _run_identity(workdir: str) -> str:
+  """One name per run directory however it is reached (relative path, symlink, trailing slash): local paths
+  by their real path, bucket URLs as resolved."""
+  path = storage.resolve(workdir)
+  return str(path) if storage.is_remote(path) else os.path.realpath(os.fspath(path))
+
+
 def run_status(workdir: str) -> dict[str, Any]:
   """What a run directory holds: its row (config.paper, else the model name), steps done of total, the final
-  test error (%) if it finished (an evaluation at the last step)."""
-  root = storage.resolve(workdir)
-  config = json.loads(storage.read_text(root / 'config.json'))
-  records = []
-  if storage.exists(root / 'metrics.jsonl'):
-    records = [json.loads(line) for line in storage.read_text(root / 'metrics.jsonl').splitlines() if line.strip()]
+  test error (%) if it finished (an evaluation at the last step). Raises UserError for a config.json or
+  metrics.jsonl that cannot be read (cut short or edited by hand); a metrics.jsonl whose last line was cut short
+  by a kill is read without that line, as training reads it, and an evaluation with a non-finite accuracy is
+  dropped with a warning."""
+  # Imported here: they load JAX, which --list and the config checks before a refusal do not need.
+  from resnet_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  from resnet_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  config = workdir_lib.recorded_config(workdir)  # config.json with its recorded changes (total_steps, ...)
+  if not isinstance(config, dict) or not isinstance(config.get('model'), dict) or 'name' not in config['model']:
+    raise UserError(f"{storage.resolve(workdir) / workdir_lib.CONFIG_FILE} holds no run config (no model.name)")
+  records = metrics_lib.read_metrics(workdir)
   total = config.get('total_steps')
-  if total is None:   # epochs: the training lines record step / steps_per_epoch as 'epoch'
+  if total is None and config.get('total_epochs') is not None:  # the training lines record step/steps_per_epoch
     per_epoch = [r['step'] / r['epoch'] for r in records if r.get('epoch')]
     total = int(math.ceil(config['total_epochs'] * per_epoch[-1] - 1e-6)) if per_epoch else None
-  evals = [r for r in records if 'test_accuracy' in r]
-  step = max((r['step'] for r in records), default=0)
+  evals = []
+  for record in records:
+    if 'test_accuracy' not in record:
+      continue
+    if isinstance(record['test_accuracy'], (int, float)) and math.isfinite(record['test_accuracy']):
+      evals.append(record)
+    else:
+      _warn(f"{workdir}: the evaluation at step {record.get('step')} has test_accuracy "
+            f"{record['test_accuracy']!r}; not counted")
+  step = max((r['step'] for r in records if isinstance(r.get('step'), int)), default=0)
   finished = bool(evals) and total is not None and evals[-1]['step'] >= total
   paper = config.get('paper') or {}
   return {'workdir': workdir, 'row': paper.get('row') or config['model']['name'], 'source': paper.get('source', ''),
@@ -239,30 +285,46 @@ def run_status(workdir: str) -> dict[str, Any]:
           'test_error': 100.0 * (1.0 - evals[-1]['test_accuracy']) if evals else None}
 
 
+def _readable_run(workdir: str) -> Optional[dict[str, Any]]:
+  """run_status, or None with one warning for a run whose files cannot be read: the other runs still count."""
+  try:
+    return run_status(workdir)
+  except UserError as error:
+    _warn(f'{workdir} skipped: {error}')
+    return None
+
+
 def find_runs(directory: str) -> list[dict[str, Any]]:
   """The runs of `directory`: itself if it is a run, else its seed_<k> sub-directories (planned seeds that have
-  not started are listed as such). Raises UserError if it holds none."""
+  not started are listed as such). A run whose config.json or metrics.jsonl cannot be read is skipped with a
+  warning. Raises UserError if it holds no run."""
   root = storage.resolve(directory)
   if not storage.is_dir(root):
     raise UserError(f'{directory}: no such directory')
   if storage.exists(root / 'config.json'):
-    return [run_status(directory)]
+    run = _readable_run(directory)
+    return [run] if run else []
   plan = {}
   if storage.exists(root / PLAN_FILE):
-    plan = json.loads(storage.read_text(root / PLAN_FILE))
+    try:
+      plan = json.loads(storage.read_text(root / PLAN_FILE))
+    except ValueError:
+      _warn(f'{root / PLAN_FILE} is not valid JSON; the seeds that have not started are not listed')
   seeds = sorted((int(m.group(1)), name) for name in storage.list_names(root) if (m := SEED_DIR.match(name)))
   runs, seen = [], set()
   for index, name in seeds:
     path = os.path.join(directory, name)
     if storage.exists(root / name / 'config.json'):
-      runs.append(run_status(path))
       seen.add(index)
-  for planned in plan.get('runs', []):
+      run = _readable_run(path)
+      if run:
+        runs.append(run)
+  for planned in plan.get('runs', []) if isinstance(plan, dict) else []:
     if planned['index'] not in seen:
       runs.append({'workdir': planned['workdir'], 'row': plan.get('row'), 'source': plan.get('source', ''),
                    'published': plan.get('published'), 'note': plan.get('note', ''), 'seed': planned['seed'],
                    'started': False, 'step': 0, 'total_steps': None, 'finished': False, 'test_error': None})
-  if not runs:
+  if not runs and not seen:
     raise UserError(f'{directory}: no runs (neither a config.json nor seed_<k>/config.json); '
                     'pass a run directory or a reproduce --workdir')
   return runs
@@ -274,7 +336,18 @@ def _row_order() -> dict[tuple[str, str], int]:
 
 def aggregate(directories: Sequence[str]) -> list[dict[str, Any]]:
   """One summary per paper row over all runs found under `directories`, in the papers' order."""
-  runs = [run for directory in directories for run in find_runs(directory)]
+  runs, seen = [], {}
+  for directory in directories:
+    for run in find_runs(directory):
+      identity = _run_identity(run['workdir'])
+      if identity in seen:  # given twice, directly or through its reproduce directory
+        also = '' if seen[identity] == run['workdir'] else f" (as {seen[identity]} too)"
+        _warn(f"{run['workdir']} is given more than once{also}; counted once")
+        continue
+      seen[identity] = run['workdir']
+      runs.append(run)
+  if not runs:
+    raise UserError(f"no readable runs in {', '.join(directories)} (see the warnings above)")
   groups: dict[tuple[str, str], list[dict]] = {}
   for run in runs:
     groups.setdefault((run['row'], run['source']), []).append(run)
@@ -330,11 +403,18 @@ def csv_text(summaries: Sequence[dict[str, Any]]) -> str:
   return out.getvalue()
 
 
-def write_results(summaries: Sequence[dict[str, Any]], directory: str) -> None:
-  """WORKDIR/results.{md,csv}: the Markdown table, and one CSV line per row."""
-  root = storage.make_dirs(directory)
-  storage.write_text(root / f'{RESULTS}.md', markdown_table(summaries) + '\n')
-  storage.write_text(root / f'{RESULTS}.csv', csv_text(summaries))
+def write_results(summaries: Sequence[dict[str, Any]], directory: str) -> list[str]:
+  """WORKDIR/results.{md,csv}: the Markdown table, and one CSV line per row. Returns the paths written; a
+  directory that cannot be written is a UserError."""
+  paths = [storage.resolve(directory) / f'{RESULTS}.md', storage.resolve(directory) / f'{RESULTS}.csv']
+  try:
+    storage.make_dirs(directory)
+    storage.write_text(paths[0], markdown_table(summaries) + '\n')
+    storage.write_text(paths[1], csv_text(summaries))
+  except OSError as error:
+    raise UserError(f"cannot write the results to {directory} ({error.strerror or error}); pass a writable "
+                    "--workdir for them") from None
+  return [str(path) for path in paths]
 
 
 # ------------------------------------------------------------------------------------------------- CLI
@@ -351,11 +431,14 @@ def main(argv):
     if FLAGS.aggregate:
       if not args:
         raise UserError('--aggregate needs one or more directories: reproduce workdirs or run workdirs')
-      summaries = aggregate(args)
       out = FLAGS.workdir or (args[0] if len(args) == 1 else None)
-      if out:
-        write_results(summaries, out)
+      if out and storage.exists(out) and not storage.is_dir(out):
+        raise UserError(f'{out} is a file; pass a directory for results.md and results.csv with --workdir')
+      summaries = aggregate(args)
+      written = write_results(summaries, out) if out else []
       print(markdown_table(summaries))
+      if written:  # stderr: stdout is the table alone, ready to paste or redirect
+        print(f"results in {' and '.join(written)}", file=sys.stderr)
       return
     if args:
       raise UserError(f"unexpected arguments {' '.join(args)}")

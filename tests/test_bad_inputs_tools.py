@@ -1,0 +1,376 @@
+"""Bad inputs to the newer tools and the file system (issue 25, "Bad inputs, round 3"), one case each.
+
+Every case ends in one clear refusal (a `ValueError`/`UserError` naming what was expected from Python; one
+`error:` line, the last, and exit status 2 from a command line; nothing written or changed), or in a correct
+result with one `warning:` line saying what was done about the input. The command lines run in-process
+(conftest.run_cli). The cases that need a checkpoint share one tiny run of this module (`tiny_run`: the suite's
+tiny quickstart); the aggregation and plotting cases build their runs' files by hand (`_fake_run`), as a killed or
+hand-edited run leaves them. docs/RELIABILITY.md lists the cases.
+"""
+
+import json
+import math
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import QUICKSTART
+from conftest import run_cli
+from conftest import snapshot
+from resnet_jax import checkpoints
+from resnet_jax import config as config_lib
+from resnet_jax import evaluate
+from resnet_jax import train
+from resnet_jax.errors import UserError
+
+# Orbax leaves coroutines of a failed read behind, which Python reports when it collects them.
+pytestmark = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+
+#: The suite's tiny quickstart (tests/conftest.py's TINY_OVERRIDES): 12 steps of batch 32, widths (8,16,16).
+TINY = {'total_steps': '12', 'batch_size': '32', 'schedule.boundaries_epochs': 'None',
+        'schedule.boundaries_steps': '8', 'log_every_steps': '4', 'eval_every_steps': '12',
+        'checkpoint_every_steps': '6', 'model.stage_widths': '(8,16,16)'}
+
+
+def tiny_config(**overrides):
+  return config_lib.build_config(QUICKSTART, list({**TINY, **overrides}.items()))
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+  """The tiny quickstart trained once for this module (checkpoints at steps 6 and 12). Read only."""
+  workdir = str(tmp_path_factory.mktemp('tools') / 'run')
+  train.train_and_evaluate(tiny_config(), workdir)
+  return workdir
+
+
+@pytest.fixture(scope='module')
+def loaded(tiny_run):
+  return checkpoints.load(tiny_run)
+
+
+def assert_one_error_line(status, err, message):
+  """Status 2 and one `error:` line, the last, starting with `message` ('...' in it matches any text)."""
+  lines = err.strip().splitlines()
+  assert status == 2, err[-3000:]
+  assert 'Traceback' not in err, err[-3000:]
+  assert sum(line.startswith('error:') for line in lines) == 1, err[-3000:]
+  assert re.match('.*'.join(re.escape(part) for part in f'error: {message}'.split('...')), lines[-1]), err[-3000:]
+
+
+def warnings_of(err):
+  return [line for line in err.splitlines() if line.startswith('warning:')]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 1. evaluate.predict and checkpoints.load from Python
+
+IMAGES = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 1), dtype=np.uint8)
+
+
+@pytest.mark.parametrize('images, message', [
+    (IMAGES / 255.0, 'images look scaled to [0, 1] (torchvision ToTensor style)'),
+    (IMAGES.transpose(0, 3, 1, 2), 'images of shape (5, 1, 8, 8) have 8 channels, the model takes 1 '
+                                   '(N x H x W x 1); they look channels-first'),
+    (np.repeat(IMAGES, 3, axis=-1), 'images of shape (5, 8, 8, 3) have 3 channels, the model takes 1'),
+    (IMAGES[..., 0], 'images must be N x H x W x C raw pixels (uint8, values 0..255), got shape (5, 8, 8)'),
+    (IMAGES > 100, 'images must be N x H x W x C raw pixels (uint8, values 0..255), got dtype bool'),
+    (np.full((2, 8, 8, 1), np.nan, np.float32), 'images hold NaN or infinite values'),
+    (IMAGES.astype(np.uint16) * 256, 'images have values in [0, 65280]'),
+    (IMAGES.astype(np.float32) - 128, 'images have values in [-128, 127]'),
+], ids=['float_0_1', 'channels_first', 'three_channels', 'no_channel_axis', 'bool', 'nan', 'uint16_range',
+        'centred_floats'])
+def test_predict_refuses_images_unlike_the_training_images(loaded, images, message):
+  with pytest.raises(ValueError) as refused:
+    evaluate.predict(loaded.model, loaded.variables, images)
+  assert str(refused.value).startswith(message)
+
+
+@pytest.mark.parametrize('batch_size', [0, -1, 2.5, True])
+def test_predict_refuses_a_batch_size_that_is_not_a_positive_integer(loaded, batch_size):
+  with pytest.raises(ValueError, match=f'batch_size must be a positive integer, got {batch_size!r}'):
+    evaluate.predict(loaded.model, loaded.variables, IMAGES, batch_size=batch_size)
+
+
+def test_predict_takes_raw_pixels_of_any_numeric_type_and_any_batch_size(loaded, monkeypatch):
+  reference = evaluate.predict(loaded.model, loaded.variables, IMAGES, batch_size=2)
+  assert reference.shape == (5, 10) and reference.dtype == np.float32
+  # A batch far larger than the input computes only the input (rounded up to the devices), not 1000 images.
+  shapes = []
+  apply = evaluate._jitted_apply(loaded.model)
+  monkeypatch.setattr(evaluate, '_jitted_apply',
+                      lambda model: lambda variables, images: shapes.append(images.shape) or apply(variables, images))
+  np.testing.assert_allclose(evaluate.predict(loaded.model, loaded.variables, IMAGES, batch_size=1000), reference,
+                             rtol=1e-5, atol=1e-5)
+  assert shapes == [(6, 8, 8, 1)]  # 5 images padded to the suite's 2 devices
+  # The same pixels as int64 (PIL, np.array of a list) or as float32 values 0..255 (a dark image included).
+  for images in (IMAGES.astype(np.int64), IMAGES.astype(np.float32), IMAGES.tolist()):
+    np.testing.assert_allclose(evaluate.predict(loaded.model, loaded.variables, images), reference,
+                               rtol=1e-5, atol=1e-5)
+  dark = np.zeros((2, 8, 8, 1), np.float32)
+  assert evaluate.predict(loaded.model, loaded.variables, dark).shape == (2, 10)
+
+
+def test_predict_of_no_images_is_an_empty_array_of_the_class_count(loaded):
+  empty = evaluate.predict(loaded.model, loaded.variables, IMAGES[:0])
+  assert empty.shape == (0, 10) and empty.dtype == np.float32
+
+
+@pytest.mark.parametrize('where, message', [
+    ('config.json', '{run}/config.json is a file; pass the run\'s directory'),
+    ('checkpoints', '{run}/checkpoints is the checkpoints/ folder of a run; pass the run\'s directory: {run}'),
+    ('checkpoints/12', '{run}/checkpoints/12 is checkpoint step 12 of a run; load it with load(\'{run}\', step=12)'),
+    ('missing', 'no checkpoints in {run}/missing: no such directory'),
+])
+def test_load_of_a_path_inside_a_run_names_the_path_to_pass(tiny_run, where, message):
+  with pytest.raises(UserError) as refused:
+    checkpoints.load(os.path.join(tiny_run, where))
+  assert str(refused.value).startswith(message.format(run=tiny_run))
+
+
+def test_load_of_a_reproduce_directory_names_its_runs(tmp_path):
+  for seed in (0, 1):
+    (tmp_path / 'repro' / f'seed_{seed}').mkdir(parents=True)
+  with pytest.raises(UserError, match=r"is a reproduce directory of 2 runs \(seed_0, seed_1\); load one of them"):
+    checkpoints.load(str(tmp_path / 'repro'))
+
+
+@pytest.mark.parametrize('step', ['12', 12.0, True])
+def test_load_refuses_a_step_that_is_not_an_integer(tiny_run, step):
+  with pytest.raises(UserError, match=f'step must be an integer .* got {re.escape(repr(step))}'):
+    checkpoints.load(tiny_run, step=step)
+
+
+def test_load_takes_a_numpy_integer_step(tiny_run):
+  assert checkpoints.load(tiny_run, step=np.int64(6)).step == 6
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 3. reproduce --aggregate and plot on real workdirs
+
+
+def _fake_run(path, test_accuracy=0.9, row='resnet20', model='cifar_resnet20', total_steps=40):
+  """A finished run's files as train.py writes them: config.json and metrics.jsonl (training lines every 10 steps,
+  an evaluation at 20 and at the end)."""
+  os.makedirs(path)
+  config = {'model': {'name': model}, 'total_steps': total_steps, 'seed': 0,
+            'paper': {'row': row, 'source': 'He et al. 2015, Table 6', 'published_error': 8.75, 'note': ''}}
+  with open(os.path.join(path, 'config.json'), 'w') as file:
+    json.dump(config, file)
+  with open(os.path.join(path, 'metrics.jsonl'), 'w') as file:
+    for step in range(10, total_steps + 1, 10):
+      file.write(json.dumps({'step': step, 'train_loss': 2.0 / step, 'train_accuracy': 0.5 + step / 100}) + '\n')
+      if step in (20, total_steps):
+        accuracy = test_accuracy if step == total_steps else 0.5
+        file.write(json.dumps({'step': step, 'test_accuracy': accuracy, 'test_loss': 0.5}) + '\n')
+  return str(path)
+
+
+def _aggregate(*directories, workdir=None):
+  argv = ['--aggregate', *directories] + (['--workdir', workdir] if workdir else [])
+  return run_cli('reproduce', argv)
+
+
+def _table_row(out):
+  return next(line for line in out.splitlines() if line.startswith('| resnet20 '))
+
+
+def test_aggregate_counts_a_run_given_twice_once(tmp_path):
+  run = _fake_run(tmp_path / 'a', test_accuracy=0.9)
+  status, out, err = _aggregate(run, run + '/', workdir=str(tmp_path / 'out'))
+  assert status == 0, err
+  assert _table_row(out).endswith('| 1 | 1/1 |')
+  assert warnings_of(err) == [f'warning: {run}/ is given more than once (as {run} too); counted once']
+
+
+def test_aggregate_counts_a_seed_given_with_its_reproduce_directory_once(tmp_path):
+  for seed, accuracy in enumerate((0.9, 0.8)):
+    _fake_run(tmp_path / 'repro' / f'seed_{seed}', test_accuracy=accuracy)
+  repro = str(tmp_path / 'repro')
+  status, out, err = _aggregate(repro, os.path.join(repro, 'seed_0'), workdir=str(tmp_path / 'out'))
+  assert status == 0 and _table_row(out).endswith('| 2 | 2/2 |'), err
+  assert len(warnings_of(err)) == 1 and 'seed_0 is given more than once' in err
+
+
+@pytest.mark.parametrize('damage', ['empty', 'cut', 'not_a_config'])
+def test_aggregate_skips_a_run_with_a_damaged_config_with_one_warning(tmp_path, damage):
+  good = _fake_run(tmp_path / 'good')
+  bad = _fake_run(tmp_path / 'bad')
+  text = {'empty': '', 'cut': '{"model": {"na', 'not_a_config': '[1, 2]'}[damage]
+  with open(os.path.join(bad, 'config.json'), 'w') as file:
+    file.write(text)
+  status, out, err = _aggregate(good, bad, workdir=str(tmp_path / 'out'))
+  assert status == 0 and _table_row(out).endswith('| 1 | 1/1 |'), err
+  assert len(warnings_of(err)) == 1 and warnings_of(err)[0].startswith(f'warning: {bad} skipped: ')
+  # Alone, it is one error line.
+  assert_one_error_line(*_aggregate(bad)[::2], f'no readable runs in {bad}')
+
+
+def test_aggregate_reads_a_metrics_file_cut_short_as_training_does(tmp_path):
+  run = _fake_run(tmp_path / 'cut')
+  path = os.path.join(run, 'metrics.jsonl')
+  text = open(path).read()
+  with open(path, 'w') as file:
+    file.write(text[:-20])  # the final evaluation line, cut short by a kill
+  status, out, err = _aggregate(run, workdir=str(tmp_path / 'out'))
+  assert status == 0, err
+  assert _table_row(out).endswith('| 0 | 0/1 |') and f'{run} (step 40 of 40, last test error 50.00%)' in out
+  assert len(warnings_of(err)) == 1 and 'dropped line 6, cut short' in err
+
+
+@pytest.mark.parametrize('value', ['NaN', 'Infinity', '"0.9"'])
+def test_aggregate_does_not_count_a_non_finite_accuracy(tmp_path, value):
+  finite = _fake_run(tmp_path / 'finite', test_accuracy=0.9)
+  bad = _fake_run(tmp_path / 'bad', test_accuracy=0.8)
+  path = os.path.join(bad, 'metrics.jsonl')
+  with open(path) as file:
+    text = file.read()
+  with open(path, 'w') as file:
+    file.write(text.replace('"test_accuracy": 0.8', f'"test_accuracy": {value}'))
+  status, out, err = _aggregate(finite, bad, workdir=str(tmp_path / 'out'))
+  assert status == 0, err
+  assert '| 10.00 | 10.00 ± 0.00 | 10.00 | 1 | 1/2 |' in _table_row(out)
+  assert 'nan' not in out.lower() and 'inf' not in out.lower()
+  assert len(warnings_of(err)) == 1 and 'the evaluation at step 40 has test_accuracy' in err
+
+
+def test_aggregate_names_the_results_files_it_wrote(tmp_path):
+  run = _fake_run(tmp_path / 'a')
+  out_dir = str(tmp_path / 'out')
+  status, out, err = _aggregate(run, workdir=out_dir)
+  assert status == 0, err
+  assert err.strip().splitlines()[-1] == f'results in {out_dir}/results.md and {out_dir}/results.csv'
+  assert out.strip() == open(os.path.join(out_dir, 'results.md')).read().strip()
+
+
+@pytest.mark.parametrize('where', ['file', 'under_a_file'])
+def test_aggregate_into_a_place_it_cannot_write_is_one_error_line(tmp_path, where):
+  run = _fake_run(tmp_path / 'a')
+  (tmp_path / 'file').write_text('x')
+  target = {'file': tmp_path / 'file', 'under_a_file': tmp_path / 'file' / 'results'}[where]
+  before = snapshot(str(tmp_path))
+  status, _, err = _aggregate(run, workdir=str(target))
+  message = {'file': f'{target} is a file; pass a directory', 'under_a_file': f'cannot write the results to {target}'}
+  assert_one_error_line(status, err, message[where])
+  assert snapshot(str(tmp_path)) == before
+
+
+def test_reproduce_refused_writes_nothing(tmp_path):
+  workdir = tmp_path / 'repro'
+  status, _, err = run_cli('reproduce', ['--config', QUICKSTART, '--seeds', '2', '--workdir', str(workdir),
+                                         '--config.total_steps=0'])
+  assert_one_error_line(status, err, 'training length is 0 steps')
+  assert not workdir.exists() and os.listdir(tmp_path) == []
+
+
+def test_reproduce_says_which_seed_trains_and_names_its_results_files(tmp_path, tiny_run, monkeypatch):
+  trained = []
+
+  def train_and_evaluate(config, workdir):  # a finished run's files: the module's tiny run, copied
+    trained.append(config.seed)
+    shutil.copytree(tiny_run, workdir)
+    return {}
+
+  monkeypatch.setattr(train, 'train_and_evaluate', train_and_evaluate)
+  workdir = str(tmp_path / 'repro')
+  status, out, err = run_cli('reproduce', ['--config', QUICKSTART, '--seeds', '2', '--workdir', workdir,
+                                           *[f'--config.{key}={value}' for key, value in TINY.items()]])
+  assert status == 0, err
+  assert trained == [0, 1]
+  headers = [line for line in err.splitlines() if line.startswith('== seed')]
+  assert headers == [f'== seed 0 (1 of 2): config.seed=0, workdir {workdir}/seed_0',
+                     f'== seed 1 (2 of 2): config.seed=1, workdir {workdir}/seed_1']
+  assert out.strip().splitlines()[-1] == (f'results in {workdir}/results.md and {workdir}/results.csv; the plan '
+                                          f'and the summary in {workdir}/reproduce.json')
+  assert sorted(os.listdir(workdir)) == ['reproduce.json', 'results.csv', 'results.md', 'seed_0', 'seed_1']
+
+
+def _plot(*argv):
+  return run_cli('plot', list(argv))
+
+
+def test_plot_without_an_extension_writes_and_prints_a_png(tmp_path):
+  run = _fake_run(tmp_path / 'a')
+  status, out, err = _plot(run, '--out', str(tmp_path / 'fig'))
+  assert status == 0, err
+  assert out.strip() == f'{tmp_path}/fig.png' and open(tmp_path / 'fig.png', 'rb').read(4) == b'\x89PNG'
+  assert not (tmp_path / 'fig').exists()
+
+
+@pytest.mark.parametrize('out, message', [
+    ('{tmp}', '--out {tmp} is a directory; name the figure file'),
+    ('{tmp}/fig.pdf', '--out {tmp}/fig.pdf: plot writes PNG images; name the file .png'),
+    ('{tmp}/file/fig.png', '--out {tmp}/file/fig.png: {tmp}/file is a file, not a directory'),
+])
+def test_plot_to_an_output_it_cannot_write_is_one_error_line(tmp_path, out, message):
+  run = _fake_run(tmp_path / 'a')
+  (tmp_path / 'file').write_text('x')
+  before = snapshot(str(tmp_path))
+  status, _, err = _plot(run, '--out', out.format(tmp=tmp_path))
+  assert_one_error_line(status, err, message.format(tmp=tmp_path))
+  assert snapshot(str(tmp_path)) == before
+
+
+def test_plot_of_an_unwritable_output_is_one_error_line(tmp_path, monkeypatch):
+  from resnet_jax import storage  # pylint: disable=g-import-not-at-top
+  run = _fake_run(tmp_path / 'a')
+
+  def refuse(location, data):
+    raise PermissionError(13, 'Permission denied', str(location))
+
+  monkeypatch.setattr(storage, 'write_bytes', refuse)  # root passes every permission check: the OS's refusal
+  status, _, err = _plot(run, '--out', str(tmp_path / 'fig.png'))
+  assert_one_error_line(status, err, f'--out {tmp_path}/fig.png cannot be written (Permission denied)')
+
+
+def _drawn(monkeypatch):
+  """The series plot draws and the axis it draws them on, recorded."""
+  from resnet_jax import metrics  # pylint: disable=g-import-not-at-top
+  drawn = []
+  original = metrics.draw_curves
+  monkeypatch.setattr(metrics, 'draw_curves', lambda ax, series, metric='error': drawn.append((ax, series))
+                      or original(ax, series, metric))
+  return drawn
+
+
+def test_plot_draws_a_run_given_twice_once(tmp_path, monkeypatch):
+  drawn = _drawn(monkeypatch)
+  for seed in (0, 1):
+    _fake_run(tmp_path / 'repro' / f'seed_{seed}')
+  repro = str(tmp_path / 'repro')
+  status, _, err = _plot(repro, os.path.join(repro, 'seed_1'), '--out', str(tmp_path / 'fig.png'))
+  assert status == 0, err
+  assert [s['label'] for s in drawn[0][1]] == ['resnet20 (median of 2)']
+  assert warnings_of(err) == [f'warning: {repro}/seed_1 is given more than once; drawn once']
+
+
+def test_plot_labels_each_workdir_by_its_directory(tmp_path, monkeypatch):
+  drawn = _drawn(monkeypatch)
+  runs = [_fake_run(tmp_path / 'lr_0.1'), _fake_run(tmp_path / 'lr_0.01'), _fake_run(tmp_path / 'plain',
+                                                                                        row='plain20')]
+  assert _plot(*runs, '--out', str(tmp_path / 'fig.png'))[0] == 0
+  assert [s['label'] for s in drawn[0][1]] == ['resnet20 [lr_0.1]', 'resnet20 [lr_0.01]', 'plain20 [plain]']
+
+
+def test_plot_labels_a_run_with_a_damaged_config_by_its_directory(tmp_path, monkeypatch):
+  drawn = _drawn(monkeypatch)
+  run = _fake_run(tmp_path / 'damaged')
+  with open(os.path.join(run, 'config.json'), 'w') as file:
+    file.write('{"model": ')
+  status, out, err = _plot(run, '--out', str(tmp_path / 'fig.png'))
+  assert status == 0 and out.strip() == f'{tmp_path}/fig.png', err
+  assert drawn[0][1][0]['label'] == 'damaged'
+  assert len(warnings_of(err)) == 1 and "labelled 'damaged'" in err
+
+
+def test_plot_uses_a_log_error_axis_when_errors_span_decades(tmp_path, monkeypatch):
+  drawn = _drawn(monkeypatch)
+  close = [_fake_run(tmp_path / 'a', test_accuracy=0.9), _fake_run(tmp_path / 'b', test_accuracy=0.8)]
+  assert _plot(*close, '--out', str(tmp_path / 'linear.png'))[0] == 0
+  far = _fake_run(tmp_path / 'c', test_accuracy=0.999)   # 0.1% beside 50%
+  assert _plot(close[0], far, '--out', str(tmp_path / 'log.png'))[0] == 0
+  assert [ax.get_yscale() for ax, _ in drawn] == ['linear', 'log']
+  assert not math.isnan(drawn[1][1][1]['test'][1][-1])
