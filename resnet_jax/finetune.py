@@ -84,6 +84,12 @@ def check_parameter_groups(config: ml_collections.ConfigDict, model, image_shape
   if all(group == optim.FROZEN for group in groups.values()):
     raise UserError(f"config.freeze={list(freeze)} freezes every parameter of {config.model.name}: nothing is left "
                     "to train; freeze fewer parts (e.g. everything but 'head')")
+  # A factor of 0 trains nothing either (only the BatchNorm statistics would move): the same refusal.
+  zero = {pattern for pattern, factor in multipliers if factor == 0}
+  if all(group == optim.FROZEN or group == optim.multiplier_label(0.0) for group in groups.values()):
+    raise UserError(f"config.optimizer.lr_multipliers gives every parameter of {config.model.name} that "
+                    f"config.freeze={list(freeze)} leaves a learning rate of 0 ({', '.join(sorted(zero))}=0): "
+                    "nothing is trained; give the parts to train a factor > 0")
 
 
 def frozen_batch_norms(params, freeze: Sequence[str]) -> frozenset[str]:

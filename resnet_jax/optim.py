@@ -12,6 +12,7 @@ Caffe/Torch SGD do.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Callable, Sequence
 
@@ -123,6 +124,11 @@ FROZEN = 'frozen'
 TRAINED = 'trained'
 
 
+def multiplier_label(factor: float) -> str:
+  """The parameter group of the parameters trained at `factor` times the learning rate."""
+  return f'lr_x{float(factor)!r}'
+
+
 def parameter_path(path: Sequence[Any]) -> str:
   """A tree path as the '/'-joined names patterns are matched against, relative to the backbone:
   ('backbone', 'stage1_unit1', 'conv1', 'kernel') -> 'stage1_unit1/conv1/kernel'."""
@@ -175,8 +181,9 @@ def lr_multipliers(config: ml_collections.ConfigDict) -> tuple[tuple[str, float]
       factor = float(factor)
     except (TypeError, ValueError):
       raise UserError(f"config.optimizer.lr_multipliers[{pattern!r}] = {factor!r} is not a number") from None
-    if not factor >= 0:
-      raise UserError(f"config.optimizer.lr_multipliers[{pattern!r}] = {factor} must be >= 0 (0: use config.freeze)")
+    if not 0 <= factor < math.inf:  # NaN and infinity too: an infinite rate diverges at the first step
+      raise UserError(f"config.optimizer.lr_multipliers[{pattern!r}] = {factor} must be a finite number >= 0 "
+                      "(0: use config.freeze)")
     as_patterns((pattern,), 'optimizer.lr_multipliers')
     result.append((str(pattern), factor))
   return tuple(result)
@@ -201,7 +208,7 @@ def group_labels(paths: Sequence[str], freeze: Sequence[str],
       groups[path] = FROZEN
       continue
     factor = next((factor for regex, factor in multiplier_regexes if regex.search(path)), 1.0)
-    groups[path] = TRAINED if factor == 1.0 else f'lr_x{factor!r}'
+    groups[path] = TRAINED if factor == 1.0 else multiplier_label(factor)
   return groups
 
 
@@ -264,5 +271,5 @@ def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) 
 
   transforms = {FROZEN: optax.set_to_zero(), TRAINED: update}
   for _, factor in multipliers:
-    transforms[f'lr_x{factor!r}'] = optax.chain(update, optax.scale(factor))
+    transforms[multiplier_label(factor)] = optax.chain(update, optax.scale(factor))
   return optax.multi_transform(transforms, labels)

@@ -374,3 +374,46 @@ def test_plot_uses_a_log_error_axis_when_errors_span_decades(tmp_path, monkeypat
   assert _plot(close[0], far, '--out', str(tmp_path / 'log.png'))[0] == 0
   assert [ax.get_yscale() for ax, _ in drawn] == ['linear', 'log']
   assert not math.isnan(drawn[1][1][1]['test'][1][-1])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 5. Values that train nothing or diverge for a known reason
+
+
+class _Reached(Exception):
+  """Raised by the train loop stand-in: the run passed every check."""
+
+
+def _train_cli(tmp_path, monkeypatch, *overrides):
+  """`python -m resnet_jax.main` on the tiny config with `overrides`, the train loop replaced by _Reached."""
+  def loop(*args, **kwargs):
+    raise _Reached()
+  monkeypatch.setattr(train, '_train_loop', loop)
+  argv = ['--config', QUICKSTART, '--workdir', str(tmp_path / 'run'),
+          *[f'--config.{key}={value}' for key, value in TINY.items()], *overrides]
+  return run_cli('main', argv)
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (['--config.optimizer.lr_multipliers=.*=0'],
+     "config.optimizer.lr_multipliers gives every parameter of cifar_preact_resnet20 that config.freeze=[] leaves a "
+     "learning rate of 0"),
+    (['--config.freeze=stem,stage1,stage2', '--config.optimizer.lr_multipliers=stage3=0,head=0'],
+     "config.optimizer.lr_multipliers gives every parameter of cifar_preact_resnet20 that "
+     "config.freeze=['stem', 'stage1', 'stage2'] leaves a learning rate of 0"),
+    (['--config.optimizer.lr_multipliers=head=inf'], "config.optimizer.lr_multipliers['head'] = inf must be a finite"),
+    (['--config.optimizer.lr_multipliers=head=1e400'], "config.optimizer.lr_multipliers['head'] = inf must be a finite"),
+    (['--config.optimizer.lr_multipliers=head=nan'], "config.optimizer.lr_multipliers['head'] = nan must be a finite"),
+    # Every parameter frozen, only the BatchNorm statistics left to move (they are not frozen with them here).
+    (['--config.freeze=stem,stage1,stage2,stage3,head', '--config.batch_norm.freeze_frozen_stats=false'],
+     "config.freeze=['stem', 'stage1', 'stage2', 'stage3', 'head'] freezes every parameter"),
+], ids=['zero_everywhere', 'zero_beyond_the_freeze', 'infinite', 'overflowing', 'nan', 'only_batchnorm_stats'])
+def test_learning_rates_that_train_nothing_or_diverge_are_refused(tmp_path, monkeypatch, overrides, message):
+  status, _, err = _train_cli(tmp_path, monkeypatch, *overrides)
+  assert_one_error_line(status, err, message)
+  assert os.listdir(tmp_path) == []
+
+
+def test_a_learning_rate_of_zero_on_a_part_still_trains_the_rest(tmp_path, monkeypatch):
+  with pytest.raises(_Reached):
+    _train_cli(tmp_path, monkeypatch, '--config.optimizer.lr_multipliers=head=0')
