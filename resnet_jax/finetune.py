@@ -50,12 +50,8 @@ from resnet_jax.models import layers as layers_lib
 
 def _flat(variables) -> dict[tuple[str, str], Any]:
   """{(collection, path relative to the backbone): leaf} of a Classifier's (or a backbone's) variables."""
-  flat = {}
-  for collection, tree in variables.items():
-    jax.tree_util.tree_map_with_path(
-        lambda path, leaf, collection=collection: flat.__setitem__((collection, optim.parameter_path(path)), leaf),
-        dict(tree))
-  return flat
+  return {(collection, optim.parameter_path(path)): leaf for collection, tree in variables.items()
+          for path, leaf in jax.tree_util.tree_leaves_with_path(dict(tree))}
 
 
 # ----------------------------------------------------------------------------------------------------------

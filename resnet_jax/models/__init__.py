@@ -50,11 +50,8 @@ def describe_units(model) -> list[UnitInfo]:
 
 
 def parameter_groups(paths: Sequence[str]) -> dict[str, str]:
-  """The named parts ('stem', 'stage1'.., 'head') of the model whose parameter paths ('/'-joined, relative to
-  the backbone, e.g. 'stage1_unit1/conv1/kernel') are `paths`, each a regex matched with re.search: names
-  `config.freeze`, `config.optimizer.lr_multipliers` and `config.init_exclude` accept. Each family defines its
-  own beside the modules it names (`resnet.parameter_groups`, `densenet.parameter_groups`); every parameter of
-  a registry model is in exactly one group."""
+  """{'stem', 'stage1'.., 'head': regex} of the model whose '/'-joined variable paths are `paths`: the stage names
+  of config.freeze / lr_multipliers / init_exclude, defined by each family beside the modules it names."""
   return densenet.parameter_groups(paths) or resnet.parameter_groups(paths)
 
 
