@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import conftest
 from conftest import run_python
 from resnet_jax import checkpoints
 from resnet_jax import classifier
@@ -29,11 +30,10 @@ WIDTHS = '(8,16,16)'
 
 
 def tiny_config(**overrides):
-  """The quickstart (digits, pre-activation ResNet-20 at small widths), a few steps."""
-  base = {'total_steps': '4', 'batch_size': '32', 'schedule.boundaries_epochs': 'None', 'log_every_steps': '2',
-          'eval_every_steps': '4', 'checkpoint_every_steps': '4', 'model.stage_widths': WIDTHS}
-  base.update(overrides)
-  return config_lib.build_config(QUICKSTART, list(base.items()))
+  """The suite's tiny quickstart (conftest.tiny_config: digits, pre-activation ResNet-20 at widths (8,16,16)),
+  4 steps: the session run's train step, compiled once for the suite."""
+  return conftest.tiny_config(**{'total_steps': '4', 'log_every_steps': '2', 'eval_every_steps': '4',
+                                 'checkpoint_every_steps': '4', **overrides})
 
 
 def flat(variables):
