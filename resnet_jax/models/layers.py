@@ -50,20 +50,16 @@ Dtype = Any
 he_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def torch_linear_kernel_init(key, shape, dtype=jnp.float32):
-  """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): torch `nn.Linear` default weight init (kaiming_uniform, a=sqrt(5))."""
-  bound = 1.0 / math.sqrt(shape[0])
-  return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-
 def torch_linear_bias_init(fan_in: int) -> Callable:
   """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): torch `nn.Linear` default bias init."""
   bound = 1.0 / math.sqrt(fan_in)
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
 
-  return init
+def torch_linear_kernel_init(key, shape, dtype=jnp.float32):
+  """torch `nn.Linear` default weight init, kaiming_uniform with a=sqrt(5): the bias's U(-1/sqrt(fan_in),
+  1/sqrt(fan_in)), fan_in = shape[0]."""
+  return torch_linear_bias_init(shape[0])(key, shape, dtype)
 
 
 def canonical_dtype(dtype) -> jnp.dtype:
