@@ -54,3 +54,19 @@ def test_streamed_training_resumes_exactly_and_evaluates_ten_crops(tmp_path):
   assert larger['num_examples'] == 24 and 0.0 <= larger['test_accuracy'] <= 1.0
   lines = [json.loads(l) for l in open(os.path.join(straight, 'metrics.jsonl'))]
   assert [l['step'] for l in lines if 'train_loss' in l] == [3, 6]
+
+
+def test_streamed_training_takes_several_steps_per_dispatch(tmp_path):
+  """steps_per_dispatch=3 on streamed data: the batches of 3 steps are one program input (lax.scan over them), with
+  the parameters of one step per dispatch."""
+  root = tmp_path / 'images'
+  testing.write_image_folder(str(root), classes=('a', 'b', 'c'), per_class=8, splits=('train', 'test'),
+                             sizes=((40, 52), (52, 40)), fmt='JPEG')
+  overrides = {'input.eval_crop_mode': 'center', 'checkpoint_every_steps': '6'}
+  one, three = str(tmp_path / 'one'), str(tmp_path / 'three')
+  train.train_and_evaluate(_config(root, **overrides), one)
+  train.train_and_evaluate(_config(root, steps_per_dispatch='3', **overrides), three)
+  lines = [json.loads(l) for l in open(os.path.join(three, 'metrics.jsonl'))]
+  assert len([l for l in lines if 'compile_s' in l]) == 1  # stretches of 3 steps (logs every 3): one program
+  np.testing.assert_allclose(_flat(checkpoints.load(one).variables), _flat(checkpoints.load(three).variables),
+                             rtol=1e-4, atol=1e-5)
