@@ -189,11 +189,11 @@ def run_copy(trained, tmp_path):
   return workdir
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def reference(tmp_path_factory):
   """workdir_runs.RUN trained alone, in-process: what every interrupted or contested run of test_workdir.py and
-  test_cloud_workdirs.py must equal bitwise. Not the modules' usual tiny run: these tests need a run that logs
-  every step, long enough to be seen holding its workdir (module scope: one per module that uses it)."""
+  test_cloud_workdirs.py must equal bitwise (read only). The tiny run, longer and logging every step, so that a
+  run is seen holding its workdir; its train step is the tiny run's (the intervals are not compiled in)."""
   from resnet_jax import train  # pylint: disable=g-import-not-at-top  (conftest sets XLA_FLAGS before JAX loads)
   from workdir_runs import run_config  # pylint: disable=g-import-not-at-top  (it imports this module)
   workdir = str(tmp_path_factory.mktemp('reference') / 'alone')

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from conftest import run_cli
 from resnet_jax import checkpoints
 from resnet_jax import convert
 from resnet_jax import evaluate
@@ -94,15 +95,14 @@ def test_a_run_on_gs_trains_evaluates_plots_and_aggregates_there(gcs, reference,
   assert json.loads(storage.read_text(f'{run}/eval_results.jsonl'))['step'] == 18
   assert plot.plot([run], 'gs://bucket/figures/fig6.png') == 'gs://bucket/figures/fig6.png'
   assert storage.read_bytes('gs://bucket/figures/fig6.png').startswith(b'\x89PNG')
-  aggregated = subprocess.run([sys.executable, '-m', 'resnet_jax.reproduce', '--aggregate', run], cwd=REPO,
-                              capture_output=True, text=True, timeout=300)
-  assert aggregated.returncode == 0, aggregated.stderr[-2000:]
-  assert '| preact_resnet20' in aggregated.stdout or '|' in aggregated.stdout
-  assert storage.read_text(f'{run}/results.md') == aggregated.stdout
-  analysed = subprocess.run([sys.executable, '-m', 'resnet_jax.analysis', '--workdir', run, '--study', 'lesion',
-                             '--limit', '40', '--remove', '1', '--samples', '1'], cwd=REPO, capture_output=True,
-                            text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS='cpu'))
-  assert analysed.returncode == 0, analysed.stderr[-2000:]
+  # The command lines in-process (conftest.run_cli: each CLI with its own absl flags).
+  status, aggregated, err = run_cli('reproduce', ['--aggregate', run])
+  assert status == 0, err[-2000:]
+  assert '| preact_resnet20' in aggregated or '|' in aggregated
+  assert storage.read_text(f'{run}/results.md') == aggregated
+  status, _, err = run_cli('analysis/__main__', ['--workdir', run, '--study', 'lesion', '--limit', '40', '--remove',
+                                                 '1', '--samples', '1'])
+  assert status == 0, err[-2000:]
   lesion = json.loads(storage.read_text(f'{run}/analysis/lesion.json'))
   assert lesion['step'] == 18 and lesion['num_examples'] == 40
   assert not os.path.exists(tmp_path / 'gs:') and not os.path.exists(os.path.join(REPO, 'gs:'))

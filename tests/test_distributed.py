@@ -17,8 +17,12 @@ from conftest import REPO, run_python, xla_flags
 from resnet_jax import checkpoints
 from resnet_jax.models import create_model
 
+# The suite's tiny quickstart network (conftest.TINY_OVERRIDES) with one unit per stage: every run here compiles
+# for its own topology, in half the time; tests/test_topology_faults.py runs the same network on the same
+# topologies, so the two modules share their compiled programs through the suite's compilation cache.
 TINY = ['--config', 'configs/quickstart.py', '--config.batch_size=32', '--config.schedule.boundaries_epochs=None',
-        '--config.model.stage_widths=(8,16,16)', '--config.eval_every_steps=1000']
+        '--config.model.stage_widths=(8,16,16)', '--config.model.stage_sizes=(1,1,1)',
+        '--config.eval_every_steps=1000']
 
 
 def _flat(tree):

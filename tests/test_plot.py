@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from conftest import run_python
+from conftest import run_cli
 from resnet_jax import metrics
 from resnet_jax import plot
 
@@ -46,8 +46,8 @@ def test_series_of_a_run_and_of_a_reproduce_directory(tmp_path):
 def test_cli_draws_several_workdirs_and_curves_png_uses_the_same_drawing(tmp_path):
   runs = [_run(tmp_path / 'a', row='resnet20'), _run(tmp_path / 'b', row='resnet20', offset=0.1)]
   out = str(tmp_path / 'figs' / 'fig6.png')
-  result = run_python(['-m', 'resnet_jax.plot', *runs, '--out', out, '--metric', 'loss'])
-  assert result.returncode == 0, result.stderr[-3000:]
+  status, _, err = run_cli('plot', [*runs, '--out', out, '--metric', 'loss'])  # the CLI, in-process
+  assert status == 0, err[-3000:]
   assert os.path.getsize(out) > 5000
   drawn = []
   original = metrics.draw_curves
@@ -62,9 +62,9 @@ def test_cli_draws_several_workdirs_and_curves_png_uses_the_same_drawing(tmp_pat
 
 def test_a_directory_without_runs_is_one_error_line(tmp_path):
   (tmp_path / 'empty').mkdir()
-  result = run_python(['-m', 'resnet_jax.plot', str(tmp_path / 'empty'), '--out', str(tmp_path / 'x.png')])
-  assert result.returncode == 2 and 'Traceback' not in result.stderr
-  assert result.stderr.strip().splitlines()[-1].startswith('error: ') and 'no runs' in result.stderr
+  status, _, err = run_cli('plot', [str(tmp_path / 'empty'), '--out', str(tmp_path / 'x.png')])
+  assert status == 2 and 'Traceback' not in err
+  assert err.strip().splitlines()[-1].startswith('error: ') and 'no runs' in err
 
 
 def test_drawing_leaves_the_callers_matplotlib_backend_alone(tmp_path):

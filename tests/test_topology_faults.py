@@ -2,7 +2,8 @@
 (RLIMIT_FSIZE), a run resumes or is evaluated on another topology (1 device, 8 devices, 2 processes x 2 devices),
 and one process of a multi-process run is killed.
 
-All runs share one persistent compilation cache: a topology's train step is compiled once for the module.
+All runs share the suite's persistent compilation cache (tests/conftest.py): a topology's train step is compiled
+once for the suite (tests/test_distributed.py trains the same network on the same topologies).
 """
 
 import json
@@ -23,8 +24,8 @@ from resnet_jax import checkpoints
 from resnet_jax import evaluate
 from resnet_jax import parallel
 
-# TINY with one unit per stage: compiles in half the time.
-SMALL = [*TINY, '--config.model.stage_sizes=(1,1,1)', '--config.log_every_steps=2', '--config.keep_checkpoints=10']
+# test_distributed's network (one unit per stage), a log line every 2 steps, every checkpoint kept.
+SMALL = [*TINY, '--config.log_every_steps=2', '--config.keep_checkpoints=10']
 # A survivor that has not exited this long after the kill is hung (it exits in about a second; the heartbeat
 # timeout, parallel.HEARTBEAT_TIMEOUT_S, bounds the cases where no collective fails at once).
 SURVIVOR_TIMEOUT_S = 120
@@ -36,13 +37,13 @@ COLLECTIVE_TIMEOUT_S = 300
 
 @pytest.fixture(scope='module')
 def shared(tmp_path_factory):
-  """Noise images (as tests/test_distributed.py: no BN channel at a ReLU kink) and the compilation cache."""
+  """Noise images (as tests/test_distributed.py: no BN channel at a ReLU kink)."""
   root = tmp_path_factory.mktemp('topology')
   rng = np.random.default_rng(0)
   for split, n in (('train', 256), ('test', 40)):
     np.savez(root / f'noise_{split}.npz', images=rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8),
              labels=rng.integers(0, 10, n))
-  return [f'--config.dataset.name=npz:{root}/noise', f'--config.compilation_cache_dir={root}/cache']
+  return [f'--config.dataset.name=npz:{root}/noise']
 
 
 def _command(shared, workdir, steps, checkpoint_every=2, *extra):

@@ -9,19 +9,15 @@ import time
 import jax
 import numpy as np
 
-from conftest import REPO, xla_flags
-from resnet_jax import config as config_lib
+from conftest import QUICKSTART, REPO, TINY_OVERRIDES, tiny_config, xla_flags
 
-#: 18 steps of the quickstart's network, narrowed; a checkpoint every 6 steps and a log line every step, so that
-#: a run lasts long enough to be seen holding its workdir.
-RUN = {'total_steps': '18', 'batch_size': '32', 'schedule.boundaries_epochs': 'None',
-       'schedule.boundaries_steps': '8', 'log_every_steps': '1', 'eval_every_steps': '18',
-       'checkpoint_every_steps': '6', 'model.stage_widths': '(8,16,16)'}
-QUICKSTART = os.path.join(REPO, 'configs', 'quickstart.py')
+#: The suite's tiny run (conftest.TINY_OVERRIDES) for 18 steps, a checkpoint every 6 steps and a log line every
+#: step, so that a run lasts long enough to be seen holding its workdir.
+RUN = {**TINY_OVERRIDES, 'total_steps': '18', 'log_every_steps': '1', 'eval_every_steps': '18'}
 
 
 def run_config(**overrides):
-  return config_lib.build_config(QUICKSTART, list({**RUN, **overrides}.items()))
+  return tiny_config(**{**RUN, **overrides})
 
 
 def cli_args(workdir, cache=None, **overrides):
