@@ -235,15 +235,8 @@ class TrainBatchMaker:
     self.transform = transform
     self.corrupt_images = corrupt_images
 
-  def positions(self, step: int) -> np.ndarray:
-    return order.batch_positions(int(step), self.global_batch, self.rows).astype(np.int64)
-
-  def indices(self, step: int) -> np.ndarray:
-    """Example indices this process reads for `step` (before any corrupt-image replacement)."""
-    return order.example_indices(self.seed, len(self.source), self.positions(step)).astype(np.int64)
-
   def __call__(self, step: int) -> dict[str, np.ndarray]:
-    positions = self.positions(step)
+    positions = order.batch_positions(int(step), self.global_batch, self.rows).astype(np.int64)
     indices = order.example_indices(self.seed, len(self.source), positions).astype(np.int64)
     augment = lambda attempt: lambda raw, row: self.transform(raw, example_rng(self.seed, positions[row], attempt))
     images, labels = transform_rows(self.source, indices, augment(0), self.corrupt_images)

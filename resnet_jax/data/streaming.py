@@ -166,7 +166,7 @@ class StreamingTrainData:
     rows = parallel.local_batch_slice(global_batch, mesh)
     self.maker = host_pipeline.TrainBatchMaker(source, global_batch, (rows.start, rows.stop), seed, transform,
                                                corrupt_images)
-    self._step = int(start_step)
+    self.step = int(start_step)  # the step whose batch the next `next()` returns
     self._prefetcher: Optional[DevicePrefetcher] = None
 
   # Description ------------------------------------------------------------------------------------------
@@ -188,7 +188,7 @@ class StreamingTrainData:
 
   # Iteration --------------------------------------------------------------------------------------------
   def _start(self) -> None:
-    self._prefetcher = device_batches(self.maker, self._step, _NO_END, self.mesh, self.global_batch,
+    self._prefetcher = device_batches(self.maker, self.step, _NO_END, self.mesh, self.global_batch,
                                       self.num_workers, self.num_threads, self.prefetch)
 
   def __iter__(self):
@@ -198,28 +198,23 @@ class StreamingTrainData:
     if self._prefetcher is None:
       self._start()
     batch = next(self._prefetcher)
-    self._step += 1
+    self.step += 1
     return batch
-
-  @property
-  def step(self) -> int:
-    """The step whose batch the next `next()` returns."""
-    return self._step
 
   def get_state(self) -> dict[str, Any]:
     """JSON-serialisable position: the next step plus what must match on resume (`order.position_state`)."""
-    return order.position_state(self._step, self.seed, self.global_batch, self.num_examples)
+    return order.position_state(self.step, self.seed, self.global_batch, self.num_examples)
 
   def set_state(self, state: dict[str, Any]) -> None:
     """Continues from `state` (from get_state): the next batch is the one of step state['step']."""
     step = order.resume_step(state, self.seed, self.global_batch, self.num_examples)
     self._stop()
-    self._step = step
+    self.step = step
 
   def program_inputs(self, step: int, num_steps: int) -> dict[str, jax.Array]:
     """The next `num_steps` global batches (those of steps step ..), stacked on a leading axis when several."""
-    if step != self._step:
-      raise ValueError(f'the input stream is at step {self._step}, not {step}')  # a bug, not a user error
+    if step != self.step:
+      raise ValueError(f'the input stream is at step {self.step}, not {step}')  # a bug, not a user error
     batches = [next(self) for _ in range(num_steps)]
     return batches[0] if num_steps == 1 else _stack(*batches)
 
