@@ -35,11 +35,50 @@ from resnet_jax.errors import UserError
 OPEN_SECTIONS = ('model',)
 
 
+#: The config files of the project: the checkout's `configs/` beside the package, or, in a non-editable install
+#: (`pip install .`), the copy installed with it as the package `resnet_jax.configs` (setup.cfg's package_dir).
+_CHECKOUT_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+_INSTALLED_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
+
+
+def configs_directory() -> str:
+  """The directory of the project's config files (default.py, cifar.py, ...), checkout or installed."""
+  if os.path.isfile(os.path.join(_CHECKOUT_CONFIGS, 'default.py')):
+    return _CHECKOUT_CONFIGS
+  return _INSTALLED_CONFIGS
+
+
+def import_configs() -> None:
+  """Makes `import configs` (how config files import their base: `from configs import default`) find the
+  project's config files: the checkout's folder on sys.path, or the installed `resnet_jax.configs` under the
+  name `configs` (putting the installed package's own folder on sys.path would expose its modules, `data`,
+  `models`, `config`, as top-level names)."""
+  directory = configs_directory()
+  if directory == _CHECKOUT_CONFIGS:
+    root = os.path.dirname(directory)
+    if root not in sys.path:
+      sys.path.insert(0, root)
+  elif 'configs' not in sys.modules:
+    sys.modules['configs'] = importlib.import_module('resnet_jax.configs')
+
+
+def _packaged_path(path: str) -> str:
+  """`configs/F.py` as the command lines write it, run outside the checkout: the installed copy of F.py."""
+  parts = os.path.normpath(path).split(os.sep)
+  if len(parts) == 2 and parts[0] == 'configs' and not os.path.isfile(path):
+    installed = os.path.join(configs_directory(), parts[1])
+    if os.path.isfile(installed):
+      return installed
+  return path
+
+
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
-  """Loads `path.py` or `path.py:arg` and returns `get_config(arg)`."""
+  """Loads `path.py` or `path.py:arg` and returns `get_config(arg)`. `configs/F.py` names the project's config
+  file F.py from any directory (when no such file is there)."""
   path, _, arg = spec.partition(':')
   if not path.endswith('.py'):
     raise UserError(f"config {spec!r}: expected a Python file such as configs/cifar.py or configs/cifar.py:ARG")
+  path = _packaged_path(path)
   if not os.path.isfile(path):
     here = os.path.dirname(path) or '.'
     known = sorted(f for f in os.listdir(here) if f.endswith('.py')) if os.path.isdir(here) else []
@@ -47,9 +86,12 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     raise UserError(f"config file {path!r} does not exist{hint}")
   # Config files import their base as `from configs import default`: make the folder holding `configs/`
   # importable wherever the command is run from.
-  root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-  if root not in sys.path:
-    sys.path.insert(0, root)
+  if os.path.dirname(os.path.abspath(path)) == configs_directory():
+    import_configs()
+  else:  # a config folder of the user's own
+    root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    if root not in sys.path:
+      sys.path.insert(0, root)
   module_spec = importlib.util.spec_from_file_location(f'_resnet_jax_config_{abs(hash(path))}', path)
   module = importlib.util.module_from_spec(module_spec)
   try:
@@ -303,8 +345,9 @@ def resolve_steps(config: ml_collections.ConfigDict, prefix: str, steps_per_epoc
 def default_config() -> Optional[ml_collections.ConfigDict]:
   """configs/default.py's config, the base of every config file, or None where the configs folder cannot be
   imported (it is importable once a config file was loaded, and from the checkout)."""
+  import_configs()
   try:
-    from configs import default  # pylint: disable=g-import-not-at-top  (outside the package: see load_config_file)
+    from configs import default  # pylint: disable=g-import-not-at-top  (outside the package: see import_configs)
   except ImportError:
     return None
   return default.get_config()

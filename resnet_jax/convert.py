@@ -80,7 +80,7 @@ IMAGENET_MEAN, IMAGENET_STD = normalization.IMAGENET_MEAN, normalization.IMAGENE
 #: The image shape the converted directory records (torchvision's and timm's ImageNet crop).
 IMAGE_SHAPE = (224, 224, 3)
 #: The base config of a converted directory (a config file of the checkout, as every run's).
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs', 'default.py')
+DEFAULT_CONFIG = os.path.join(config_lib.configs_directory(), 'default.py')  # checkout or installed copy
 
 # Flax module name -> torch module name where they differ (conv{i} / bn{i} of a unit keep their names).
 _MODULES = {'stem_conv': 'conv1', 'stem_bn': 'bn1', 'proj_conv': 'downsample.0', 'proj_bn': 'downsample.1',

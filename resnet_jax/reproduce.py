@@ -49,7 +49,6 @@ flags.DEFINE_bool('aggregate', False, 'Summarise the workdirs given as arguments
 FLAGS = flags.FLAGS
 
 _OVERRIDES: list[tuple[str, str]] = []
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_MODULES = ('cifar', 'imagenet')   # configs/<module>.py, each with ROWS: {row name: configs._rows.Row}
 PLAN_FILE = 'reproduce.json'
 RESULTS = 'results'              # WORKDIR/results.{md,csv}
@@ -75,9 +74,9 @@ def _paper_key(source: str, index: int):
 
 
 def config_rows() -> dict[str, dict]:
-  """`{module: ROWS}` of configs/cifar.py and configs/imagenet.py, imported as the README's one-liner does."""
-  if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+  """`{module: ROWS}` of configs/cifar.py and configs/imagenet.py, imported as the README's one-liner does (from
+  the checkout, or the copy installed with the package)."""
+  config_lib.import_configs()
   return {module: importlib.import_module(f'configs.{module}').ROWS for module in CONFIG_MODULES}
 
 
@@ -125,7 +124,7 @@ def list_rows(pattern: str = '') -> list[str]:
   none does."""
   lines = []
   for row in paper_rows():
-    config = config_lib.build_config(os.path.join(REPO, row.config))
+    config = config_lib.build_config(os.path.join(config_lib.configs_directory(), row.config.split('/', 1)[1]))
     note = f' [{row.spec.note}]' if row.spec.note else ''
     lines.append(f'{row.config:<58} {row.spec.source}{note} | published {_published(row.spec.published_error)} '
                  f'| {row.spec.model} | {row.spec.dataset} | {recipe_summary(config)}')

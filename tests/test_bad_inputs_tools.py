@@ -417,3 +417,35 @@ def test_learning_rates_that_train_nothing_or_diverge_are_refused(tmp_path, monk
 def test_a_learning_rate_of_zero_on_a_part_still_trains_the_rest(tmp_path, monkeypatch):
   with pytest.raises(_Reached):
     _train_cli(tmp_path, monkeypatch, '--config.optimizer.lr_multipliers=head=0')
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 4. The file system and the environment
+
+
+def test_setup_cfg_installs_every_package_and_the_configs():
+  # `packages` is a list in setup.cfg (the configs are mapped into resnet_jax.configs): a new sub-package must be
+  # added there, or a non-editable install lacks it (.ci/check_installed runs every CLI from such an install).
+  import configparser  # pylint: disable=g-import-not-at-top
+  import setuptools  # pylint: disable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  setup = configparser.ConfigParser()
+  setup.read(os.path.join(repo, 'setup.cfg'))
+  listed = set(setup['options']['packages'].split())
+  on_disk = set(setuptools.find_packages(repo, include=['resnet_jax', 'resnet_jax.*']))
+  assert listed == on_disk | {'resnet_jax.configs'}
+  assert setup['options']['package_dir'].split() == ['resnet_jax.configs', '=', 'configs']
+
+
+def test_configs_paths_name_the_project_configs_from_any_directory(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr('sys.path', list(__import__('sys').path))  # loading a config file may extend it
+  assert config_lib.build_config('configs/cifar.py:resnet110').model.name == 'cifar_resnet110'
+  status, out, err = run_cli('reproduce', ['--list', 'resnet110'], cwd=str(tmp_path))
+  assert status == 0 and out.startswith('configs/cifar.py:resnet110 '), err
+  # A configs/ folder of the user's own in the working directory comes first.
+  (tmp_path / 'configs').mkdir()
+  (tmp_path / 'configs' / 'cifar.py').write_text(
+      'from configs import default\n\ndef get_config(arg=None):\n  config = default.get_config()\n'
+      '  config.model.name = "mine"\n  return config\n')
+  assert config_lib.build_config('configs/cifar.py:resnet110').model.name == 'mine'
