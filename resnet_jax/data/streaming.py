@@ -47,38 +47,6 @@ def _ensure_absl_flags_parsed() -> None:
     flags.FLAGS.mark_as_parsed()
 
 
-class HostBatches:
-  """Iterator over `maker(i)` for i in [start, stop), computed by Grain threads / worker processes."""
-
-  def __init__(self, maker: Callable[[int], dict[str, np.ndarray]], start: int, stop: int, num_workers: int = 0,
-               num_threads: int = 1, buffer_batches: int = 2):
-    import grain  # pylint: disable=g-import-not-at-top
-    _ensure_absl_flags_parsed()
-    if num_workers < 0 or num_threads < 0:
-      raise UserError(f"config.input.num_workers={num_workers} and num_threads={num_threads} must be >= 0")
-    dataset = grain.MapDataset.range(int(start), int(stop)).map(maker)
-    dataset = dataset.to_iter_dataset(grain.ReadOptions(num_threads=int(num_threads),
-                                                        prefetch_buffer_size=max(1, int(buffer_batches))))
-    if num_workers > 0:
-      dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(num_workers),
-                                                                 per_worker_buffer_size=max(1, int(buffer_batches))))
-    self._iterator = iter(dataset)
-
-  def __iter__(self):
-    return self
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    return next(self._iterator)
-
-  def close(self) -> None:
-    iterator, self._iterator = self._iterator, None
-    if iterator is not None and hasattr(iterator, 'close'):
-      try:
-        iterator.close()
-      except Exception:  # pylint: disable=broad-except
-        pass
-
-
 _END = object()
 
 
@@ -135,8 +103,11 @@ class DevicePrefetcher:
       except queue.Empty:
         break
     self._thread.join(timeout=30)
-    if hasattr(self._host, 'close'):
-      self._host.close()
+    if hasattr(self._host, 'close'):  # Grain's iterator: stops its threads and worker processes
+      try:
+        self._host.close()
+      except Exception:  # pylint: disable=broad-except  (already stopping; nothing left to report it to)
+        pass
 
 
 class StreamingTrainData:
@@ -293,7 +264,17 @@ def _stack(*batches):
 
 def device_batches(maker: Callable[[int], dict[str, np.ndarray]], start: int, stop: int, mesh: Mesh,
                    global_batch: int, num_workers: int, num_threads: int, prefetch: int) -> 'DevicePrefetcher':
-  """Global device batches of `maker(i)` for i in [start, stop): Grain builds them on the host, a thread
-  transfers them ahead of use. Close the result to stop both."""
-  host = HostBatches(maker, start, stop, num_workers, num_threads, buffer_batches=max(2, prefetch))
-  return DevicePrefetcher(host, lambda batch: parallel.host_to_global(batch, mesh, global_batch), prefetch)
+  """Global device batches of `maker(i)` for i in [start, stop): Grain threads (and, with num_workers > 0, worker
+  processes, which hand whole batches back in order) build them on the host, a thread transfers them ahead of
+  use. Close the result to stop both."""
+  import grain  # pylint: disable=g-import-not-at-top  (slow to import; only streamed runs need it)
+  _ensure_absl_flags_parsed()
+  if num_workers < 0 or num_threads < 0:
+    raise UserError(f"config.input.num_workers={num_workers} and num_threads={num_threads} must be >= 0")
+  buffer = max(2, int(prefetch))
+  dataset = grain.MapDataset.range(int(start), int(stop)).map(maker).to_iter_dataset(
+      grain.ReadOptions(num_threads=int(num_threads), prefetch_buffer_size=buffer))
+  if num_workers > 0:
+    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(num_workers),
+                                                               per_worker_buffer_size=buffer))
+  return DevicePrefetcher(iter(dataset), lambda batch: parallel.host_to_global(batch, mesh, global_batch), prefetch)
