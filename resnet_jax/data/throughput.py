@@ -4,8 +4,8 @@
                                 50k x 32 x 32 x 3 uint8 split held on the devices + pad/crop/flip
   host_transform_cost()         CPU ms per image of each host transform (decode, crops, colour, eval crops),
                                 in one thread: the per-core capacity, insensitive to other load
-  grain_imagenet_throughput()   the Grain streaming ImageNet path: JPEG decode + random-sized (or scale) crop +
-                                flip (+ colour) on the host, batches assembled into sharded global arrays,
+  grain_imagenet_throughput()   the Grain streaming ImageNet path: JPEG decode + random-sized (or scale) crop
+                                (+ colour) on the host, batches assembled into sharded global arrays,
                                 for each number of worker processes; on synthetic photographs at ImageNet
                                 sizes written as a `folder:` dataset in a temporary directory
 
@@ -108,8 +108,7 @@ def grain_imagenet_throughput(*, worker_counts: Sequence[int] = (0, 1, 2), num_i
     for workers in worker_counts:
       row = {'num_workers': int(workers), 'num_threads': int(num_threads)}
       data = streaming.StreamingTrainData(source, mesh, batch_size, 0, transform, augment.SmallImageAugment(0),
-                                          num_workers=workers,
-                                          num_threads=num_threads, prefetch=2)
+                                          num_workers=workers, num_threads=num_threads, prefetch=2)
       try:
         start = time.perf_counter()
         jax.block_until_ready(next(data))
