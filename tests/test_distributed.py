@@ -110,19 +110,22 @@ def test_sigterm_saves_and_the_resumed_run_equals_the_uninterrupted_one(tmp_path
   np.testing.assert_array_equal(_flat(a.variables), _flat(b.variables))  # bitwise on CPU
 
 
-def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
-  # lr 0.1 for 4 steps, then 1e8: the loss overflows within a few steps.
-  args = ['-m', 'resnet_jax.main', *TINY, '--config.total_steps=12', '--config.schedule.boundaries_steps=4',
-          '--config.schedule.decay_factor=1e9', '--config.log_every_steps=4', '--config.checkpoint_every_steps=4',
-          '--workdir', str(tmp_path / 'nan')]
-  result = run_python(args)
-  assert result.returncode == 3
-  last = result.stderr.strip().splitlines()[-1]
+#: lr 0.1 for 4 steps, then 1e8: the loss overflows within a few steps (tests/test_reproduce.py diverges the same way).
+DIVERGING = [*TINY, '--config.total_steps=12', '--config.schedule.boundaries_steps=4',
+             '--config.schedule.decay_factor=1e9', '--config.log_every_steps=4', '--config.checkpoint_every_steps=4']
+
+
+def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, cli):
+  """The command line (in-process, conftest's `cli`): exit status 3 and one line naming the step and the last
+  good checkpoint; with config.on_nonfinite=skip the run completes, counting the skipped steps."""
+  status, _, err = cli('main', [*DIVERGING, '--workdir', str(tmp_path / 'nan')])
+  assert status == 3, err[-3000:]
+  last = err.strip().splitlines()[-1]
   assert last.startswith('error: loss or gradients became NaN/Inf at step ') and 'checkpoint (step 4)' in last
   assert checkpoints.Checkpointer(str(tmp_path / 'nan'), read_only=True).all_steps() == [4]
 
-  skipped = run_python(args[:-1] + [str(tmp_path / 'skip'), '--config.on_nonfinite=skip'])
-  assert skipped.returncode == 0, skipped.stderr[-3000:]
+  status, _, err = cli('main', [*DIVERGING, '--workdir', str(tmp_path / 'skip'), '--config.on_nonfinite=skip'])
+  assert status == 0, err[-3000:]
   lines = [json.loads(l) for l in open(tmp_path / 'skip' / 'metrics.jsonl')]
   assert sum(l.get('nonfinite_steps', 0) for l in lines) > 0
 

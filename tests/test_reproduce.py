@@ -15,6 +15,7 @@ import pytest
 
 from conftest import TINY_OVERRIDES
 from conftest import run_cli
+from test_distributed import DIVERGING
 from resnet_jax import config as config_lib
 from resnet_jax import reproduce
 
@@ -169,11 +170,8 @@ def test_override_without_a_value_is_one_error_line(tmp_path):
 
 
 def test_a_diverged_seed_exits_with_the_status_main_uses(tmp_path):
-  # lr 1e8: the loss overflows within a few steps. (One unit per stage: this learning rate compiles a program of
-  # its own, in half the time of the tiny run's network.)
-  status, _, err = run_cli('reproduce', ['--config', 'configs/quickstart.py', '--seeds', '1', '--workdir',
-                                         str(tmp_path), *TINY, '--config.model.stage_sizes=(1,1,1)',
-                                         '--config.model.stage_widths=(8,8,8)', '--config.schedule.base_lr=1e8'])
+  # test_distributed's diverging run (lr 1e8 after step 4), whose programs are compiled once for the suite.
+  status, _, err = run_cli('reproduce', ['--seeds', '1', '--workdir', str(tmp_path), *DIVERGING])
   assert status == 3, err[-3000:]
   assert err.strip().splitlines()[-1].startswith('error: loss or gradients became NaN/Inf at step ')
   assert 'Traceback' not in err
