@@ -409,6 +409,13 @@ def prepare_workdir(workdir: str) -> None:
                       f"(gcloud storage buckets create {bucket}) or choose another")
     return
   local = os.fspath(path)
+  # The deepest file a run writes (an Orbax array file under checkpoints/STEP/) lies about 200 bytes below the
+  # workdir: a longer workdir would train and then fail at its first save.
+  limit = os.pathconf('/', 'PC_PATH_MAX') if hasattr(os, 'pathconf') else 4096
+  length = len(os.fsencode(os.path.abspath(local)))
+  if length + _RUN_PATH_ROOM > limit:
+    raise UserError(f"--workdir is {length} bytes long: the files of a run need at most {limit - _RUN_PATH_ROOM} "
+                    f"(the system's path limit is {limit}); choose a shorter path")
   if os.path.exists(local):
     if not os.path.isdir(local):
       raise UserError(f"--workdir {workdir} is a file, not a directory; choose another path")
@@ -423,6 +430,13 @@ def prepare_workdir(workdir: str) -> None:
     os.makedirs(local, exist_ok=True)  # several processes may race here
   except OSError as error:
     raise UserError(f"--workdir {workdir} cannot be created ({error.strerror}); choose a writable path") from None
+  except RecursionError:  # os.makedirs recurses once per missing directory
+    raise UserError(f"--workdir {workdir[:80]}... cannot be created (more nested directories than Python creates "
+                    "at once); choose a shallower path") from None
+
+
+#: Bytes below the workdir a run's files need (see prepare_workdir).
+_RUN_PATH_ROOM = 200
 
 
 def enable_compilation_cache(path: str) -> None:

@@ -449,3 +449,81 @@ def test_configs_paths_name_the_project_configs_from_any_directory(tmp_path, mon
       'from configs import default\n\ndef get_config(arg=None):\n  config = default.get_config()\n'
       '  config.model.name = "mine"\n  return config\n')
   assert config_lib.build_config('configs/cifar.py:resnet110').model.name == 'mine'
+
+
+def _fail(*args, **kwargs):
+  raise OSError(28, 'No space left on device')
+
+
+async def _fail_async(*args, **kwargs):
+  raise OSError(28, 'No space left on device')
+
+
+def _failing_finalize(original):
+  def finalize(self, *args, **kwargs):
+    raise OSError(28, 'No space left on device')
+  return finalize
+
+
+# Where a save can fail: when it starts (the manager's save), while the state is written (the array handler),
+# while the metadata is written (the JSON handler, in Orbax's background thread) and when the step is made final
+# (the temporary directory renamed, in the background thread).
+SAVE_FAILURES = {
+    'start': ('orbax.checkpoint.CheckpointManager.save', _fail),
+    'state_write': ('orbax.checkpoint.StandardCheckpointHandler.async_save', _fail_async),
+    'meta_write': ('orbax.checkpoint.JsonCheckpointHandler._save_fn', _fail),
+    'finalize': ('orbax.checkpoint.CheckpointManager._finalize', _fail),
+}
+
+
+@pytest.mark.parametrize('point', list(SAVE_FAILURES))
+def test_a_failed_checkpoint_save_ends_the_run_and_keeps_the_previous_checkpoint(tiny_run, tmp_path, monkeypatch,
+                                                                                  point):
+  import threading  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(tiny_run, workdir)
+  target, replacement = SAVE_FAILURES[point]
+  monkeypatch.setattr(target, replacement)
+  # The finished run, extended by 6 steps: its save at step 18 fails.
+  argv = ['--config', QUICKSTART, '--workdir', workdir, *[f'--config.{key}={value}' for key, value in TINY.items()],
+          '--config.total_steps=18']
+  result = []
+  runner = threading.Thread(target=lambda: result.append(run_cli('main', argv)), daemon=True)
+  runner.start()
+  runner.join(timeout=120)
+  assert not runner.is_alive(), f'a save failing at {point} hangs the run'
+  status, _, err = result[0]
+  assert_one_error_line(status, err, f'saving the checkpoint of step 18 in {workdir} failed (')
+  assert 'No space left on device' in err.strip().splitlines()[-1] and 'it resumes from step 12' in err
+  monkeypatch.undo()
+  assert checkpoints.load(workdir, step=12).step == 12  # the previous checkpoint is kept, whole
+  # Failing after Orbax renamed the step's directory (its manager's finalisation: metrics, old steps) leaves step
+  # 18 complete: a rerun resumes from it, though the error line names step 12.
+  assert checkpoints.load(workdir).step == (18 if point == 'finalize' else 12)
+
+
+def test_the_embedded_dataset_in_an_unwritable_data_dir_is_one_error_line(tmp_path, monkeypatch):
+  (tmp_path / 'file').write_text('x')  # root may write anywhere: a directory below a file cannot be created
+  data_dir = str(tmp_path / 'file' / 'tfds')
+  status, _, err = _train_cli(tmp_path, monkeypatch, f'--config.dataset.data_dir={data_dir}')
+  assert_one_error_line(status, err, f"the built-in dataset 'digits' cannot be built in {data_dir} (Not a "
+                                     "directory: ...); set config.dataset.data_dir (or TFDS_DATA_DIR) to a writable")
+  assert 'Variant folder' not in err  # TFDS's warnings about the folders it probes are silenced
+  assert sorted(os.listdir(tmp_path)) == ['file']
+
+
+@pytest.mark.parametrize('workdir, message', [
+    ('{tmp}/' + 'a' * 300, '--workdir {tmp}/aaa... cannot be created (File name too long)'),
+    ('{tmp}/' + 'a/' * 2100, '--workdir is ... bytes long: the files of a run need at most ... (the system\'s path '
+                             'limit is ...); choose a shorter path'),
+    ('{tmp}/' + 'a/' * 1200, '--workdir {tmp}/a/a/... cannot be created (more nested directories than Python'),
+], ids=['name_too_long', 'path_too_long', 'too_deep'])
+def test_a_workdir_beyond_the_os_limits_is_one_error_line(tmp_path, monkeypatch, workdir, message):
+  def loop(*args, **kwargs):
+    raise AssertionError('the train loop was reached')
+  monkeypatch.setattr(train, '_train_loop', loop)
+  argv = ['--config', QUICKSTART, '--workdir', workdir.format(tmp=tmp_path),
+          *[f'--config.{key}={value}' for key, value in TINY.items()]]
+  status, _, err = run_cli('main', argv)
+  assert_one_error_line(status, err, message.format(tmp=tmp_path))
+  assert os.listdir(tmp_path) == []

@@ -37,6 +37,7 @@ import tempfile
 import zipfile
 from typing import Any, Callable, Optional, Sequence
 
+from absl import logging as absl_logging
 import numpy as np
 from PIL import Image
 
@@ -112,7 +113,14 @@ def open_split(name: str, split: str, data_dir: Optional[str] = None) -> Example
   if ':' in name:
     scheme = name.split(':', 1)[0]
     raise UserError(f"dataset {name!r}: unknown scheme {scheme!r}; use a TFDS name, npz:PATH or folder:PATH")
-  return _open_tfds(name, split, data_dir)
+  # TFDS logs a warning per folder it probes ("Variant folder ... has no dataset_info.json") and a line per
+  # build: above the one line this function's refusal prints, they read as the error. Errors still show.
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    return _open_tfds(name, split, data_dir)
+  finally:
+    absl_logging.set_verbosity(verbosity)
 
 
 def _stack_examples(examples: list[dict[str, Any]], fixed_shape: bool) -> dict[str, np.ndarray]:
@@ -196,7 +204,12 @@ def _open_tfds(name: str, split: str, data_dir: Optional[str]) -> ExampleSource:
   if known_splits and base_split not in known_splits:
     raise UserError(f"dataset {name!r} has no split {split!r}; its splits are {', '.join(sorted(known_splits))}")
   if name == 'digits' and not builder.is_prepared():
-    builder.download_and_prepare()  # embedded data: builds in about a second, no network
+    try:
+      builder.download_and_prepare()  # embedded data: builds in about a second, no network
+    except OSError as error:  # an unwritable data_dir, or home (TFDS's default ~/tensorflow_datasets)
+      raise UserError(f"the built-in dataset 'digits' cannot be built in {builder.data_dir_root} "
+                      f"({error.strerror or error}: {error.filename or builder.data_dir_root}); set "
+                      "config.dataset.data_dir (or TFDS_DATA_DIR) to a writable directory") from None
     known_splits = dict(builder.info.splits)
   if known_splits:
     _check_tfds_split(name, split, known_splits)
