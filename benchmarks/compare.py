@@ -75,8 +75,9 @@ def main(argv=None):
     for name, env, extra in (variants if r % 2 == 0 else variants[::-1]):
       record = run_variant(name, env, extra, common, args.json, args.timeout)
       records[name].append(record)
-      print(f'round {r + 1} {name}: step_ms {record["step_ms"]:.2f} compile_s {record["compile_s"]:.2f}',
-            flush=True)
+      shown = ', '.join(f'{field} {record[field]:.4g}' for field in ('step_ms', 'images_per_sec', 'compile_s')
+                        if record.get(field) is not None)  # input_only records have no step time
+      print(f'round {r + 1} {name}: {shown}', flush=True)
   base = variants[0][0]
   summary = {}
   for name, recs in records.items():
