@@ -6,11 +6,14 @@ import os
 
 import jax
 import numpy as np
+import pytest
 
 from resnet_jax import checkpoints
 from resnet_jax import config as config_lib
 from resnet_jax import evaluate
+from resnet_jax import parallel
 from resnet_jax import train
+from resnet_jax.errors import UserError
 import data_helpers as testing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,3 +73,20 @@ def test_streamed_training_takes_several_steps_per_dispatch(tmp_path):
   assert len([l for l in lines if 'compile_s' in l]) == 1  # stretches of 3 steps (logs every 3): one program
   np.testing.assert_allclose(_flat(checkpoints.load(one).variables), _flat(checkpoints.load(three).variables),
                              rtol=1e-4, atol=1e-5)
+
+
+def test_a_position_saved_mid_epoch_under_the_earlier_streaming_order_is_refused(tmp_path):
+  """Streaming checkpoints of earlier versions hold a position in another data order (state version 1): mid-epoch
+  it cannot continue exactly, so restore_data says so; at an epoch boundary the next epochs take today's order."""
+  root = tmp_path / 'images'
+  testing.write_image_folder(str(root), classes=('a', 'b', 'c'), per_class=8, splits=('train', 'test'),
+                             sizes=((40, 52),), fmt='JPEG')
+  experiment = train.build_experiment(_config(root), parallel.make_mesh())
+  try:
+    saved = {'version': 1, 'seed': experiment.config.seed, 'global_batch': 8, 'num_examples': 24}
+    with pytest.raises(UserError, match='saved in the middle of an epoch by a streaming pipeline of an earlier'):
+      experiment.restore_data({'data_state': dict(saved, step=2)}, 2)
+    experiment.restore_data({'data_state': dict(saved, step=3)}, 3)  # 3 x 8 = 24 examples: one whole epoch
+    assert experiment.checkpoint_meta()['data_state']['step'] == 3
+  finally:
+    experiment.close()
