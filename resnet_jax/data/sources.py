@@ -43,6 +43,7 @@ from PIL import Image
 
 from resnet_jax import storage
 from resnet_jax.data import host_augment
+from resnet_jax.data import host_pipeline
 from resnet_jax.errors import UserError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
@@ -436,13 +437,9 @@ class _FolderReader:
       try:
         if isinstance(raw, Exception):
           raise raw
-        image = host_augment.decode(raw, self.channels)
+        images.append(host_pipeline.fixed_image(raw, self.channels, self.shape))
       except host_augment.CorruptImageError as e:
         raise host_augment.CorruptImageError(f'{self.files[int(i)]}: {e}') from None
-      if self.shape is not None and image.shape != self.shape:
-        raise host_augment.CorruptImageError(f'{self.files[int(i)]}: size {image.shape} differs from the '
-                                             f'{self.shape} of the other images')
-      images.append(image)
     return {'image': np.stack(images) if self.shape is not None else images, 'label': labels}
 
   def describe(self, index):
