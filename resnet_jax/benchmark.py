@@ -7,8 +7,9 @@ r"""Benchmark the project's real train step: img/s, step time, compile time, pea
       --config.model.name=resnet50 --batch_size 256 --synthetic --json benchmarks/results/resnet50.jsonl
   python -m resnet_jax.benchmark --config configs/default.py --input_only --synthetic --json runs/input.jsonl
 
-Each run appends ONE JSON object (one line, JSON Lines) to `--json` and prints it. The config is loaded exactly
-as `resnet_jax.main` loads it (`configs/F.py[:ARG]` plus `--config.a.b=v` overrides), so every config works.
+Each run appends ONE JSON object (one line, JSON Lines) to `--json` and names the file on stdout (`--json -`:
+prints the object instead). The config is loaded exactly as `resnet_jax.main` loads it (`configs/F.py[:ARG]` plus
+`--config.a.b=v` overrides), so every config works.
 
 What is measured (nothing is re-implemented: the step is `resnet_jax.train`'s):
   * Device-resident input (digits, CIFAR, ...; `--pipeline device`): `train.build_experiment` +
@@ -623,7 +624,9 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     os.makedirs(directory, exist_ok=True)
     with open(args.json, 'a') as f:
       f.write(line + '\n')
-  print(line)
+    print(f'record appended to {args.json}')  # the record itself is in the file (and its summary on stderr)
+  else:
+    print(line)
   return record
 
 

@@ -527,3 +527,56 @@ def test_a_workdir_beyond_the_os_limits_is_one_error_line(tmp_path, monkeypatch,
   status, _, err = run_cli('main', argv)
   assert_one_error_line(status, err, message.format(tmp=tmp_path))
   assert os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 6. What a new user meets first
+
+
+def test_lesion_figure_names_units_as_the_printed_study_does(tmp_path, monkeypatch):
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  from conftest import load_cli  # pylint: disable=g-import-not-at-top
+  analysis_cli = load_cli('analysis/__main__')
+  figures = []
+  original = Figure.subplots
+  monkeypatch.setattr(Figure, 'subplots', lambda self, *a, **k: figures.append(original(self, *a, **k))
+                      or figures[-1])
+  units = [{'index': 3 * (stage - 1) + position - 1, 'stage': stage, 'position': position,
+            'changes_shape': position == 1 and stage > 1, 'error': 0.1} for stage in (1, 2, 3)
+           for position in (1, 2, 3)]
+  result = {'baseline_error': 0.08, 'units': units,
+            'random_removal': {'1': {'mean_error': 0.1, 'std_error': 0.01}, '3': {'mean_error': 0.2, 'std_error': 0.02},
+                               '5': {'mean_error': 0.3, 'std_error': 0.03}}}
+  analysis_cli.plot_lesion(result, str(tmp_path / 'lesion.png'))
+  ax_unit, ax_k = figures[0]
+  assert [label.get_text() for label in ax_unit.get_xticklabels()] == [
+      '1.1', '1.2', '1.3', '2.1', '2.2', '2.3', '3.1', '3.2', '3.3']
+  assert all(float(tick).is_integer() for tick in ax_k.get_xticks())
+  assert os.path.getsize(tmp_path / 'lesion.png') > 1000
+
+
+def test_benchmark_names_its_json_file_and_prints_the_record_only_for_stdout(tmp_path, monkeypatch, capsys):
+  from resnet_jax import benchmark  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(benchmark, 'benchmark_train', lambda config, **options: {'mode': 'train', 'step_ms': 1.0})
+  out = str(tmp_path / 'bench.jsonl')
+  benchmark.run(['--config', QUICKSTART, '--json', out, '--synthetic'])
+  printed = capsys.readouterr().out
+  assert printed.strip() == f'record appended to {out}'
+  assert json.loads(open(out).read())['step_ms'] == 1.0
+  benchmark.run(['--config', QUICKSTART, '--json', '-', '--synthetic'])
+  assert json.loads(capsys.readouterr().out)['step_ms'] == 1.0
+
+
+@pytest.mark.parametrize('name', ['01_quickstart', '02_checkpoint_eval', '03_paper_figures',
+                                  '04_lesion_paths_propagation', '05_pretrained_and_finetune'])
+def test_notebooks_open_from_the_notebooks_folder(name):
+  # Jupyter starts a notebook's kernel in its folder; the notebooks' paths (configs/..., runs/...) are the
+  # repository's, so each moves there first, before its first relative path.
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with open(os.path.join(repo, 'notebooks', f'{name}.ipynb')) as file:
+    code = [''.join(cell['source']) for cell in json.load(file)['cells'] if cell['cell_type'] == 'code']
+  first = code[0]
+  guard = "if os.path.basename(os.getcwd()) == 'notebooks':\n  os.chdir('..')"
+  assert guard in first, name
+  relative = re.search(r"'(configs|runs|tests)/", first)
+  assert relative is None or first.index(guard) < relative.start(), name

@@ -90,6 +90,7 @@ def path_study(run, images, labels, samples, seed) -> dict:
 
 
 def plot_lesion(result: dict, path: str) -> None:
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   fig = Figure(figsize=(11, 3.8))
   ax_unit, ax_k = fig.subplots(1, 2)
@@ -97,7 +98,13 @@ def plot_lesion(result: dict, path: str) -> None:
   colors = ['tab:red' if u['changes_shape'] else 'tab:blue' for u in result['units']]
   ax_unit.bar(range(len(errors)), errors, color=colors)
   ax_unit.axhline(100 * result['baseline_error'], color='k', linestyle='--', linewidth=1, label='no unit removed')
-  ax_unit.set_xlabel('removed unit (red: changes shape)')
+  # Named as the printed study names them, stage.unit from 1; every unit labelled up to 40, else each stage's
+  # first unit and every fifth.
+  labels = [f"{u['stage']}.{u['position']}" for u in result['units']]
+  shown = [i for i, u in enumerate(result['units'])
+           if len(labels) <= 40 or u['position'] == 1 or u['position'] % 5 == 0]
+  ax_unit.set_xticks(shown, [labels[i] for i in shown], rotation=90 if len(shown) > 12 else 0, fontsize=7)
+  ax_unit.set_xlabel('removed unit: stage.unit (red: changes shape)')
   ax_unit.set_ylabel('test error (%)')
   ax_unit.legend()
   counts = sorted(int(count) for count in result['random_removal'])
@@ -105,6 +112,7 @@ def plot_lesion(result: dict, path: str) -> None:
     means = [100 * result['random_removal'][str(count)]['mean_error'] for count in counts]
     stds = [100 * result['random_removal'][str(count)]['std_error'] for count in counts]
     ax_k.errorbar(counts, means, yerr=stds, marker='o', capsize=3)
+  ax_k.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))  # a count of units
   ax_k.set_xlabel('units removed at random')
   ax_k.set_ylabel('test error (%)')
   for ax in (ax_unit, ax_k):
