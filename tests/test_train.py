@@ -126,7 +126,7 @@ def _flat(tree):
     ({'batch_norm.mode': 'ghost', 'batch_norm.group_size': '6'},
      'group_size=6 does not divide the per-device batch 16 .batch_size 32 over 2 devices'),
     ({'on_nonfinite': 'ignore'}, "unknown config.on_nonfinite 'ignore'"),
-    ({'optimizer.name': 'lamb'}, "unknown optimizer 'lamb'"),
+    ({'optimizer.name': 'adam'}, "unknown optimizer 'adam'; choose one of sgd, lamb, lars, adamw"),
     ({'schedule.warmup_steps': '20', 'schedule.warmup': 'constant'}, 'warm-up of 20 steps is not shorter'),
     ({'batch_size': '31'}, 'batch_size=31 is not divisible by the 2 devices'),
     ({'model.name': 'resnet_9000'}, "unknown model name 'resnet_9000'"),
