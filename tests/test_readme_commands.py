@@ -17,10 +17,11 @@ from test_convert import state_dict
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Size overrides: appended to the commands that train (every main/reproduce training run gets the same, so the
-# fine-tuning run's init_from source has its architecture).
+# fine-tuning run's init_from source has its architecture). The network and batch of tests/test_distributed.py's
+# one-device runs: their compiled programs are shared through the suite's compilation cache.
 TRAIN_SIZE = ('--config.total_steps=12', '--config.schedule.boundaries_epochs=None', '--config.log_every_steps=6',
-              '--config.eval_every_steps=12', '--config.checkpoint_every_steps=12',
-              '--config.model.stage_sizes=(1,1,1)')
+              '--config.eval_every_steps=12', '--config.checkpoint_every_steps=12', '--config.batch_size=32',
+              '--config.model.stage_widths=(8,16,16)', '--config.model.stage_sizes=(1,1,1)')
 SIZE = {
     'resnet_jax.main --config': TRAIN_SIZE,
     'resnet_jax.reproduce --config configs/quickstart.py': TRAIN_SIZE,
