@@ -143,6 +143,44 @@ def check_model_name(model_name: str) -> None:
                     f'{", ".join(TORCH_MODELS)}')
 
 
+#: Prefixes that training wrappers put before every tensor name when the wrapper itself is saved:
+#: DataParallel / DistributedDataParallel ('module.'), torch.compile ('_orig_mod.'), a Lightning module or timm's
+#: EMA wrapper holding the network as `.model` ('model.').
+WRAPPER_PREFIXES = ('module.', '_orig_mod.', 'model.')
+
+
+def _without_wrapper_prefixes(state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
+  """`state_dict` with the wrapper prefixes every name shares removed, however nested ('module._orig_mod.')."""
+  while True:
+    prefix = next((p for p in WRAPPER_PREFIXES if all(str(name).startswith(p) for name in state_dict)), None)
+    if prefix is None:
+      return state_dict
+    state_dict = {name[len(prefix):]: value for name, value in state_dict.items()}
+
+
+def _check_values(tensors: Mapping[str, np.ndarray], source: str) -> None:
+  """Refuses tensors that do not convert to float32 weights faithfully: integer (quantised) or bool values,
+  NaN or infinity, and BatchNorm variances below 0 (a variance cannot be: the file is damaged)."""
+  def named(names):
+    return ', '.join(names[:5]) + (f' (and {len(names) - 5} more)' if len(names) > 5 else '')
+  integer = sorted(name for name, value in tensors.items() if value.dtype.kind in 'biu')
+  if integer:
+    kinds = sorted({str(tensors[name].dtype) for name in integer})
+    raise UserError(f"{source} holds {'/'.join(kinds)} tensors ({named(integer)}): a quantised or integer "
+                    "checkpoint does not convert faithfully to float weights; dequantise it (or export the float "
+                    "model's state dict) and convert that")
+  nonfinite = sorted(name for name, value in tensors.items()
+                     if not np.isfinite(np.asarray(value, np.float32)).all())
+  if nonfinite:
+    raise UserError(f'{source} holds NaN or infinite values in {named(nonfinite)}: the checkpoint is damaged (or '
+                    'was saved after training diverged); use another file')
+  negative = sorted(name for name, value in tensors.items()
+                    if name.endswith('running_var') and (np.asarray(value, np.float32) < 0).any())
+  if negative:
+    raise UserError(f'{source} holds negative BatchNorm variances in {named(negative)}: the checkpoint is '
+                    'damaged; use another file')
+
+
 def from_torch_state_dict(state_dict: Mapping[str, Any], model_name: str, num_classes: Optional[int] = None,
                           drop_head: bool = False, *, seed: int = 0,
                           source: str = 'the state dict') -> dict[str, Any]:
@@ -166,11 +204,10 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], model_name: str, num_cl
   check_model_name(model_name)
   if not isinstance(state_dict, Mapping) or not state_dict:
     raise UserError(f'{source} holds no tensors (expected a mapping of tensor names to arrays)')
-  # DataParallel / DistributedDataParallel prefix every name with 'module.' when the wrapper itself is saved.
-  if all(name.startswith('module.') for name in state_dict):
-    state_dict = {name[len('module.'):]: value for name, value in state_dict.items()}
+  state_dict = _without_wrapper_prefixes(state_dict)
   tensors = {name: _as_numpy(value) for name, value in state_dict.items()
              if not name.endswith('.num_batches_tracked')}
+  _check_values(tensors, source)
   if num_classes is None and not drop_head and 'fc.weight' in tensors:
     num_classes = tensors['fc.weight'].shape[0]
   model = models.create_model(model_name, num_classes=num_classes)
@@ -277,12 +314,29 @@ def converted_config(model_name: str, num_classes: int) -> ml_collections.Config
 
 
 def _check_out(out: str) -> None:
+  if not isinstance(out, str) or not out.strip():
+    raise UserError(f'--out {out!r} is empty; name the directory to write, e.g. --out runs/resnet50_converted')
   checkpoints.check_location(out)
   root = storage.resolve(out)
   if storage.exists(root / checkpoints.CHECKPOINT_DIR) or storage.exists(root / 'config.json'):
     raise UserError(f'--out {out} already holds a run or a converted model; choose a new directory')
   if storage.is_file(root):
     raise UserError(f'--out {out} is a file, not a directory; choose another path')
+  if not storage.is_remote(root):
+    existing = os.path.abspath(os.fspath(root))
+    while not os.path.exists(existing):
+      existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+      raise UserError(f'--out {out}: {existing} is a file, not a directory; choose another path')
+    if not os.access(existing, os.W_OK | os.X_OK):
+      raise UserError(f'--out {out}: {existing} is not writable; choose a directory you can write to')
+
+
+def _partial(out: str):
+  """Where a convert writes before renaming to `out`: a kill leaves this sibling, which the next convert replaces,
+  never a half-written `out` that blocks the rerun."""
+  root = storage.resolve(out)
+  return root.parent / f'{root.name}.partial'
 
 
 def write_directory(out: str, variables: Mapping[str, Any], model_name: str, source: str = '') -> None:
@@ -302,11 +356,27 @@ def write_directory(out: str, variables: Mapping[str, Any], model_name: str, sou
   meta = {'model': {'num_classes': num_classes, 'mean': list(model.mean), 'std': list(model.std),
                     'image_shape': list(IMAGE_SHAPE)},
           'config': config.to_dict(), 'converted_from': str(storage.resolve(source)) if source else ''}
-  storage.make_dirs(out)
-  storage.write_text(storage.resolve(out) / 'config.json', config_lib.to_json(config))
-  with checkpoints.Checkpointer(out, best_metric=None) as checkpointer:
-    checkpointer.save(0, state, meta)
-    checkpointer.wait()
+  partial = _partial(out)
+  if storage.exists(partial):  # left by a convert that was killed
+    partial.rmtree()
+  try:
+    storage.make_dirs(partial)
+    storage.write_text(partial / 'config.json', config_lib.to_json(config))
+    with checkpoints.Checkpointer(str(partial), best_metric=None) as checkpointer:
+      checkpointer.save(0, state, meta)
+      checkpointer.wait()
+    root = storage.resolve(out)
+    if storage.exists(root) and storage.list_names(root):  # a directory of other files: move ours in
+      for name in (checkpoints.CHECKPOINT_DIR, 'config.json'):  # config.json last: it marks a complete directory
+        storage.move(partial / name, root / name)
+      partial.rmtree()
+    else:
+      if storage.exists(root):
+        root.rmdir()
+      storage.move(partial, root)
+  except OSError as error:
+    raise UserError(f'--out {out} cannot be written ({error.strerror or error}); choose a writable directory with '
+                    'room for the weights') from None
 
 
 def convert_file(src: str, model_name: str, out: str, num_classes: Optional[int] = None,

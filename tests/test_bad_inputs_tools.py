@@ -580,3 +580,120 @@ def test_notebooks_open_from_the_notebooks_folder(name):
   assert guard in first, name
   relative = re.search(r"'(configs|runs|tests)/", first)
   assert relative is None or first.index(guard) < relative.start(), name
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 2. convert on real-world files
+
+
+@pytest.fixture(scope='module')
+def resnet18_tensors():
+  """A torchvision-layout resnet18 state dict of random values (names and shapes from the converter's mapping)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from resnet_jax import convert  # pylint: disable=g-import-not-at-top
+  from resnet_jax.models import create_model  # pylint: disable=g-import-not-at-top
+  shapes = jax.eval_shape(lambda: create_model('resnet18').init(jax.random.key(0), np.zeros((1, 32, 32, 3)),
+                                                                train=False))
+  rng = np.random.default_rng(0)
+  return {convert.torch_name(tuple(str(getattr(key, 'key', key)) for key in path)):
+          rng.uniform(0.5, 1.0, convert.torch_shape(leaf.shape)).astype(np.float32)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(shapes)}
+
+
+@pytest.fixture(scope='module')
+def resnet18_file(resnet18_tensors, tmp_path_factory):
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path_factory.mktemp('weights') / 'resnet18.safetensors')
+  save_file(resnet18_tensors, path)
+  return path
+
+
+@pytest.mark.parametrize('damage, message', [
+    (lambda t: {**t, 'conv1.weight': t['conv1.weight'].astype(np.int8)}, 'SRC holds int8 tensors (conv1.weight): a '
+                                                                          'quantised or integer checkpoint'),
+    (lambda t: {**t, 'fc.bias': t['fc.bias'].astype(np.uint8)}, 'SRC holds uint8 tensors (fc.bias)'),
+    (lambda t: {**t, 'bn1.weight': t['bn1.weight'] > 0.7}, 'SRC holds bool tensors (bn1.weight)'),
+    (lambda t: {**t, 'layer1.0.conv1.weight': t['layer1.0.conv1.weight'] * np.nan},
+     'SRC holds NaN or infinite values in layer1.0.conv1.weight'),
+    (lambda t: {**t, 'fc.weight': t['fc.weight'] * np.inf}, 'SRC holds NaN or infinite values in fc.weight'),
+    (lambda t: {**t, 'bn1.running_var': -t['bn1.running_var']}, 'SRC holds negative BatchNorm variances in '
+                                                                'bn1.running_var'),
+], ids=['int8', 'uint8', 'bool', 'nan', 'inf', 'negative_variance'])
+def test_convert_refuses_tensors_that_do_not_convert_faithfully(resnet18_tensors, damage, message):
+  from resnet_jax import convert  # pylint: disable=g-import-not-at-top
+  with pytest.raises(UserError) as refused:
+    convert.from_torch_state_dict(damage(resnet18_tensors), 'resnet18', source='SRC')
+  assert str(refused.value).startswith(message)
+
+
+@pytest.mark.parametrize('prefix', ['module.', '_orig_mod.', 'module._orig_mod.', 'model.'])
+def test_convert_strips_the_prefixes_training_wrappers_add(resnet18_tensors, prefix):
+  from resnet_jax import convert  # pylint: disable=g-import-not-at-top
+  wrapped = {prefix + name: value for name, value in resnet18_tensors.items()}
+  assert convert._without_wrapper_prefixes(wrapped).keys() == resnet18_tensors.keys()
+  if prefix == 'module._orig_mod.':  # one full conversion: the same variables as the bare names give
+    converted = convert.from_torch_state_dict(wrapped, 'resnet18')
+    np.testing.assert_array_equal(converted['params']['stem_conv']['kernel'],
+                                  resnet18_tensors['conv1.weight'].transpose(2, 3, 1, 0))
+
+
+def _convert(*argv):
+  """`python -m resnet_jax.convert ARGV` in-process: (exit status, stdout, stderr)."""
+  import contextlib  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  from resnet_jax import convert  # pylint: disable=g-import-not-at-top
+  out, err = io.StringIO(), io.StringIO()
+  try:
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+      convert.main(list(argv))
+    status = 0
+  except SystemExit as exit_:
+    status = exit_.code
+  return status, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize('out, message', [
+    ('', "--out '' is empty; name the directory to write"),
+    ('{tmp}/file/converted', '--out {tmp}/file/converted: {tmp}/file is a file, not a directory'),
+    ('{tmp}/file', '--out {tmp}/file is a file, not a directory'),
+])
+def test_convert_to_an_invalid_out_is_one_error_line(tmp_path, resnet18_file, out, message):
+  (tmp_path / 'file').write_text('x')
+  before = snapshot(str(tmp_path))
+  status, _, err = _convert(resnet18_file, '--model', 'resnet18', '--out', out.format(tmp=tmp_path))
+  assert_one_error_line(status, err, message.format(tmp=tmp_path))
+  assert snapshot(str(tmp_path)) == before and os.listdir(tmp_path) == ['file']
+
+
+def test_convert_to_an_unwritable_out_is_one_error_line(tmp_path, resnet18_file, monkeypatch):
+  monkeypatch.setattr(os, 'access', lambda path, mode: False)  # root passes every permission check
+  status, _, err = _convert(resnet18_file, '--model', 'resnet18', '--out', str(tmp_path / 'converted'))
+  assert_one_error_line(status, err, f'--out {tmp_path}/converted: {tmp_path} is not writable')
+  assert os.listdir(tmp_path) == []
+
+
+def test_a_killed_convert_leaves_nothing_that_blocks_the_rerun(tmp_path, resnet18_file, monkeypatch):
+  out = str(tmp_path / 'converted')
+
+  def killed(*args, **kwargs):
+    raise KeyboardInterrupt()  # the process stops mid-write, as a kill would
+
+  monkeypatch.setattr(checkpoints.Checkpointer, 'save', killed)
+  with pytest.raises(KeyboardInterrupt):
+    _convert(resnet18_file, '--model', 'resnet18', '--out', out)
+  assert os.listdir(tmp_path) == ['converted.partial']  # not `out`: a rerun is not refused
+  monkeypatch.undo()
+  status, printed, err = _convert(resnet18_file, '--model', 'resnet18', '--out', out)
+  assert status == 0, err
+  assert printed.startswith(f'wrote {out}: resnet18, 1000 classes') and os.listdir(tmp_path) == ['converted']
+  assert checkpoints.load(out).step == 0
+
+
+def test_a_convert_that_cannot_write_is_one_error_line(tmp_path, resnet18_file, monkeypatch):
+  def full(*args, **kwargs):
+    raise OSError(28, 'No space left on device')
+  monkeypatch.setattr(checkpoints.Checkpointer, 'save', full)
+  out = str(tmp_path / 'converted')
+  status, _, err = _convert(resnet18_file, '--model', 'resnet18', '--out', out)
+  assert_one_error_line(status, err, f'--out {out} cannot be written (No space left on device)')
+  assert not os.path.exists(out)
