@@ -26,6 +26,8 @@ def feature_shapes(model, input_shape):
     ("resnext50_32x4d", (64, 256, 512, 1024, 2048)),
     ("preact_resnet152", (64, 256, 512, 1024, 2048)),
     ("resnet18", (64, 64, 128, 256, 512)),
+    ("resnet50d", (64, 256, 512, 1024, 2048)),  # deep stem: the same strides, 64 channels out of its 3rd conv
+    ("resnet50s", (128, 256, 512, 1024, 2048)),
 ])
 def test_imagenet_feature_maps_have_the_published_strides_and_channels(name, channels):
   model = create_model(name, features_only=True)
@@ -62,6 +64,7 @@ def test_the_features_model_has_the_classifier_tree_without_the_head():
     dict(name="cifar_resnet20"),
     dict(name="cifar_preact_resnet20"),
     dict(name="resnet50", stem_width=8, stage_widths=(4, 8, 8, 8), stage_sizes=(1, 2, 1, 1)),
+    dict(name="resnet50d", stem_width=4, stage_widths=(4, 8, 8, 8), stage_sizes=(1, 2, 1, 1)),
 ])
 def test_each_feature_map_is_the_classifiers_intermediate_activation(options):
   options = dict(options)

@@ -22,6 +22,8 @@ REQUIRED = {
     "densenet_bc_190_40", "densenet_bc_250_24",
     # small full pre-activation nets (the quickstart trains cifar_preact_resnet20)
     "cifar_preact_resnet20", "cifar_preact_resnet32", "cifar_preact_resnet44", "cifar_preact_resnet56",
+    # "Bag of Tricks" ResNet-C/D under timm's names
+    "resnet18d", "resnet26d", "resnet34d", "resnet50d", "resnet101d", "resnet152d", "resnet50c", "resnet50s",
 }
 
 
@@ -53,12 +55,19 @@ def test_unknown_option_lists_valid_options():
     dict(unit_order="preact"), dict(shortcut="gate"), dict(shortcut_type="D"), dict(stride_on="2x2"),
     dict(block="bottleneck"), dict(bn_group_size=0), dict(survival_prob_last=0.0), dict(survival_prob_last=1.5),
     dict(stochastic_depth_mode="layer"), dict(shortcut_dropout_rate=1.0), dict(lesioned_units=(99,)),
-    dict(dtype="float33"), dict(stage_sizes=(1, 1)), dict(cardinality=4), dict(stem="deep"), dict(stage_sizes=3),
-    dict(stage_widths=("a", 2, 3)),
+    dict(dtype="float33"), dict(stage_sizes=(1, 1)), dict(cardinality=4), dict(stem="deeep"), dict(stage_sizes=3),
+    dict(stage_widths=("a", 2, 3)), dict(downsample="max"), dict(stem="deep", stage_widths=(1, 2, 4)),
 ])
 def test_invalid_option_values_raise_user_error(overrides):
   with pytest.raises(UserError):
     create_model("cifar_resnet20", **overrides)
+
+
+def test_unknown_stem_and_downsample_name_the_valid_ones():
+  with pytest.raises(UserError, match=r"stem='dep' is not valid; choose one of \['imagenet', 'deep', 'cifar'\]"):
+    create_model("resnet50d", stem="dep")
+  with pytest.raises(UserError, match=r"downsample='average' is not valid; choose one of \['conv', 'avg'\]"):
+    create_model("resnet50", downsample="average")
 
 
 def test_invalid_densenet_depth():
@@ -93,6 +102,11 @@ def test_family_defaults_follow_their_sources():
   assert (x.cardinality, x.base_width, x.unit_width(64), x.stem_features) == (16, 64, 1024, 64)
   assert create_model("resnext101_32x8d").unit_width(64) == 256
   assert create_model("wide_resnet50_2").unit_width(64) == 128
+  d = create_model("resnet50d")  # timm: stem_width=32, stem_type='deep', avg_down=True; ResNet-B's stride
+  assert (d.stem, d.stem_width, d.downsample, d.stride_on, d.stem_features) == ("deep", 32, "avg", "3x3", 64)
+  c = create_model("resnet50c")
+  assert (c.stem, c.downsample) == ("deep", "conv")
+  assert create_model("resnet26d").stage_sizes == (2, 2, 2, 2) and create_model("resnet26d").block == "bottleneck"
 
 
 def test_one_layer_units_keep_the_depth():
@@ -155,7 +169,8 @@ def _variable_paths(model, size):
 _GROUP_CASES = [(name, {}) for name in (
     "resnet18", "resnet50", "plain18", "preact_resnet152", "resnext50_32x4d", "wide_resnet50_2", "cifar_resnet20",
     "cifar_plain20", "cifar_preact_resnet20", "cifar_resnet164", "cifar_preact_resnet164", "resnext29_8x64d",
-    "densenet_bc_100_12")] + [
+    "densenet_bc_100_12", "resnet50d", "resnet18d", "resnet50s")] + [
+    ("resnet50d", {"scan_units": True}), ("resnet26d", {"features_only": True}),
     ("resnet50", {"scan_units": True}), ("cifar_preact_resnet164", {"scan_units": True}),
     ("preact_resnet152", {"features_only": True}), ("cifar_resnet20", {"features_only": True}),
     ("resnet18", {"num_classes": 0}), ("densenet_bc_190_40", {"num_classes": 0}),

@@ -24,12 +24,16 @@ from resnet_jax.models.counting import abstract_variables
 # Trainable parameters (BatchNorm running statistics excluded).
 #  [TV]   torchvision 0.28 `sum(p.numel())`.            [P]  the paper's table (rounded), exact count computed.
 #  [DER]  derived here from a sourced count (see the option A / B / C tests below).
+#  [TIMM] timm 1.0.31 `sum(p.numel() for p in timm.create_model(name).parameters())`, computed once with torch.
 EXPECTED = {
     # ImageNet, torchvision layout [TV]; resnext101_32x4d and resnet-200 variants are not in torchvision.
     "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "resnet101": 44_549_160,
     "resnet152": 60_192_808, "resnext50_32x4d": 25_028_904, "resnext101_32x8d": 88_791_336,
     "resnext101_64x4d": 83_455_272, "wide_resnet50_2": 68_883_240,
     "resnext101_32x4d": 44_177_704,  # [P] Xie et al. 2017 (~44M); exact count computed in PyTorch
+    # "Bag of Tricks" ResNet-C/D (He et al. 2019 §4.2) under timm's names [TIMM]
+    "resnet18d": 11_708_744, "resnet26d": 16_014_408, "resnet34d": 21_816_904, "resnet50d": 25_576_264,
+    "resnet101d": 44_568_392, "resnet152d": 60_212_040, "resnet50c": 25_576_264, "resnet50s": 25_680_808,
     # CIFAR option A [P] He et al. 2015 Table 6 (0.27M ... 19.4M)
     "cifar_resnet20": 269_722, "cifar_resnet32": 464_154, "cifar_resnet44": 658_586, "cifar_resnet56": 853_018,
     "cifar_resnet110": 1_727_962, "cifar_resnet1202": 19_421_274,

@@ -359,6 +359,18 @@ def zero_pad_shortcut(x: Array, out_features: int, stride: int) -> Array:
   return x
 
 
+def average_pool_2x2(x: Array, stride: int) -> Array:
+  """ResNet-D's shortcut pool (He et al. 2019 §4.2): a 2x2 average pool with stride `stride` as torch's
+  AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) in timm's `downsample_avg`.
+
+  Ceil mode keeps the last, partial window of an odd size (11 -> 6 at stride 2, not 5: the strided 1x1 conv and
+  the 3x3 branch give 6 there), and that window averages only its valid cells. The padding is on the high side
+  only, as torch's ceil mode adds it."""
+  pads = tuple((0, -(-(size - 2) // stride) * stride + 2 - size) for size in x.shape[1:3])
+  pads = tuple((0, max(0, high)) for _, high in pads)
+  return nn.avg_pool(x, (2, 2), strides=(stride, stride), padding=pads, count_include_pad=False)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Stochastic depth (Huang et al. 2016)
 # ---------------------------------------------------------------------------------------------------------------

@@ -6,6 +6,10 @@ Conventions per family (each follows its source; see `ResNet` for what every opt
   `wide_resnet50_2`: torchvision / fb.resnet.torch layout: 7x7 stem, shortcut B, bottleneck stride on the 3x3
   ("v1.5"; `stride_on='1x1'` gives the paper's v1), 1000 classes. Parameter counts equal torchvision's.
   `preact_resnet*` use full pre-activation units (He et al. 2016; fb.resnet.torch preresnet).
+* "Bag of Tricks" (He et al. 2019 §4.2) with timm's names: `resnet{18,26,34,50,101,152}d` are ResNet-D (deep
+  stem of width 32, `stem='deep'`, and the average-pool projection, `downsample='avg'`), `resnet50c` is ResNet-C
+  (deep stem only), `resnet50s` the deep stem of width 64 (128 output channels); all stride on the 3x3, which is
+  ResNet-B. ResNet-26 is timm's: bottlenecks, 2,2,2,2. Parameter counts equal timm 1.0.31's.
 * CIFAR 6n+2 `cifar_resnet{20..1202}`, `cifar_plain{20..110}`, `cifar_preact_resnet{20..110}`: He et al. 2015
   §4.2: widths 16/32/64, option A shortcuts, basic units; 10 classes. `block='single'` gives the 1-layer-unit
   version (He et al. 2016 Table 3) with 2n units per stage.
@@ -44,7 +48,7 @@ class _Entry:
 
 _REGISTRY: dict[str, _Entry] = {}
 
-_IMAGENET_STAGES = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3)),
+_IMAGENET_STAGES = {18: ("basic", (2, 2, 2, 2)), 26: ("bottleneck", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3)),
                     101: ("bottleneck", (3, 4, 23, 3)), 152: ("bottleneck", (3, 8, 36, 3)),
                     200: ("bottleneck", (3, 24, 36, 3))}
 
@@ -102,6 +106,11 @@ for _d in (18, 34):
   _REGISTRY[f"plain{_d}"] = _imagenet(_d, shortcut="none")
 for _d in (152, 200):
   _REGISTRY[f"preact_resnet{_d}"] = _imagenet(_d, unit_order="full_preact")
+# He et al. 2019 ("Bag of Tricks") §4.2 tweaks under timm's names (timm/models/resnet.py resnet50c/d/s, ...).
+for _d in (18, 26, 34, 50, 101, 152):
+  _REGISTRY[f"resnet{_d}d"] = _imagenet(_d, stem="deep", stem_width=32, downsample="avg")
+_REGISTRY["resnet50c"] = _imagenet(50, stem="deep", stem_width=32)
+_REGISTRY["resnet50s"] = _imagenet(50, stem="deep", stem_width=64)
 _REGISTRY["resnext50_32x4d"] = _imagenet(50, cardinality=32, base_width=4)
 _REGISTRY["resnext101_32x4d"] = _imagenet(101, cardinality=32, base_width=4)
 _REGISTRY["resnext101_32x8d"] = _imagenet(101, cardinality=32, base_width=8)

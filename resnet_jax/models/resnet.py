@@ -21,7 +21,10 @@ from resnet_jax.errors import UserError
 from resnet_jax.models import layers as layers_lib
 from resnet_jax.models import units as units_lib
 
-STEMS = ("imagenet", "cifar")
+STEMS = ("imagenet", "deep", "cifar")
+#: Stems that end in BN-ReLU and a 3x3/2 max-pool (overall stride 4 before stage 1).
+IMAGENET_STEMS = ("imagenet", "deep")
+DOWNSAMPLES = units_lib.DOWNSAMPLES
 STOCHASTIC_DEPTH_MODES = ("batch", "example")
 
 
@@ -74,11 +77,20 @@ class ResNet(nn.Module):
       floor(planes * base_width / 64) * cardinality and its 3x3 conv has `cardinality` groups (form (c),
       grouped convolution). ResNet: 1, 64. ResNeXt-50 32x4d: 32, 4. Wide ResNet-50-2 (Zagoruyko & Komodakis
       2016; torchvision): 1, 128.
-    stem: 'imagenet': 7x7/2 conv, BN, ReLU, 3x3/2 max-pool (He et al. 2015 Table 1 conv1). 'cifar': one 3x3
-      conv (He et al. 2015 §4.2), followed by BN-ReLU for the post-activation orders, by BN only for order (d),
-      and by nothing for order (e), whose first unit applies BN-ReLU before splitting (He et al. 2016 §4).
+    stem: 'imagenet': 7x7/2 conv, BN, ReLU, 3x3/2 max-pool (He et al. 2015 Table 1 conv1). 'deep': ResNet-C
+      of "Bag of Tricks" (He et al. 2019 §4.2, Fig. 2b): the 7x7 conv becomes three 3x3 convs (the first with
+      stride 2) of widths stem_width, stem_width, 2*stem_width, BN-ReLU after the first two, then the same BN,
+      ReLU and max-pool (timm's stem_type='deep': conv1.0/1.3/1.6 + bn1). 'cifar': one 3x3 conv (He et al.
+      2015 §4.2), followed by BN-ReLU for the post-activation orders, by BN only for order (d), and by nothing
+      for order (e), whose first unit applies BN-ReLU before splitting (He et al. 2016 §4).
     stem_width: channels of the stem conv; None (default) = stage_widths[0] (ImageNet 64, CIFAR 16, ResNeXt-29
-      64: every paper's choice), so overriding stage_widths keeps the stem in step.
+      64: every paper's choice), so overriding stage_widths keeps the stem in step. For the deep stem: the
+      width of its first two convs, the third has twice as many; None = stage_widths[0] // 2 (32: ResNet-C/D
+      and timm's *c/*d names; timm's resnet50s is 64).
+    downsample: the projection shortcut of a downsampling unit (with shortcut_type 'B' / 'C'). 'conv' (default):
+      a strided 1x1 conv + BN (He et al. 2015). 'avg': ResNet-D (He et al. 2019 §4.2, Fig. 2c): a 2x2 average
+      pool with stride 2 (ceil mode, padding not counted: timm's avg_down), then a stride-1 1x1 conv + BN, so
+      the projection sees every input position instead of a quarter; units of stride 1 have no pool.
     unit_order: activation order of every unit, He et al. 2016 Fig. 4 / Table 2: 'original' (a), 'bn_after_add'
       (b), 'relu_before_add' (c), 'relu_preact' (d), 'full_preact' (e). Pre-activation nets (d)/(e) put an
       activation after the last unit's addition (full_preact: BN+ReLU; relu_preact: ReLU) and share the first
@@ -158,6 +170,7 @@ class ResNet(nn.Module):
   base_width: int = 64
   stem: str = "imagenet"
   stem_width: Optional[int] = None
+  downsample: str = "conv"
   num_classes: int = 1000
   unit_order: str = "original"
   shortcut_type: str = "B"
@@ -188,7 +201,15 @@ class ResNet(nn.Module):
 
   @property
   def stem_features(self) -> int:
+    """Channels the stem outputs (stage 1's input)."""
+    if self.stem == "deep":
+      return 2 * self.deep_stem_width
     return int(self.stage_widths[0] if self.stem_width is None else self.stem_width)
+
+  @property
+  def deep_stem_width(self) -> int:
+    """Width of the deep stem's first two 3x3 convs (ResNet-C: 32 for 64 output channels)."""
+    return int(self.stage_widths[0] // 2 if self.stem_width is None else self.stem_width)
 
   @property
   def num_units(self) -> int:
@@ -215,7 +236,7 @@ class ResNet(nn.Module):
         stride = 2 if (stage > 1 and position == 1) else 1  # He et al. 2015 §3.3: the first unit downsamples
         index = len(infos)
         changes_shape = stride != 1 or in_features != out_features
-        preact = self.order.unit_preact(index, changes_shape, stem_ends_activated=self.stem == "imagenet")
+        preact = self.order.unit_preact(index, changes_shape, stem_ends_activated=self.stem in IMAGENET_STEMS)
         infos.append(UnitInfo(index, stage, position, stride, in_features, out_features, preact,
                               self.unit_width(planes)))
         in_features = out_features
@@ -228,6 +249,7 @@ class ResNet(nn.Module):
         raise UserError(f"{name}={value!r} is not valid; choose one of {list(allowed)}")
     choice("block", self.block, units_lib.BLOCKS)
     choice("stem", self.stem, STEMS)
+    choice("downsample", self.downsample, DOWNSAMPLES)
     choice("unit_order", self.unit_order, units_lib.ORDERS)
     choice("shortcut_type", self.shortcut_type, units_lib.SHORTCUT_TYPES)
     choice("shortcut", self.shortcut, units_lib.SHORTCUTS)
@@ -264,6 +286,9 @@ class ResNet(nn.Module):
                       f"(indices 0..{self.num_units - 1})")
     if (self.stem_width is not None and self.stem_width < 1) or self.num_classes < 0:
       raise UserError("stem_width must be >= 1 and num_classes >= 0 (0: pooled features, no head)")
+    if self.stem == "deep" and self.deep_stem_width < 1:
+      raise UserError(f"the deep stem needs stem_width >= 1 (default stage_widths[0] // 2, here "
+                      f"{self.stage_widths[0]} // 2 = 0)")
     bad = [i for i in self.out_indices or () if not 0 <= int(i) <= len(self.stage_sizes)]
     if bad or (self.out_indices is not None and not self.out_indices):
       raise UserError(f"out_indices {self.out_indices} must be a non-empty selection of 0..{len(self.stage_sizes)} "
@@ -276,9 +301,9 @@ class ResNet(nn.Module):
   def feature_info(self) -> list[dict]:
     """Channels (`num_chs`), stride (`reduction`) and producing module of each `features_only` output, as
     timm's `feature_info`; e.g. ResNet-50: 256/4, 512/8, 1024/16, 2048/32 for indices 1-4."""
-    stem_stride = 2 if self.stem == "imagenet" else 1
+    stem_stride = 2 if self.stem in IMAGENET_STEMS else 1
     info = [dict(index=0, num_chs=self.stem_features, reduction=stem_stride, module="stem_bn")]
-    reduction = 2 * stem_stride if self.stem == "imagenet" else stem_stride  # after the max-pool
+    reduction = 2 * stem_stride if self.stem in IMAGENET_STEMS else stem_stride  # after the max-pool
     for stage, planes in enumerate(self.stage_widths, start=1):
       reduction *= 2 if stage > 1 else 1
       info.append(dict(index=stage, num_chs=planes * units_lib.EXPANSION[self.block], reduction=reduction,
@@ -337,10 +362,19 @@ class ResNet(nn.Module):
     return layers_lib.classifier(x, self.num_classes, layers.param_dtype)
 
   def _stem(self, layers: layers_lib.LayerFactory, x):
-    """ImageNet: 7x7/2 conv, BN-ReLU, 3x3/2 max-pool (He et al. 2015 Table 1 conv1). CIFAR: one 3x3 conv
+    """ImageNet: 7x7/2 conv, BN-ReLU, 3x3/2 max-pool (He et al. 2015 Table 1 conv1). Deep (ResNet-C, He et al.
+    2019 §4.2): 3x3/2, BN-ReLU, 3x3, BN-ReLU, 3x3, then the same BN-ReLU and max-pool. CIFAR: one 3x3 conv
     (§4.2) followed by the activation order's `after_stem`. Returns (activation output, input of stage 1)."""
-    if self.stem == "imagenet":
-      x = layers.conv(self.stem_features, 7, 2, name="stem_conv")(x)
+    if self.stem in IMAGENET_STEMS:
+      if self.stem == "imagenet":
+        x = layers.conv(self.stem_features, 7, 2, name="stem_conv")(x)
+      else:
+        width = self.deep_stem_width
+        x = layers.conv(width, 3, 2, name="stem_conv1")(x)
+        x = layers.norm(name="stem_bn1", relu=True)(x)
+        x = layers.conv(width, 3, 1, name="stem_conv2")(x)
+        x = layers.norm(name="stem_bn2", relu=True)(x)
+        x = layers.conv(self.stem_features, 3, 1, name="stem_conv3")(x)
       x = layers.norm(name="stem_bn", relu=True)(x)
       return x, nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     x = layers.conv(self.stem_features, 3, 1, name="stem_conv")(x)
@@ -352,6 +386,7 @@ class ResNet(nn.Module):
     scales, branch gradient gates, shortcut gradient gates), each None or indexed by unit along its first axis."""
     unit_options = dict(
         layers=layers, block=self.block, groups=self.cardinality, stride_on=self.stride_on, order=self.unit_order,
+        downsample=self.downsample,
         shortcut=self.shortcut, shortcut_type=self.shortcut_type,
         projection_norm=self.order.projection_norm if self.projection_norm is None else self.projection_norm,
         shortcut_scale=self.shortcut_scale, scale_residual=self.scale_residual, gate_bias_init=self.gate_bias_init,

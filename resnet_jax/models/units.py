@@ -35,6 +35,10 @@ Shortcut type, He et al. 2015 §3.3 / Table 3 (`shortcut_type`), for the shortcu
   'A': identity; where the shape changes, stride-s subsampling plus zero-padded channels (no parameters).
   'B': identity; where the shape changes, a projection (strided 1x1 conv, + BN).
   'C': a projection on every unit.
+
+Projection of a downsampling unit (`downsample`): 'conv', the strided 1x1 conv (He et al. 2015), or 'avg',
+ResNet-D of "Bag of Tricks" (He et al. 2019 §4.2, Fig. 2c): a 2x2/2 average pool (`layers.average_pool_2x2`)
+and a stride-1 1x1 conv, so no input position is skipped. Same parameters, same names (proj_conv, proj_bn).
 """
 
 from __future__ import annotations
@@ -110,6 +114,7 @@ BLOCKS = ("basic", "bottleneck", "single")
 SHORTCUTS = ("identity", "scaling", "exclusive_gate", "shortcut_gate", "conv1x1", "dropout", "none")
 SHORTCUT_TYPES = ("A", "B", "C")
 STRIDE_ON = ("3x3", "1x1")
+DOWNSAMPLES = ("conv", "avg")
 
 EXPANSION = {"basic": 1, "bottleneck": 4, "single": 1}
 
@@ -134,6 +139,7 @@ class ResidualUnit(nn.Module):
     groups: feature groups of the bottleneck's 3x3 conv (ResNeXt cardinality C).
     stride_on: bottleneck only: '3x3' (ResNet v1.5: torchvision, fb.resnet.torch, ResNeXt) or '1x1' (the
       paper's Caffe models and KaimingHe/resnet-1k-layers).
+    downsample: 'conv' (strided 1x1 projection) or 'avg' (ResNet-D: 2x2/2 average pool, then a 1x1 conv).
     order: activation order, a key of `ORDERS` ((a)-(e)).
     preact: 'branch' | 'shared' | 'none' (orders (d)/(e) only; `ActivationOrder.unit_preact`).
     shortcut, shortcut_type: variant and A/B/C type.
@@ -151,6 +157,7 @@ class ResidualUnit(nn.Module):
   stride: int = 1
   groups: int = 1
   stride_on: str = "3x3"
+  downsample: str = "conv"
   order: str = "original"
   preact: str = "branch"
   shortcut: str = "identity"
@@ -202,7 +209,11 @@ class ResidualUnit(nn.Module):
     h = None
     if self.shortcut != "none":
       if has_projection(self.shortcut, self.shortcut_type, changes_shape):
-        h = layers.conv(self.out_features, 1, self.stride, name="proj_conv")(shortcut_in)
+        if self.downsample == "avg" and self.stride != 1:
+          h = layers.conv(self.out_features, 1, 1, name="proj_conv")(
+              layers_lib.average_pool_2x2(shortcut_in, self.stride))
+        else:
+          h = layers.conv(self.out_features, 1, self.stride, name="proj_conv")(shortcut_in)
         if self.projection_norm:
           h = layers.norm(name="proj_bn")(h)
       elif changes_shape:
