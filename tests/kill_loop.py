@@ -41,9 +41,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TMP_SUFFIX = '.orbax-checkpoint-tmp'
 #: metrics.jsonl fields that depend on the wall clock (differ between identical runs).
 TIMING_FIELDS = ('images_per_sec', 'compile_s')
-#: A tiny residual network on the embedded digits: a run compiles and trains in seconds on one CPU core.
+#: A tiny residual network on the embedded digits: a run compiles and trains in seconds on one CPU core. (The
+#: test suite's one-device network, tests/test_distributed.py's TINY: under the suite its compiled train step is
+#: shared through the suite's compilation cache.)
 TINY = ['--config', 'configs/quickstart.py', '--config.batch_size=32', '--config.schedule.boundaries_epochs=None',
-        '--config.model.stage_widths=(8,8,8)', '--config.model.stage_sizes=(1,1,1)',
+        '--config.model.stage_widths=(8,16,16)', '--config.model.stage_sizes=(1,1,1)',
         '--config.eval_every_steps=1000']
 KEEP = 3  # config.keep_checkpoints of configs/default.py
 _STEP_LINE = re.compile(r'^step (\d+)/(\d+) \|')
