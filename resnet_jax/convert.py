@@ -23,6 +23,10 @@ padding k//2, grouped 3x3 for ResNeXt, BatchNorm epsilon 1e-5), so converting is
 
     conv1 -> stem_conv, bn1 -> stem_bn, layer{s}.{j}.conv{i} / bn{i} -> stage{s}_unit{j+1}/conv{i} / bn{i},
     layer{s}.{j}.downsample.0 / .1 -> proj_conv / proj_bn, fc -> head;
+    timm's "Bag of Tricks" names (resnet*d, resnet50c, resnet50s; He et al. 2019 §4.2): the deep stem
+    conv1.0 / 1.1 / 1.3 / 1.4 / 1.6 -> stem_conv1 / stem_bn1 / stem_conv2 / stem_bn2 / stem_conv3 (indices 2 and 5
+    are ReLUs, without tensors), bn1 -> stem_bn; ResNet-D's projection downsample.1 / .2 -> proj_conv / proj_bn
+    (downsample.0 is the average pool, without tensors);
     conv weight (O, I/groups, kh, kw) -> kernel (kh, kw, I/groups, O); fc weight (classes, C) -> kernel (C, classes);
     BN weight / bias -> params scale / bias, running_mean / running_var -> batch_stats mean / var.
 
@@ -42,6 +46,7 @@ takes uint8 images. Every check (file format, architecture, head) runs before an
 from __future__ import annotations
 
 import argparse
+import difflib
 import io
 import os
 import pickle
@@ -70,7 +75,10 @@ from resnet_jax.models import layers as layers_lib
 
 #: Registry names with a torchvision / timm counterpart of the same name and tensor layout.
 TORCH_MODELS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152', 'resnext50_32x4d',
-                'resnext101_32x4d', 'resnext101_32x8d', 'resnext101_64x4d', 'wide_resnet50_2')
+                'resnext101_32x4d', 'resnext101_32x8d', 'resnext101_64x4d', 'wide_resnet50_2',
+                # timm only (timm/models/resnet.py): ResNet-C/D of "Bag of Tricks"
+                'resnet18d', 'resnet26d', 'resnet34d', 'resnet50d', 'resnet101d', 'resnet152d', 'resnet50c',
+                'resnet50s')
 #: Weight files `load_state_dict` reads.
 FORMATS = ('.safetensors', '.pth', '.pt', '.bin')
 #: torchvision's ImageNet normalisation (transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224,
@@ -84,7 +92,10 @@ DEFAULT_CONFIG = os.path.join(config_lib.configs_directory(), 'default.py')  # c
 
 # Flax module name -> torch module name where they differ (conv{i} / bn{i} of a unit keep their names).
 _MODULES = {'stem_conv': 'conv1', 'stem_bn': 'bn1', 'proj_conv': 'downsample.0', 'proj_bn': 'downsample.1',
-            'head': 'fc'}
+            'head': 'fc', 'stem_conv1': 'conv1.0', 'stem_bn1': 'conv1.1', 'stem_conv2': 'conv1.3',
+            'stem_bn2': 'conv1.4', 'stem_conv3': 'conv1.6'}
+# timm's avg_down shortcut (`downsample_avg`): Sequential(pool, conv, norm), one index later than the plain one.
+_AVERAGE_DOWNSAMPLE_MODULES = {'proj_conv': 'downsample.1', 'proj_bn': 'downsample.2'}
 # Flax variable name -> torch tensor name (a conv's and a BN's 'weight' are told apart by the module).
 _LEAVES = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'}
 _HEAD = ('fc.weight', 'fc.bias')
@@ -102,13 +113,19 @@ def mismatch_report(missing: Sequence[str], unexpected: Sequence[str], shaped: S
           + '; '.join(listed) + (f' (and {more} more)' if more > 0 else ''))
 
 
-def torch_name(path: tuple[str, ...]) -> str:
-  """('params', 'stage2_unit1', 'proj_conv', 'kernel') -> 'layer2.0.downsample.0.weight'."""
+def torch_name(path: tuple[str, ...], downsample: str = 'conv') -> str:
+  """('params', 'stage2_unit1', 'proj_conv', 'kernel') -> 'layer2.0.downsample.0.weight'; with
+  downsample='avg' (a ResNet-D, `ResNet.downsample`) 'layer2.0.downsample.1.weight'."""
   _, *modules, leaf = path
   names = []
   for module in modules:
     unit = re.fullmatch(r'stage(\d+)_unit(\d+)', module)
-    names.append(f'layer{unit[1]}.{int(unit[2]) - 1}' if unit else _MODULES.get(module, module))
+    if unit:
+      names.append(f'layer{unit[1]}.{int(unit[2]) - 1}')
+    elif downsample == 'avg' and module in _AVERAGE_DOWNSAMPLE_MODULES:
+      names.append(_AVERAGE_DOWNSAMPLE_MODULES[module])
+    else:
+      names.append(_MODULES.get(module, module))
   return '.'.join(names + [_LEAVES[leaf]])
 
 
@@ -138,9 +155,13 @@ def _as_numpy(value: Any) -> np.ndarray:
 
 
 def check_model_name(model_name: str) -> None:
+  """UserError for a name without weights to import, naming the closest importable names first (timm has many
+  ResNets the zoo does not build: resnet50t, resnet26t, seresnet50, ...)."""
   if model_name not in TORCH_MODELS:
-    raise UserError(f'{model_name!r} has no torchvision/timm counterpart to import weights from; choose one of '
-                    f'{", ".join(TORCH_MODELS)}')
+    close = difflib.get_close_matches(str(model_name), TORCH_MODELS, n=3, cutoff=0.6)
+    hint = f'the nearest are {", ".join(close)}; ' if close else ''
+    raise UserError(f'{model_name!r} has no torchvision/timm counterpart to import weights from; {hint}choose one '
+                    f'of {", ".join(TORCH_MODELS)}')
 
 
 #: Prefixes that training wrappers put before every tensor name when the wrapper itself is saved:
@@ -213,7 +234,7 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], model_name: str, num_cl
   model = models.create_model(model_name, num_classes=num_classes)
   # The expected tree, from shapes only (no compilation, no weights).
   flat = traverse_util.flatten_dict(counting.abstract_variables(model, (1, 224, 224, 3)))
-  expected = {torch_name(path): path for path in flat}
+  expected = {torch_name(path, model.downsample): path for path in flat}
   head_shape = flat[('params', 'head', 'kernel')].shape if ('params', 'head', 'kernel') in flat else None
   if drop_head or head_shape is None:
     tensors = {name: value for name, value in tensors.items() if name not in _HEAD}

@@ -5,6 +5,8 @@ hold torchvision's logits for weights that tests/golden/weights.py generates fro
 with NumPy, and the manifest of those names and shapes. The test rebuilds the same state dict without torch,
 converts it and compares logits at 224x224 and at 193x193 (odd at every stride: torch's symmetric padding).
 Where torch and torchvision are installed, the same comparison also runs live against torchvision.
+timm's "Bag of Tricks" ResNets (deep stem, average-pool projection; He et al. 2019 §4.2) have golden files of
+their own in tests/golden/timm/ (make_timm_golden.py, timm 1.0.31) and a live test where timm is installed.
 """
 
 import functools
@@ -26,6 +28,8 @@ from resnet_jax.errors import UserError
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'golden')
 GOLDEN_MODELS = ('resnet18', 'resnet50', 'resnext50_32x4d', 'wide_resnet50_2')
+# timm only: basic units + ResNet-D, bottlenecks + ResNet-D, ResNet-C (deep stem, strided projection).
+TIMM_GOLDEN_MODELS = ('resnet18d', 'resnet26d', 'resnet50c')
 SIZES = (224, 193)
 # max |logit difference| / max |logit|, float32 (measured on CPU: <= 9e-7 golden, <= 2.3e-6 live).
 TOLERANCE = 1e-5
@@ -38,9 +42,10 @@ _spec.loader.exec_module(weights)
 @functools.lru_cache(maxsize=None)
 def golden(name):
   """(header and manifest, {'logits_224': ..., 'logits_193': ...}) of a golden model."""
-  with open(os.path.join(GOLDEN, 'torchvision', f'{name}.json')) as file:
+  library = 'timm' if name in TIMM_GOLDEN_MODELS else 'torchvision'
+  with open(os.path.join(GOLDEN, library, f'{name}.json')) as file:
     header = json.load(file)
-  with np.load(os.path.join(GOLDEN, 'torchvision', f'{name}.npz')) as logits:
+  with np.load(os.path.join(GOLDEN, library, f'{name}.npz')) as logits:
     return header, dict(logits)
 
 
@@ -96,6 +101,42 @@ def test_logits_equal_torchvision_live():
       with torch.no_grad():
         expected = network(torch.from_numpy(weights.images(1, size))).numpy()
       assert relative_error(logits(name, variables, size, 1), expected) <= TOLERANCE, (name, size)
+
+
+@pytest.mark.parametrize('size', SIZES)
+@pytest.mark.parametrize('name', TIMM_GOLDEN_MODELS)
+def test_logits_equal_timm_golden(name, size):
+  # timm's layout: conv1.0/1.1/1.3/1.4/1.6 + bn1 (deep stem), downsample.1/.2 (ResNet-D), fc. At 193 every
+  # ResNet-D pool ends in a partial window (ceil mode), which must average its valid cells only.
+  header, expected = golden(name)
+  assert header['timm'] == '1.0.31'
+  expected = expected[f'logits_{size}']
+  actual = logits(name, converted(name), size, header['batch'])
+  assert actual.shape == expected.shape
+  assert relative_error(actual, expected) <= TOLERANCE
+
+
+def test_logits_equal_timm_live():
+  torch = pytest.importorskip('torch')
+  timm = pytest.importorskip('timm')
+  for name in TIMM_GOLDEN_MODELS + ('resnet50d',):
+    network = timm.create_model(name, pretrained=False).eval()
+    tensors = weights.state_dict([(k, v.shape) for k, v in network.state_dict().items()])
+    network.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()}, strict=True)
+    variables = convert.from_torch_state_dict(network.state_dict(), name)
+    for size in SIZES:
+      with torch.no_grad():
+        expected = network(torch.from_numpy(weights.images(1, size))).numpy()
+      assert relative_error(logits(name, variables, size, 1), expected) <= TOLERANCE, (name, size)
+
+
+def test_a_timm_name_the_zoo_lacks_names_the_nearest():
+  with pytest.raises(UserError, match=r"'resnet26t' has no torchvision/timm counterpart .*the nearest are "
+                                      r"resnet26d"):
+    convert.from_torch_state_dict(state_dict('resnet26d'), 'resnet26t')
+  # A ResNet-D file for the plain name: its deep stem and pool-shifted projections are named.
+  with pytest.raises(UserError, match=r'another architecture.*unexpected conv1\.0\.weight'):
+    convert.from_torch_state_dict(state_dict('resnet18d'), 'resnet18')
 
 
 def test_pth_file_with_torch(tmp_path):
@@ -234,6 +275,7 @@ def test_cli_writes_a_directory_checkpoints_load_opens(tmp_path, resnet18_file, 
     (['--model', 'resnet50'], 'another architecture'),
     (['--model', 'resnet18', '--num_classes', '10'], 'pass drop_head'),
     (['--model', 'cifar_resnet20'], 'no torchvision/timm counterpart'),
+    (['--model', 'resnet50t'], 'the nearest are resnet50'),
 ])
 def test_cli_errors_write_nothing(tmp_path, resnet18_file, capsys, args, message):
   out = tmp_path / 'out'
