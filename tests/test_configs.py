@@ -68,6 +68,16 @@ def test_recipes_follow_the_papers():
   assert r50.input.train_crop == 'inception' and r50.optimizer.nesterov and r50.batch_size == 256
   assert config_lib.build_config(imagenet + ':resnet34_option_a').input.eval_crop_mode == 'ten'
   assert config_lib.build_config(imagenet + ':preact_resnet200_320').input.eval_crop == 320
+  # He et al. 2019 Table 5: the same recipe, only the architecture differs (ResNet-50 v1, -B, -C, -D).
+  tricks = {row: config_lib.build_config(imagenet + f':{row}') for row in
+            ('resnet50_tricks', 'resnet50b_tricks', 'resnet50c_tricks', 'resnet50d_tricks')}
+  assert [(c.model.name, c.model.get('stride_on', '3x3')) for c in tricks.values()] == [
+      ('resnet50', '1x1'), ('resnet50', '3x3'), ('resnet50c', '3x3'), ('resnet50d', '3x3')]
+  assert [c.paper.published_error for c in tricks.values()] == [23.79, 23.34, 23.13, 22.84]
+  d = tricks['resnet50d_tricks']
+  assert (d.input.train_crop, d.input.color_jitter, d.input.pca_lighting, d.input.eval_crop) == (
+      'inception', 0.4, 0.1, 224)
+  assert d.batch_norm.group_size == 128 and d.augment.normalization == 'imagenet'
 
 
 def test_compute_dtype_names():
@@ -110,6 +120,11 @@ PAPER_RECIPES = {
     # Huang et al. 2017 §4.2: batch 64, 300 epochs, lr 0.1 /10 at 50% and 75%, wd 1e-4, Nesterov 0.9.
     'Huang et al. 2017, Table 2': dict(lr=0.1, drops_epochs=(150, 225), total_epochs=300, batch=64, wd=1e-4,
                                        momentum=0.9, nesterov=True, warmup=None),
+    # He et al. 2019 §2.1 + §3.1 (Table 5's setting): NAG, batch 1024, lr 0.1 x 1024/256 = 0.4 after a linear
+    # warm-up of 5 epochs from 0, /10 at epochs 30, 60, 90 of 120, wd 1e-4 without bias/BN decay, zero gamma.
+    'He et al. 2019 (Bag of Tricks), Table 5': dict(lr=0.4, drops_epochs=(30, 60, 90), total_epochs=120,
+                                                    batch=1024, wd=1e-4, wd_on='kernels', momentum=0.9,
+                                                    nesterov=True, linear_warmup_epochs=5, zero_gamma=True),
     'fb.resnet.torch': None,   # a code release, not a paper: its recipe is the config's default, not checked here
 }
 # Parameter counts the papers state (M): He et al. 2015 Table 6, He et al. 2016 Table 3/4, Xie et al. 2017
@@ -148,11 +163,14 @@ def test_every_row_follows_its_papers_recipe(module, row):
   if 'total_epochs' in recipe:
     assert config.total_epochs == recipe['total_epochs'] and config.total_steps is None
   if 'wd' in recipe:
-    assert optimizer.weight_decay == recipe['wd'] and optimizer.weight_decay_on == 'all'
+    assert optimizer.weight_decay == recipe['wd'] and optimizer.weight_decay_on == recipe.get('wd_on', 'all')
   if 'momentum' in recipe:
     assert optimizer.name == 'sgd' and optimizer.momentum == recipe['momentum']
   if 'nesterov' in recipe:
     assert optimizer.nesterov == recipe['nesterov']
+  if 'linear_warmup_epochs' in recipe:
+    assert schedule.warmup == 'linear' and schedule.warmup_epochs == recipe['linear_warmup_epochs']
+  assert config.model.get('zero_init_last_bn', False) == recipe.get('zero_gamma', False)
   if 'warmup' in recipe:
     warmup = recipe['warmup']
     if row in ('resnet110', 'resnet1202'):   # He et al. 2015 §4.2: 0.01 until training error < 80% (~400 it.)
