@@ -354,6 +354,11 @@ def inference_graph(model, variables, features: bool = False) -> InferenceGraph:
   if getattr(backbone, 'features_only', False):
     raise UserError('export takes a classifier (features_only=False); use features=True for the pooled features')
   backbone.check_options()
+  if isinstance(backbone, ResNet) and (backbone.stem == 'deep' or backbone.downsample == 'avg'):
+    # The graph has no deep stem or ResNet-D pool yet (He et al. 2019 §4.2); building one without them would be
+    # another network, refused late by the logit check.
+    raise UserError(f'export does not build the deep stem or the average-pool projection of ResNet-C/D yet '
+                    f'(stem={backbone.stem!r}, downsample={backbone.downsample!r}); use the checkpoint in JAX')
   if isinstance(backbone, ResNet) and backbone.scan_units:
     unrolled = unscan_variables({'params': params, 'batch_stats': stats}, backbone)
     params, stats = unrolled['params'], unrolled['batch_stats']

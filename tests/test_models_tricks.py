@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from model_helpers import random_variables
+from resnet_jax import export
+from resnet_jax.errors import UserError
 from resnet_jax.models import create_model, layers, scan_variables
 from resnet_jax.models.counting import abstract_variables
 
@@ -88,3 +90,10 @@ def test_tweaks_work_with_scan_bf16_ghost_bn_and_lesions():
   np.testing.assert_allclose(model.apply(variables, x, branch_gates=gates),
                              _tiny_d(lesioned_units=(2,)).apply(variables, x), rtol=1e-6, atol=1e-6)
   assert not np.allclose(model.apply(variables, x, branch_gates=gates), logits)
+
+
+def test_export_refuses_the_tweaks_it_does_not_build():
+  # resnet_jax.export's graph has no deep stem or ResNet-D pool: one clear error before anything is traced.
+  for model in (_tiny_d(), create_model("resnet50", downsample="avg")):
+    with pytest.raises(UserError, match="export does not build the deep stem or the average-pool projection"):
+      export.inference_graph(model, {"params": {}, "batch_stats": {}})
