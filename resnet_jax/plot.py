@@ -70,6 +70,20 @@ def _label(run_dir: str) -> str:
     return name
 
 
+def _finite(series: dict[str, Any], run_dir: str) -> dict[str, Any]:
+  """`series` without its NaN or infinite points (a diverged or hand-edited run), named in one warning."""
+  dropped = []
+  for part in ('train', 'test'):
+    steps, values = series[part]
+    kept = [(step, value) for step, value in zip(steps, values) if math.isfinite(value)]
+    dropped += [f'{part} step {step}' for step, value in zip(steps, values) if not math.isfinite(value)]
+    series[part] = tuple(list(v) for v in zip(*kept)) if kept else ([], [])
+  if dropped:
+    _warn(f"{run_dir}: not drawn, NaN or infinite: {', '.join(dropped[:5])}"
+          + (f' (and {len(dropped) - 5} more)' if len(dropped) > 5 else ''))
+  return series
+
+
 def _median_band(curves: Sequence[tuple[list, list]]):
   by_step: dict[int, list[float]] = {}
   for steps, values in curves:
@@ -84,7 +98,8 @@ def workdir_series(workdir: str, metric: str = 'error', runs: Sequence[str] | No
   """The curves of one workdir (a run, or the median and min-max band of a reproduce directory's seeds); `runs`:
   the run directories of it to draw (default: all)."""
   runs = _run_dirs(workdir) if runs is None else list(runs)
-  per_run = [metrics_lib.curve_series(metrics_lib.read_metrics(run), _label(run), metric) for run in runs]
+  per_run = [_finite(metrics_lib.curve_series(metrics_lib.read_metrics(run), _label(run), metric), run)
+             for run in runs]
   if len(per_run) == 1 and runs[0] == workdir:
     return per_run[0]
   series = {'label': f"{per_run[0]['label']} (median of {len(per_run)})"}

@@ -373,7 +373,25 @@ def test_plot_uses_a_log_error_axis_when_errors_span_decades(tmp_path, monkeypat
   far = _fake_run(tmp_path / 'c', test_accuracy=0.999)   # 0.1% beside 50%
   assert _plot(close[0], far, '--out', str(tmp_path / 'log.png'))[0] == 0
   assert [ax.get_yscale() for ax, _ in drawn] == ['linear', 'log']
-  assert not math.isnan(drawn[1][1][1]['test'][1][-1])
+
+
+@pytest.mark.parametrize('metric', ['error', 'loss'])
+def test_plot_leaves_out_non_finite_points_with_one_warning(tmp_path, monkeypatch, metric):
+  drawn = _drawn(monkeypatch)
+  run = _fake_run(tmp_path / 'diverged')
+  path = os.path.join(run, 'metrics.jsonl')
+  with open(path) as file:
+    lines = file.read().splitlines()
+  lines[3] = json.dumps({'step': 30, 'train_loss': math.inf, 'train_accuracy': math.nan})  # Infinity, NaN
+  lines[-1] = '{"step": 40, "test_accuracy": Infinity, "test_loss": NaN}'
+  with open(path, 'w') as file:
+    file.write('\n'.join(lines) + '\n')
+  status, out, err = _plot(run, '--out', str(tmp_path / 'fig.png'), '--metric', metric)
+  assert status == 0 and out.strip() == f'{tmp_path}/fig.png', err
+  series = drawn[0][1][0]
+  assert series['train'][0] == [10, 20, 40] and series['test'][0] == [20]
+  assert all(math.isfinite(value) for part in ('train', 'test') for value in series[part][1])
+  assert warnings_of(err) == [f'warning: {run}: not drawn, NaN or infinite: train step 30, test step 40']
 
 
 # ----------------------------------------------------------------------------------------------------------
