@@ -715,3 +715,18 @@ def test_a_convert_that_cannot_write_is_one_error_line(tmp_path, resnet18_file, 
   status, _, err = _convert(resnet18_file, '--model', 'resnet18', '--out', out)
   assert_one_error_line(status, err, f'--out {out} cannot be written (No space left on device)')
   assert not os.path.exists(out)
+
+
+def test_an_unwritable_home_is_one_error_line_naming_the_data_dir(tmp_path):
+  # A fresh process: TFDS reads its default directory (~/tensorflow_datasets) when it is imported.
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'file').write_text('x')
+  home = tmp_path / 'file' / 'home'  # below a file: not creatable, even by root
+  env = {key: value for key, value in os.environ.items() if key != 'TFDS_DATA_DIR'}
+  env.update(HOME=str(home), JAX_PLATFORMS='cpu')
+  result = subprocess.run([sys.executable, '-m', 'resnet_jax.main', '--config', QUICKSTART, '--workdir',
+                           str(tmp_path / 'run')], env=env, capture_output=True, text=True, timeout=300)
+  assert_one_error_line(result.returncode, result.stderr, f"the built-in dataset 'digits' cannot be built in "
+                                                          f"{home}/tensorflow_datasets (Not a directory")
+  assert sorted(os.listdir(tmp_path)) == ['file']
