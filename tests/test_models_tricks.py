@@ -3,6 +3,9 @@ average-pool projection (`downsample='avg'`), against NumPy re-statements of tim
 other options (scan_units, bf16, ghost BN, lesions). Parameter counts: test_models_zoo.py (timm's, every name);
 MACs against the paper's Table 5: test_models_params.py; logits against timm: test_convert.py."""
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -70,26 +73,31 @@ def test_average_projection_is_pool_then_unit_stride_conv():
   np.testing.assert_allclose(got, expected, rtol=2e-5, atol=2e-5)
 
 
+def _jitted(model, **options):
+  """model.apply compiled whole: one XLA program per variant costs less than running each op eagerly."""
+  return jax.jit(functools.partial(model.apply, **options))
+
+
 def test_tweaks_work_with_scan_bf16_ghost_bn_and_lesions():
   model = _tiny_d()
   x = jnp.asarray(np.random.default_rng(2).standard_normal((4, 40, 40, 3)), jnp.float32)
   variables = random_variables(model, x.shape)
-  logits = model.apply(variables, x)
+  logits = _jitted(model)(variables, x)
   scanned = _tiny_d(scan_units=True)
-  np.testing.assert_allclose(scanned.apply(scan_variables(variables, scanned), x), logits, rtol=2e-5, atol=2e-5)
-  half = _tiny_d(dtype="bfloat16").apply(variables, x)
+  np.testing.assert_allclose(_jitted(scanned)(scan_variables(variables, scanned), x), logits, rtol=2e-5, atol=2e-5)
+  half = _jitted(_tiny_d(dtype="bfloat16"))(variables, x)
   assert half.dtype == jnp.float32 and float(jnp.max(jnp.abs(half - logits))) < 0.1 * float(jnp.max(jnp.abs(logits)))
   # Ghost BN in training: statistics per 2 examples = two separate calls of 2.
-  ghost = _tiny_d(bn_group_size=2)
-  together, _ = ghost.apply(variables, x, train=True, mutable=["batch_stats"])
-  halves = [model.apply(variables, x[i:i + 2], train=True, mutable=["batch_stats"])[0] for i in (0, 2)]
+  together, _ = _jitted(_tiny_d(bn_group_size=2), train=True, mutable=["batch_stats"])(variables, x)
+  train = _jitted(model, train=True, mutable=["batch_stats"])
+  halves = [train(variables, x[i:i + 2])[0] for i in (0, 2)]
   np.testing.assert_allclose(together, jnp.concatenate(halves), rtol=2e-5, atol=2e-5)
   # Lesions (Veit et al. 2016) reach the units after the deep stem: runtime gates = static lesions.
   gates = np.ones(model.num_units, np.float32)
   gates[2] = 0.0
-  np.testing.assert_allclose(model.apply(variables, x, branch_gates=gates),
-                             _tiny_d(lesioned_units=(2,)).apply(variables, x), rtol=1e-6, atol=1e-6)
-  assert not np.allclose(model.apply(variables, x, branch_gates=gates), logits)
+  lesioned = _jitted(model)(variables, x, branch_gates=gates)
+  np.testing.assert_allclose(lesioned, _jitted(_tiny_d(lesioned_units=(2,)))(variables, x), rtol=1e-6, atol=1e-6)
+  assert not np.allclose(lesioned, logits)
 
 
 def test_export_refuses_the_tweaks_it_does_not_build():
