@@ -432,7 +432,7 @@ def main(argv):
         raise UserError('--aggregate needs one or more directories: reproduce workdirs or run workdirs')
       out = FLAGS.workdir or (args[0] if len(args) == 1 else None)
       if out and storage.exists(out) and not storage.is_dir(out):
-        raise UserError(f'{out} is a file; pass a directory for results.md and results.csv with --workdir')
+        raise UserError(f'{out} is a file; pass a directory for the results table (.md and .csv) with --workdir')
       summaries = aggregate(args)
       written = write_results(summaries, out) if out else []
       print(markdown_table(summaries))

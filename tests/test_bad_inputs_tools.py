@@ -253,7 +253,8 @@ def test_aggregate_into_a_place_it_cannot_write_is_one_error_line(tmp_path, wher
   target = {'file': tmp_path / 'file', 'under_a_file': tmp_path / 'file' / 'results'}[where]
   before = snapshot(str(tmp_path))
   status, _, err = _aggregate(run, workdir=str(target))
-  message = {'file': f'{target} is a file; pass a directory', 'under_a_file': f'cannot write the results to {target}'}
+  message = {'file': f'{target} is a file; pass a directory for the results',
+             'under_a_file': f'cannot write the results to {target}'}
   assert_one_error_line(status, err, message[where])
   assert snapshot(str(tmp_path)) == before
 
@@ -420,7 +421,8 @@ def _train_cli(tmp_path, monkeypatch, *overrides):
      "config.optimizer.lr_multipliers gives every parameter of cifar_preact_resnet20 that "
      "config.freeze=['stem', 'stage1', 'stage2'] leaves a learning rate of 0"),
     (['--config.optimizer.lr_multipliers=head=inf'], "config.optimizer.lr_multipliers['head'] = inf must be a finite"),
-    (['--config.optimizer.lr_multipliers=head=1e400'], "config.optimizer.lr_multipliers['head'] = inf must be a finite"),
+    (['--config.optimizer.lr_multipliers=head=1e400'],
+     "config.optimizer.lr_multipliers['head'] = inf must be a finite"),
     (['--config.optimizer.lr_multipliers=head=nan'], "config.optimizer.lr_multipliers['head'] = nan must be a finite"),
     # Every parameter frozen, only the BatchNorm statistics left to move (they are not frozen with them here).
     (['--config.freeze=stem,stage1,stage2,stage3,head', '--config.batch_norm.freeze_frozen_stats=false'],
