@@ -101,3 +101,20 @@ def test_dropping_the_average_on_resume_says_so(runs, capsys):
   assert not checkpoints.load(runs['at_six']).ema
   final = [json.loads(line) for line in open(os.path.join(runs['at_six'], 'metrics.jsonl'))][-1]
   assert 'test_accuracy' in final and 'ema_test_accuracy' not in final
+
+
+def test_turning_the_average_on_when_resuming_starts_it_from_the_weights(run_copy, capsys):
+  """A run saved without an average, resumed with one (--allow_config_change): the average starts from the
+  checkpoint's weights, and the run says so."""
+  on = {'total_steps': '14', 'ema.decay': '0.9'}
+  train.train_and_evaluate(conftest.tiny_config(**on), run_copy, allow_config_change=True)
+  assert 'it starts from the step-12 weights' in capsys.readouterr().err
+  final = [json.loads(line) for line in open(os.path.join(run_copy, 'metrics.jsonl'))][-1]
+  assert final['step'] == 14 and 'ema_test_accuracy' in final
+  assert checkpoints.load(run_copy).ema
+
+
+@pytest.mark.parametrize('field, value', [('ema.decay', '1.0'), ('ema.decay', '-0.5'), ('ema.every_steps', '0')])
+def test_an_average_nobody_meant_is_refused(field, value):
+  with pytest.raises(config_lib.UserError, match=f'config.{field}={value} is out of range'):
+    config_lib.validate(tiny_config(**{field: value}))
