@@ -5,7 +5,8 @@ Every case ends in one clear refusal (a `ValueError`/`UserError` naming what was
 result with one `warning:` line saying what was done about the input. The command lines run in-process
 (conftest.run_cli). The cases that need a checkpoint share one tiny run of this module (`tiny_run`: the suite's
 tiny quickstart); the aggregation and plotting cases build their runs' files by hand (`_fake_run`), as a killed or
-hand-edited run leaves them. docs/RELIABILITY.md lists the cases.
+hand-edited run leaves them. The non-editable install is checked by `.ci/check_installed` (a wheel installed apart,
+every command line run from another directory). docs/RELIABILITY.md lists the cases.
 """
 
 import json
@@ -532,6 +533,21 @@ def test_the_embedded_dataset_in_an_unwritable_data_dir_is_one_error_line(tmp_pa
   assert sorted(os.listdir(tmp_path)) == ['file']
 
 
+def test_an_unwritable_home_is_one_error_line_naming_the_data_dir(tmp_path):
+  # A fresh process: TFDS reads its default directory (~/tensorflow_datasets) when it is imported.
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'file').write_text('x')
+  home = tmp_path / 'file' / 'home'  # below a file: not creatable, even by root
+  env = {key: value for key, value in os.environ.items() if key != 'TFDS_DATA_DIR'}
+  env.update(HOME=str(home), JAX_PLATFORMS='cpu')
+  result = subprocess.run([sys.executable, '-m', 'resnet_jax.main', '--config', QUICKSTART, '--workdir',
+                           str(tmp_path / 'run')], env=env, capture_output=True, text=True, timeout=300)
+  assert_one_error_line(result.returncode, result.stderr, f"the built-in dataset 'digits' cannot be built in "
+                                                          f"{home}/tensorflow_datasets (Not a directory")
+  assert sorted(os.listdir(tmp_path)) == ['file']
+
+
 @pytest.mark.parametrize('workdir, message', [
     ('{tmp}/' + 'a' * 300, '--workdir {tmp}/aaa... cannot be created (File name too long)'),
     ('{tmp}/' + 'a/' * 2100, '--workdir is ... bytes long: the files of a run need at most ... (the system\'s path '
@@ -718,17 +734,3 @@ def test_a_convert_that_cannot_write_is_one_error_line(tmp_path, resnet18_file, 
   assert_one_error_line(status, err, f'--out {out} cannot be written (No space left on device)')
   assert not os.path.exists(out)
 
-
-def test_an_unwritable_home_is_one_error_line_naming_the_data_dir(tmp_path):
-  # A fresh process: TFDS reads its default directory (~/tensorflow_datasets) when it is imported.
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  (tmp_path / 'file').write_text('x')
-  home = tmp_path / 'file' / 'home'  # below a file: not creatable, even by root
-  env = {key: value for key, value in os.environ.items() if key != 'TFDS_DATA_DIR'}
-  env.update(HOME=str(home), JAX_PLATFORMS='cpu')
-  result = subprocess.run([sys.executable, '-m', 'resnet_jax.main', '--config', QUICKSTART, '--workdir',
-                           str(tmp_path / 'run')], env=env, capture_output=True, text=True, timeout=300)
-  assert_one_error_line(result.returncode, result.stderr, f"the built-in dataset 'digits' cannot be built in "
-                                                          f"{home}/tensorflow_datasets (Not a directory")
-  assert sorted(os.listdir(tmp_path)) == ['file']
