@@ -3,15 +3,21 @@
 The README's ```bash blocks are parsed into commands. Each is either run here, in the README's order, in a
 scratch directory holding the repository's `configs/` (so `runs/...` paths are as written), with only size
 overrides appended (fewer steps, a smaller network, fewer analysis examples), or listed in NOT_RUN with the
-reason it cannot run offline on a CPU. A command added to the README without either fails the first test.
+reason it cannot run offline on a CPU. They run in this process, through each CLI's own argument parsing and
+main() (test_cli runs the training command as a separate process). A command added to the README without either fails the first test.
 """
 
+import contextlib
+import importlib
+import inspect
+import io
 import json
 import os
 import re
 import shlex
+import sys
 
-from conftest import run_python
+from conftest import run_cli
 from test_convert import state_dict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -150,25 +156,48 @@ def size_overrides(command: str) -> tuple[str, ...]:
   return ()
 
 
-def run(command: str, cwd) -> str:
-  """Runs a README command as written (plus its size overrides) in `cwd`; returns stdout + stderr."""
+#: The command-line modules whose flags are absl's: run by conftest.run_cli with private flags.
+ABSL_CLIS = {'resnet_jax.main': 'main', 'resnet_jax.reproduce': 'reproduce', 'resnet_jax.analysis': 'analysis/__main__',
+             'resnet_jax.plot': 'plot'}
+
+
+def run(command: str, cwd, monkeypatch) -> str:
+  """Runs a README command as written (plus its size overrides) in `cwd`, in this process (a Python process
+  per command cost the suite a minute: the CLIs' own parsing and main() run as `python -m` runs them); returns
+  stdout + stderr."""
   args = shlex.split(command)
   assert args[:2] == ['python', '-m'], command
-  result = run_python(args[1:] + list(size_overrides(command)), cwd=str(cwd))
-  output = result.stdout + result.stderr
-  assert result.returncode == 0, f'{command}\n{output[-3000:]}'
+  module, argv = args[2], args[3:] + list(size_overrides(command))
+  if module in ABSL_CLIS:
+    status, out, err = run_cli(ABSL_CLIS[module], argv, cwd=str(cwd))
+  else:  # argparse CLIs: main(argv), or main() reading sys.argv
+    program = importlib.import_module(module)
+    out, err, before = io.StringIO(), io.StringIO(), os.getcwd()
+    monkeypatch.setattr(sys, 'argv', [module, *argv])
+    try:
+      os.chdir(cwd)
+      with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        program.main(*([argv] if inspect.signature(program.main).parameters else []))
+      status = 0
+    except SystemExit as exit_:
+      status = exit_.code or 0
+    finally:
+      os.chdir(before)
+    out, err = out.getvalue(), err.getvalue()
+  output = out + err
+  assert status == 0, f'{command}\n{output[-3000:]}'
   assert 'Traceback' not in output, f'{command}\n{output[-3000:]}'
   return output
 
 
-def test_the_readme_commands_run_offline_as_written(tmp_path):
+def test_the_readme_commands_run_offline_as_written(tmp_path, monkeypatch):
   os.symlink(os.path.join(REPO, 'configs'), tmp_path / 'configs')
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   save_file(state_dict('resnet50'), str(tmp_path / 'resnet50.safetensors'))  # "a torchvision file", generated
   runs = tmp_path / 'runs'
   outputs = {}
   for command in RUN:
-    outputs[command] = run(command, tmp_path)
+    outputs[command] = run(command, tmp_path, monkeypatch)
 
   quickstart = runs / 'quickstart'
   for name in ('config.json', 'metrics.jsonl', 'curves.png', 'checkpoints'):
