@@ -217,13 +217,15 @@ def make_train_step(model, tx, augment, config) -> Callable:
 
   def train_step(state: state_lib.TrainState, batch):
     augment_key, dropout_key = step_keys(seed, state.step)
-    images = augment(augment_key, batch['image'])
+    images, label_weight = augment.apply(augment_key, batch['image'])  # label_weight: mixup/CutMix's lambda
     labels = batch['label']
 
     def loss_fn(params):
       logits, updates = apply({'params': params, 'batch_stats': state.batch_stats}, images, train=True,
                               rngs={'dropout': dropout_key}, mutable=['batch_stats'])
-      targets = losses.one_hot_targets(labels, logits.shape[-1], label_smoothing)
+      # Smoothed, then mixed with the partners' targets as the images were (timm's mixup_target): soft targets
+      # that the softmax and the BCE loss both take.
+      targets = augment.mix_targets(losses.one_hot_targets(labels, logits.shape[-1], label_smoothing), label_weight)
       loss = jnp.mean(losses.classification_loss(logits, targets, config.loss, config.bce_target_threshold))
       return loss, (logits, updates.get('batch_stats', state.batch_stats))
 
@@ -238,6 +240,7 @@ def make_train_step(model, tx, augment, config) -> Callable:
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
     if state.ema is not None:  # the run keeps a moving average (config.ema.decay > 0)
       new_state = new_state.replace(ema=updated_ema(new_state, config.ema))
+    # Train accuracy counts each image against its own label, mixed or not (README, Modern baselines).
     correct = jnp.sum(jnp.argmax(logits, -1) == labels)
     metrics = {'loss': jnp.where(finite, loss, 0.0) * labels.shape[0], 'correct': correct.astype(jnp.float32),
                'examples': jnp.float32(labels.shape[0]), 'finite': finite}

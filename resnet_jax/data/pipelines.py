@@ -193,6 +193,14 @@ class InputOptions:
   normalization: str = 'per_channel'
   # fb.resnet.torch normalises before padding, so padding shows the mean colour; False pads with black.
   pad_after_normalize: bool = True
+  # Mixup (Zhang et al. 2018) and CutMix (Yun et al. 2019) of whole batches inside the jitted step, timm's
+  # semantics (augment.mix_images): lambda ~ Beta(alpha, alpha), 0 turns each off (RSB A1 and torchvision's v2
+  # recipe: mixup 0.2, cutmix 1.0; RSB A2/A3: 0.1, 1.0); mix_prob: how often a batch is mixed (timm --mixup-prob);
+  # mix_switch_prob: CutMix rather than mixup when both are on (timm --mixup-switch-prob; torchvision 0.5).
+  mixup_alpha: float = 0.0
+  cutmix_alpha: float = 0.0
+  mix_prob: float = 1.0
+  mix_switch_prob: float = 0.5
   # input.*: large images (ImageNet) streamed through Grain, and the machinery.
   device_max_bytes: int = 2 * 1024**3  # 'auto' keeps a fixed-shape split on the devices up to this uint8 size
   # 'inception' (random-sized crop, fb.resnet.torch), 'scale' (He et al. 2015 Sec. 3.4), 'pad_crop' (small
@@ -220,7 +228,8 @@ class InputOptions:
 
   # Options a config sets outside `config.input` (where configs have always had them); not a field.
   SECTIONS = {'pipeline': 'dataset', 'crop_padding': 'augment', 'flip': 'augment', 'normalization': 'augment',
-              'pad_after_normalize': 'augment'}
+              'pad_after_normalize': 'augment', 'mixup_alpha': 'augment', 'cutmix_alpha': 'augment',
+              'mix_prob': 'augment', 'mix_switch_prob': 'augment'}
 
 
 def option_defaults(section: str) -> dict[str, Any]:
@@ -257,6 +266,11 @@ def input_options(config) -> InputOptions:
   values['eval_num_workers'] = workers if values['eval_num_workers'] < 0 else values['eval_num_workers']
   options = InputOptions(**values)
   _validate(options)
+  batch_size = config.get('batch_size') if hasattr(config, 'get') else getattr(config, 'batch_size', None)
+  if batch_size is not None and int(batch_size) % 2 and device_augmentation(options, 'none', None).mixes_labels:
+    raise UserError(f"config.batch_size={batch_size} is odd, but mixup/CutMix (config.augment.mixup_alpha, "
+                    "cutmix_alpha) pair every example with another one of the batch, as timm's Mixup, which "
+                    "requires an even batch; use an even config.batch_size")
   return options
 
 
@@ -298,6 +312,13 @@ def _validate(options: InputOptions) -> None:
     raise UserError("config.input.num_threads and prefetch must be >= 1")
   if options.crop_padding < 0:
     raise UserError(f"config.augment.crop_padding={options.crop_padding} must be >= 0")
+  for name in ('mixup_alpha', 'cutmix_alpha'):
+    if not getattr(options, name) >= 0:  # `not >=` refuses NaN too
+      raise UserError(f"config.augment.{name}={getattr(options, name)} must be >= 0 (the Beta(alpha, alpha) "
+                      "of its mixing weight; 0 turns it off; the recipes use 0.1 to 1.0)")
+  for name in ('mix_prob', 'mix_switch_prob'):
+    if not 0 <= getattr(options, name) <= 1:
+      raise UserError(f"config.augment.{name}={getattr(options, name)} is a probability: use a value in [0, 1]")
   if (options.mean is None) != (options.std is None):
     raise UserError("set both config.input.mean and config.input.std, or neither")
   if options.std is not None and min(options.std) <= 0:
@@ -436,11 +457,13 @@ def make_train_data(config, mesh: Mesh, train_source: ExampleSource, *,
 
 def device_augmentation(options: InputOptions, crop: str, mean: Any) -> augment_lib.SmallImageAugment:
   """The device operations of training for either pipeline: pad-and-crop for crop 'pad_crop' (the device-resident
-  pipeline always), and the flip. pad_after_normalize pads the centred image with zeros (exact for per-channel and
-  per-pixel means)."""
+  pipeline always), the flip, and mixup/CutMix. pad_after_normalize pads the centred image with zeros (exact for
+  per-channel and per-pixel means)."""
   padding = options.crop_padding if crop == 'pad_crop' else 0
   center = mean if options.pad_after_normalize and padding else None
-  return augment_lib.SmallImageAugment(crop_padding=padding, flip=options.flip, center=center)
+  return augment_lib.SmallImageAugment(crop_padding=padding, flip=options.flip, center=center,
+                                       mixup_alpha=options.mixup_alpha, cutmix_alpha=options.cutmix_alpha,
+                                       mix_prob=options.mix_prob, mix_switch_prob=options.mix_switch_prob)
 
 
 def make_eval_batches(config, mesh: Mesh, eval_source: ExampleSource, *,
