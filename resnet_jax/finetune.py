@@ -197,10 +197,20 @@ def load_initialization(config: ml_collections.ConfigDict, model, image_shape) -
   if missing or unexpected or shaped:
     raise UserError(f"config.init_from {description} does not fit {config.model.name} (another architecture?): "
                     + convert.mismatch_report(missing, unexpected, shaped, 'variables')
-                    + "; config.init_exclude lists variables that start fresh")
+                    + "; config.init_exclude lists variables that start fresh" + _layout_hint(target, source))
   values = {key: np.asarray(source[key], target[key].dtype) for key in target if key[1] not in excluded}
   fresh = [key for key in target if key[1] in excluded]
   return Initialization(values=values, fresh=fresh, source=description)
+
+
+def _layout_hint(target, source) -> str:
+  """Names config.model.scan_units when the source and the model differ in that layout alone (scanned units are
+  stacked under `stageN_scan`, unrolled ones are `stageN_unitK`): the same network, stored another way."""
+  scanned = lambda flat: any('_scan/' in path for _, path in flat)
+  if scanned(target) == scanned(source):
+    return ''
+  return (f"; the source stores its units {'scanned' if scanned(source) else 'unrolled'} and this model "
+          f"{'scanned' if scanned(target) else 'unrolled'}: set config.model.scan_units={scanned(source)} to load it")
 
 
 def initialize(state, init: Optional[Initialization]):

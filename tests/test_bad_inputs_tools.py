@@ -18,6 +18,7 @@ import shutil
 import numpy as np
 import pytest
 
+import conftest
 from conftest import QUICKSTART
 from conftest import run_cli
 from conftest import snapshot
@@ -734,3 +735,17 @@ def test_a_convert_that_cannot_write_is_one_error_line(tmp_path, resnet18_file, 
   assert_one_error_line(status, err, f'--out {out} cannot be written (No space left on device)')
   assert not os.path.exists(out)
 
+
+
+
+def test_init_from_the_other_unit_layout_names_scan_units(trained):
+  """Category 2, scanned vs unrolled: a run's weights are stored unrolled; a model with scan_units=True (the same
+  network, its units stacked) is refused with the one setting that loads them, and that setting loads them."""
+  from resnet_jax import classifier, finetune  # pylint: disable=g-import-not-at-top
+  def initialization(**overrides):
+    config = conftest.tiny_config(init_from=trained, **overrides)
+    return finetune.load_initialization(config, classifier.model_from_config(config, 10, (0.0,), (1.0,)), (8, 8, 1))
+  with pytest.raises(UserError, match='stores its units unrolled and this model scanned: set '
+                                      'config.model.scan_units=False to load it'):
+    initialization(**{'model.scan_units': 'True'})
+  assert initialization() is not None
