@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional, Sequence
 from absl import logging
 import numpy as np
 
+from resnet_jax.data import auto_augment
 from resnet_jax.data import host_augment
 from resnet_jax.data import order
 from resnet_jax.errors import UserError
@@ -65,6 +66,16 @@ def _crop(raw: Any, rng: np.random.Generator, transform: 'TrainTransform') -> np
   return fixed_image(raw, transform.channels, transform.image_shape)
 
 
+def _auto_augment(image: np.ndarray, rng: np.random.Generator, transform: 'TrainTransform') -> np.ndarray:
+  """RandAugment / TrivialAugmentWide (`auto_augment`) on the cropped uint8 image, before any colour operation (timm
+  and torchvision run them on the crop, before ToTensor)."""
+  policy = auto_augment.parse_policy(transform.auto_augment)
+  if policy is None:
+    return image
+  return auto_augment.augment(policy, host_augment.to_uint8(image) if image.dtype != np.uint8 else image, rng,
+                              fill=transform.auto_augment_fill, interpolation=transform.interpolation)
+
+
 def _color_jitter(image: np.ndarray, rng: np.random.Generator, transform: 'TrainTransform') -> np.ndarray:
   strength = transform.color_jitter  # brightness, contrast and saturation alike (fb.resnet.torch)
   return host_augment.color_jitter(image, rng, strength, strength, strength) if strength > 0 else image
@@ -80,7 +91,8 @@ def _pca_lighting(image: np.ndarray, rng: np.random.Generator, transform: 'Train
 #: is the one implementation of its operation; the per-batch device operations (pad-and-crop, flip; then the
 #: model's normalisation) are `augment.DEVICE_OPERATIONS`, run inside the jitted step for both pipelines. Adding
 #: an operation: a function and its entry here, its option in `pipelines.InputOptions` (docs/extending.md).
-HOST_OPERATIONS = {'crop': _crop, 'color_jitter': _color_jitter, 'pca_lighting': _pca_lighting}
+HOST_OPERATIONS = {'crop': _crop, 'auto_augment': _auto_augment, 'color_jitter': _color_jitter,
+                   'pca_lighting': _pca_lighting}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +101,8 @@ class TrainTransform:
 
   crop: 'inception' (random-sized crop), 'scale' (He et al. 2015 scale augmentation), 'pad_crop' and 'none'
     (fixed-size images as they are: pad-and-crop, when asked for, runs on the device).
+  auto_augment: a policy string of `auto_augment` ('' off); auto_augment_fill: the colour its geometric
+    RandAugment operations fill with (`auto_augment.fill_colour` of the run's mean).
   """
   crop: str = 'inception'
   image_size: int = 224
@@ -100,6 +114,8 @@ class TrainTransform:
   color_jitter: float = 0.0
   pca_lighting: float = 0.0
   interpolation: str = 'bilinear'
+  auto_augment: str = ''
+  auto_augment_fill: tuple[int, ...] = (128, 128, 128)
 
   @property
   def output_shape(self) -> tuple[int, int, int]:

@@ -57,6 +57,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from resnet_jax import parallel
 from resnet_jax.config import nested_tuple
 from resnet_jax.data import augment as augment_lib
+from resnet_jax.data import auto_augment as auto_augment_lib
 from resnet_jax.data import host_augment
 from resnet_jax.data import host_pipeline
 from resnet_jax.data import normalization
@@ -201,6 +202,10 @@ class InputOptions:
   cutmix_alpha: float = 0.0
   mix_prob: float = 1.0
   mix_switch_prob: float = 0.5
+  # RandAugment (timm policy strings, e.g. 'rand-m9-mstd0.5-inc1': RSB A1/A2 'rand-m7-mstd0.5-inc1', torchvision
+  # v2 recipe's TrivialAugmentWide: 'trivialaugment'), per example on the host (`auto_augment`); '' is off. A
+  # fixed-size dataset that would stay on the device streams through the host instead (`choose_pipeline`).
+  auto_augment: str = ''
   # input.*: large images (ImageNet) streamed through Grain, and the machinery.
   device_max_bytes: int = 2 * 1024**3  # 'auto' keeps a fixed-shape split on the devices up to this uint8 size
   # 'inception' (random-sized crop, fb.resnet.torch), 'scale' (He et al. 2015 Sec. 3.4), 'pad_crop' (small
@@ -229,7 +234,8 @@ class InputOptions:
   # Options a config sets outside `config.input` (where configs have always had them); not a field.
   SECTIONS = {'pipeline': 'dataset', 'crop_padding': 'augment', 'flip': 'augment', 'normalization': 'augment',
               'pad_after_normalize': 'augment', 'mixup_alpha': 'augment', 'cutmix_alpha': 'augment',
-              'mix_prob': 'augment', 'mix_switch_prob': 'augment'}
+              'mix_prob': 'augment', 'mix_switch_prob': 'augment',
+              'auto_augment': 'augment'}
 
 
 def option_defaults(section: str) -> dict[str, Any]:
@@ -319,6 +325,11 @@ def _validate(options: InputOptions) -> None:
   for name in ('mix_prob', 'mix_switch_prob'):
     if not 0 <= getattr(options, name) <= 1:
       raise UserError(f"config.augment.{name}={getattr(options, name)} is a probability: use a value in [0, 1]")
+  auto_augment_lib.parse_policy(options.auto_augment)  # a malformed policy string: UserError
+  if options.auto_augment and options.pipeline == 'device':
+    raise UserError(f"config.augment.auto_augment={options.auto_augment!r} runs per example on the host, which "
+                    "the device-resident pipeline has no step for; set config.dataset.pipeline='grain' (or 'auto', "
+                    "which streams such runs through the host)")
   if (options.mean is None) != (options.std is None):
     raise UserError("set both config.input.mean and config.input.std, or neither")
   if options.std is not None and min(options.std) <= 0:
@@ -334,6 +345,8 @@ def _split_bytes(source: ExampleSource) -> Optional[int]:
 def choose_pipeline(options: InputOptions, source: ExampleSource) -> str:
   """'device' or 'grain' for this training split (see the module docstring)."""
   size = _split_bytes(source)
+  if options.auto_augment:
+    return 'grain'  # RandAugment / TrivialAugment are host operations: never silently dropped (README)
   if options.pipeline == 'device':
     if size is None:
       raise UserError(f"{source.dataset}: images vary in size, so they cannot be held on the device; use the "
@@ -448,7 +461,8 @@ def make_train_data(config, mesh: Mesh, train_source: ExampleSource, *,
       crop=crop, image_size=options.image_size, channels=train_source.channels,
       image_shape=train_source.image_shape, scale_range=options.scale_range, area_range=options.area_range,
       aspect_range=options.aspect_range, color_jitter=options.color_jitter, pca_lighting=options.pca_lighting,
-      interpolation=options.interpolation)
+      interpolation=options.interpolation, auto_augment=options.auto_augment,
+      auto_augment_fill=auto_augment_lib.fill_colour(mean, train_source.channels))
   return streaming.StreamingTrainData(
       train_source, mesh, global_batch, seed, transform, device_augmentation(options, crop, mean), mean=mean,
       std=std, num_workers=options.num_workers, num_threads=options.num_threads, prefetch=options.prefetch,
