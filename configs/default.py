@@ -29,7 +29,8 @@ def get_config():
   # Input options. Each field, its default and its source (He et al. 2015 Sec. 4.2's CIFAR augmentation,
   # fb.resnet.torch's ImageNet crops and colour) is written once, in resnet_jax.data.pipelines.InputOptions:
   # dataset.pipeline ('auto': small datasets stay on the accelerators, large ones stream through Grain),
-  # augment (small images, augmented inside jit) and input (large images and the streaming machinery).
+  # augment (small images, augmented inside jit; mixup/CutMix of every pipeline's batches: mixup_alpha,
+  # cutmix_alpha, mix_prob, mix_switch_prob, off by default) and input (large images and the streaming machinery).
   # mean/std: None computes them from the training split; a tuple overrides them (--config.input.mean=...).
   config.dataset.update(pipelines.option_defaults('dataset'))
   config.augment = ml_collections.ConfigDict(pipelines.option_defaults('augment'))
