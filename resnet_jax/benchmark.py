@@ -528,7 +528,8 @@ def benchmark_input(config, *, steps: int = 50, warmup: int = 3, synthetic: bool
         image_size=int(get('image_size', 224)),
         train_crop='inception' if get('train_crop', 'auto') == 'auto' else get('train_crop', 'inception'),
         color_jitter=float(get('color_jitter', 0.0)), pca_lighting=float(get('pca_lighting', 0.0)),
-        num_threads=int(get('num_threads', 1)), data_dir=data_dir, mesh=mesh)
+        num_threads=int(get('num_threads', 1)), data_dir=data_dir, mesh=mesh,
+        auto_augment=str((config.get('augment') or {}).get('auto_augment') or ''))
     best = max(result['results'], key=lambda r: r['images_per_sec'])
     record.update(images_per_sec=best['images_per_sec'], num_workers=best['num_workers'],
                   compile_s=None, details=result)

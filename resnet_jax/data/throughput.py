@@ -81,7 +81,8 @@ def grain_imagenet_throughput(*, worker_counts: Sequence[int] = (0, 1, 2), num_i
                               batch_size: int = 64, batches: int = 16, image_size: int = 224,
                               train_crop: str = 'inception', color_jitter: float = 0.0, pca_lighting: float = 0.0,
                               num_threads: int = 2, data_dir: Optional[str] = None,
-                              mesh: Optional[jax.sharding.Mesh] = None, include_eval: bool = True) -> dict[str, Any]:
+                              mesh: Optional[jax.sharding.Mesh] = None, include_eval: bool = True,
+                              auto_augment: str = '') -> dict[str, Any]:
   """img/s of the Grain streaming path on synthetic JPEGs, per worker-process count.
 
   For each count: `startup_seconds` (first batch: worker start-up plus pipeline fill) and `images_per_sec`
@@ -101,7 +102,8 @@ def grain_imagenet_throughput(*, worker_counts: Sequence[int] = (0, 1, 2), num_i
     source = sources.open_split(f'folder:{root}', 'train')
     info['num_images'] = len(source)
     transform = host_pipeline.TrainTransform(crop=train_crop, image_size=image_size,
-                                             color_jitter=color_jitter, pca_lighting=pca_lighting)
+                                             color_jitter=color_jitter, pca_lighting=pca_lighting,
+                                             auto_augment=auto_augment)
     eval_transform = host_pipeline.EvalTransform(crop='center', resize=round(image_size * 256 / 224),
                                                  crop_size=image_size)
     results = []
