@@ -40,6 +40,7 @@ from resnet_jax import parallel
 from resnet_jax import state as state_lib
 from resnet_jax import storage
 from resnet_jax import workdir as workdir_lib
+from resnet_jax.data import augment as augment_lib
 from resnet_jax.data import pipelines
 from resnet_jax.data import sources
 from resnet_jax.errors import UserError
@@ -65,7 +66,8 @@ class Experiment:
   checkpoint_every: int
 
   @property
-  def augment(self) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  def augment(self) -> augment_lib.SmallImageAugment:
+    """The per-batch device operations of the train data (`augment.DEVICE_OPERATIONS`), run by the step."""
     return self.train_data.device_augment
 
   @property
