@@ -247,6 +247,20 @@ def test_a_fixed_size_dataset_streams_through_the_host_when_a_policy_is_on():
                                                     'dataset.pipeline': 'device'}))
 
 
+@pytest.mark.parametrize('args,message', [
+    (['--config.augment.auto_augment=rand-m9-q3'], "config.augment.auto_augment='rand-m9-q3': unknown key 'q'"),
+    (['--config.augment.auto_augment=trivialaugment', '--config.dataset.pipeline=device'],
+     "config.augment.auto_augment='trivialaugment' runs per example on the host"),
+])
+def test_the_command_line_refuses_before_compiling_and_writes_nothing(cli, monkeypatch, tmp_path, args, message):
+  monkeypatch.setattr(train, '_train_loop', lambda *a, **k: pytest.fail('the train loop was reached'))
+  workdir = tmp_path / 'never'
+  status, _, err = cli('main', ['--workdir', str(workdir), '--config', conftest.QUICKSTART] + args)
+  lines = err.strip().splitlines()
+  assert status == 2 and lines[-1].startswith(f'error: {message}'), err[-2000:]
+  assert sum(line.startswith('error:') for line in lines) == 1 and not workdir.exists()
+
+
 def test_a_streamed_run_with_rand_augment_resumes_bitwise(tmp_path):
   overrides = {'augment.auto_augment': 'rand-m9-mstd0.5-inc1', 'input.num_workers': '0', 'total_steps': '4',
                'checkpoint_every_steps': '2', 'eval_every_steps': '4', 'log_every_steps': '2',
