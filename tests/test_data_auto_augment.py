@@ -129,7 +129,8 @@ def test_signed_operations_flip_with_the_sign_draw_and_grey_images_fill_with_one
 
 
 # TrivialAugmentWide at bin 10 of 31: shear 0.33, translate int(10.67) = 10 px, rotate 45 deg, enhance 1.33,
-# posterize 8 - round(2) = 6 bits, solarize threshold linspace(256, 0, 31)[10]; fill 0 (torchvision's default).
+# posterize 8 - round(2) = 6 bits, solarize threshold linspace(255, 0, 31)[10] = 170; fill 0 (torchvision's
+# default).
 TRIVIAL_CASES = {
     'Identity': lambda x: x,
     'ShearX': lambda x: _restate(x, lambda p: p.transform(p.size, Image.Transform.AFFINE, (1, .33, 0, 0, 1, 0),
@@ -146,7 +147,7 @@ TRIVIAL_CASES = {
     'Contrast': lambda x: _restate(x, lambda p: ImageEnhance.Contrast(p).enhance(1.33)),
     'Sharpness': lambda x: _restate(x, lambda p: ImageEnhance.Sharpness(p).enhance(1.33)),
     'Posterize': lambda x: x & 0b11111100,
-    'Solarize': lambda x: np.where(x >= 256 - 256 / 3, 255 - x, x).astype(np.uint8),
+    'Solarize': lambda x: np.where(x >= 170, 255 - x, x).astype(np.uint8),
     'AutoContrast': lambda x: _restate(x, ImageOps.autocontrast),
     'Equalize': lambda x: _restate(x, ImageOps.equalize),
 }

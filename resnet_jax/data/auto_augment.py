@@ -157,8 +157,10 @@ _ENHANCE_BINS = _bins(0.0, 0.99)
 #: or None for none, signed, magnitude -> the operation's argument). The enhance factors are 1 + magnitude.
 #: Shear: torchvision >= 0.13 shears by atan(magnitude) about the top-left corner, i.e. the PIL factor is the
 #: magnitude itself (earlier releases used degrees(magnitude) about the centre; the modern reading is taken).
-#: Translate: int(magnitude) pixels. Posterize: 8 - round(bin / 5) bits (8 .. 2). Solarize: linspace(256, 0) as
-#: in the reference's torchvision (modern_recipes.md 4c).
+#: Translate: int(magnitude) pixels (torchvision moves the content by +magnitude, PIL's matrix by -magnitude: the
+#: sign is a fair coin either way). Posterize: 8 - round(bin / 5) bits (8 .. 2). Solarize: linspace(255, 0), the
+#: threshold torchvision's TrivialAugmentWide uses (modern_recipes.md 4c says 256; torchvision's
+#: `_augmentation_space` reads 255.0, and at 256 vs 255 only pure-white pixels differ).
 TRIVIAL_ARGUMENTS: dict[str, tuple[Optional[np.ndarray], bool, Callable[[float], Any]]] = {
     'Identity': (None, False, lambda magnitude: None),
     'ShearX': (_bins(0.0, 0.99), True, float),
@@ -171,7 +173,7 @@ TRIVIAL_ARGUMENTS: dict[str, tuple[Optional[np.ndarray], bool, Callable[[float],
     'Contrast': (_ENHANCE_BINS, True, lambda magnitude: 1.0 + magnitude),
     'Sharpness': (_ENHANCE_BINS, True, lambda magnitude: 1.0 + magnitude),
     'Posterize': (8 - np.round(np.arange(TRIVIAL_BINS) / ((TRIVIAL_BINS - 1) / 6)).astype(int), False, int),
-    'Solarize': (_bins(256.0, 0.0), False, float),
+    'Solarize': (_bins(255.0, 0.0), False, float),
     'AutoContrast': (None, False, lambda magnitude: None),
     'Equalize': (None, False, lambda magnitude: None),
 }
