@@ -90,10 +90,11 @@ class Experiment:
     self.train_data.set_state(meta.get('data_state', {'step': start_step}))
 
   def checkpoint_meta(self) -> dict[str, Any]:
-    meta = {'model': self.model_info(), 'config': self.config.to_dict(), 'ema': bool(self.config.ema.decay),
+    """What each checkpoint keeps beside the train state: the model, the config, whether the state holds a moving
+    average, the train data's position, and when it was written."""
+    return {'model': self.model_info(), 'config': self.config.to_dict(), 'ema': bool(self.config.ema.decay),
+            'data_state': self.train_data.get_state(),
             'saved_at': datetime.datetime.now().astimezone().isoformat(timespec='seconds')}
-    meta['data_state'] = self.train_data.get_state()
-    return meta
 
   @property
   def intervals(self) -> tuple[int, int, int]:
@@ -111,8 +112,7 @@ class Experiment:
     return min([self.total_steps, step + self.config.steps_per_dispatch] + ends)
 
   def close(self) -> None:
-    if hasattr(self.train_data, 'close'):
-      self.train_data.close()
+    self.train_data.close()
 
 
 def build_experiment(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, start_step: int = 0,

@@ -13,6 +13,7 @@ import glob
 import importlib.util
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -152,6 +153,15 @@ def cli(monkeypatch):
   """cli(module, argv) -> (exit status, stdout, stderr): `run_cli` with sys.argv as a command line's."""
   monkeypatch.setattr(sys, 'argv', ['python'])
   return run_cli
+
+
+def assert_one_error_line(status, err, message):
+  """Status 2 and one `error:` line, the last, starting with `message` ('...' in it matches any text)."""
+  lines = err.strip().splitlines()
+  assert status == 2, err[-3000:]
+  assert 'Traceback' not in err, err[-3000:]
+  assert sum(line.startswith('error:') for line in lines) == 1, err[-3000:]
+  assert re.match('.*'.join(re.escape(part) for part in f'error: {message}'.split('...')), lines[-1]), err[-3000:]
 
 
 def snapshot(root):

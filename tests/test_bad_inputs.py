@@ -10,13 +10,13 @@ Other refusals are tested in tests/test_reliability.py and tests/test_cli.py; do
 
 import glob
 import os
-import re
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import conftest
+from conftest import assert_one_error_line
 from conftest import snapshot
 from resnet_jax import config as config_lib
 from resnet_jax import evaluate
@@ -49,15 +49,6 @@ def cli(cli, monkeypatch):  # pylint: disable=redefined-outer-name  (conftest's 
     return status, err
 
   return run
-
-
-def assert_one_error_line(status, err, message):
-  """Status 2 and one `error:` line, the last, starting with `message` ('...' in it matches any text)."""
-  lines = err.strip().splitlines()
-  assert status == 2, err[-3000:]
-  assert 'Traceback' not in err, err[-3000:]
-  assert sum(line.startswith('error:') for line in lines) == 1, err[-3000:]
-  assert re.match('.*'.join(re.escape(part) for part in f'error: {message}'.split('...')), lines[-1]), err[-3000:]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import pytest
 import conftest
 from conftest import QUICKSTART
 from conftest import run_cli
+from conftest import assert_one_error_line
 from conftest import snapshot
 from resnet_jax import checkpoints
 from resnet_jax import config as config_lib
@@ -52,15 +53,6 @@ def tiny_run(tmp_path_factory):
 @pytest.fixture(scope='module')
 def loaded(tiny_run):
   return checkpoints.load(tiny_run)
-
-
-def assert_one_error_line(status, err, message):
-  """Status 2 and one `error:` line, the last, starting with `message` ('...' in it matches any text)."""
-  lines = err.strip().splitlines()
-  assert status == 2, err[-3000:]
-  assert 'Traceback' not in err, err[-3000:]
-  assert sum(line.startswith('error:') for line in lines) == 1, err[-3000:]
-  assert re.match('.*'.join(re.escape(part) for part in f'error: {message}'.split('...')), lines[-1]), err[-3000:]
 
 
 def warnings_of(err):

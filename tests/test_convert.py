@@ -79,9 +79,12 @@ def relative_error(actual, expected):
 
 
 @pytest.mark.parametrize('size', SIZES)
-@pytest.mark.parametrize('name', GOLDEN_MODELS)
-def test_logits_equal_torchvision_golden(name, size):
+@pytest.mark.parametrize('name', GOLDEN_MODELS + TIMM_GOLDEN_MODELS)
+def test_logits_equal_the_golden_logits(name, size):
+  """torchvision's layout, and timm's: conv1.0/1.1/1.3/1.4/1.6 + bn1 (deep stem), downsample.1/.2 (ResNet-D), fc.
+  At 193 every ResNet-D pool ends in a partial window (ceil mode), which must average its valid cells only."""
   header, expected = golden(name)
+  assert header.get('timm', '1.0.31') == '1.0.31'
   expected = expected[f'logits_{size}']
   actual = logits(name, converted(name), size, header['batch'])
   assert actual.shape == expected.shape
@@ -101,19 +104,6 @@ def test_logits_equal_torchvision_live():
       with torch.no_grad():
         expected = network(torch.from_numpy(weights.images(1, size))).numpy()
       assert relative_error(logits(name, variables, size, 1), expected) <= TOLERANCE, (name, size)
-
-
-@pytest.mark.parametrize('size', SIZES)
-@pytest.mark.parametrize('name', TIMM_GOLDEN_MODELS)
-def test_logits_equal_timm_golden(name, size):
-  # timm's layout: conv1.0/1.1/1.3/1.4/1.6 + bn1 (deep stem), downsample.1/.2 (ResNet-D), fc. At 193 every
-  # ResNet-D pool ends in a partial window (ceil mode), which must average its valid cells only.
-  header, expected = golden(name)
-  assert header['timm'] == '1.0.31'
-  expected = expected[f'logits_{size}']
-  actual = logits(name, converted(name), size, header['batch'])
-  assert actual.shape == expected.shape
-  assert relative_error(actual, expected) <= TOLERANCE
 
 
 def test_logits_equal_timm_live():

@@ -159,7 +159,7 @@ _ENHANCE_BINS = _bins(0.0, 0.99)
 #: magnitude itself (earlier releases used degrees(magnitude) about the centre; the modern reading is taken).
 #: Translate: int(magnitude) pixels (torchvision moves the content by +magnitude, PIL's matrix by -magnitude: the
 #: sign is a fair coin either way). Posterize: 8 - round(bin / 5) bits (8 .. 2). Solarize: linspace(255, 0), the
-#: threshold torchvision's TrivialAugmentWide uses (modern_recipes.md 4c says 256; torchvision's
+#: threshold torchvision's TrivialAugmentWide uses (the reference notes of this project say 256; torchvision's
 #: `_augmentation_space` reads 255.0, and at 256 vs 255 only pure-white pixels differ).
 TRIVIAL_ARGUMENTS: dict[str, tuple[Optional[np.ndarray], bool, Callable[[float], Any]]] = {
     'Identity': (None, False, lambda magnitude: None),

@@ -14,11 +14,9 @@ counted) ends in a partial window.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
-import numpy as np
 import timm
 import torch
 
@@ -46,15 +44,8 @@ def write(out: str, name: str) -> None:
     logits = {f'logits_{size}': model(torch.from_numpy(weights.images(BATCH, size))).numpy() for size in SIZES}
   for size in SIZES:
     make_torchvision_golden.check_spread(name, size, logits[f'logits_{size}'])
-  header = dict(model=name, torch=torch.__version__, timm=timm.__version__, base_seed=weights.BASE_SEED,
-                input_seed=weights.INPUT_SEED, batch=BATCH, sizes=list(SIZES), dtype='float32', mode='eval')
-  lines = [json.dumps(header)[:-1] + ', "tensors": [']
-  lines += [f'  {json.dumps([k, shape])},' for k, shape in tensors]
-  lines[-1] = lines[-1][:-1]
-  lines.append(']}')
-  with open(os.path.join(out, f'{name}.json'), 'w') as file:
-    file.write('\n'.join(lines) + '\n')
-  np.savez_compressed(os.path.join(out, f'{name}.npz'), **logits)
+  make_torchvision_golden.write_golden(out, name, dict(torch=torch.__version__, timm=timm.__version__), tensors,
+                                      logits)
 
 
 def main() -> None:

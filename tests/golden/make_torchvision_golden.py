@@ -61,10 +61,14 @@ def write(out: str, name: str) -> None:
   logits = {f'logits_{size}': torchvision_logits(name, size, state_dict) for size in SIZES}
   for size in SIZES:
     check_spread(name, size, logits[f'logits_{size}'])
-  header = dict(model=name, torch=torch.__version__, torchvision=torchvision.__version__,
-                base_seed=weights.BASE_SEED, input_seed=weights.INPUT_SEED, batch=BATCH, sizes=list(SIZES),
-                dtype='float32', mode='eval')
-  # One tensor per line: readable, and a torchvision change shows as a small diff.
+  write_golden(out, name, dict(torch=torch.__version__, torchvision=torchvision.__version__), tensors, logits)
+
+
+def write_golden(out, name, versions, tensors, logits) -> None:
+  """OUT/NAME.json (header with `versions` and the tensor manifest) and OUT/NAME.npz (the logits)."""
+  header = dict(model=name, **versions, base_seed=weights.BASE_SEED, input_seed=weights.INPUT_SEED, batch=BATCH,
+                sizes=list(SIZES), dtype='float32', mode='eval')
+  # One tensor per line: readable, and a library change shows as a small diff.
   lines = [json.dumps(header)[:-1] + ', "tensors": [']
   lines += [f'  {json.dumps([k, shape])},' for k, shape in tensors]
   lines[-1] = lines[-1][:-1]
