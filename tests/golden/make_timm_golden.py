@@ -13,7 +13,6 @@ counted) ends in a partial window.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -48,16 +47,5 @@ def write(out: str, name: str) -> None:
                                       logits)
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)), 'timm'))
-  parser.add_argument('--models', nargs='*', default=MODELS)
-  args = parser.parse_args()
-  os.makedirs(args.out, exist_ok=True)
-  torch.set_grad_enabled(False)
-  for name in args.models:
-    write(args.out, name)
-
-
 if __name__ == '__main__':
-  main()
+  make_torchvision_golden.main(__doc__, 'timm', MODELS, write)

@@ -78,15 +78,16 @@ def write_golden(out, name, versions, tensors, logits) -> None:
   np.savez_compressed(os.path.join(out, f'{name}.npz'), **logits)
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)), 'torchvision'))
-  parser.add_argument('--models', nargs='*', default=MODELS)
+def main(description: str = __doc__, library: str = 'torchvision', models=MODELS, write_model=write) -> None:
+  """The command line of this generator and of make_timm_golden.py: `write_model(OUT, name)` for each model."""
+  parser = argparse.ArgumentParser(description=description.splitlines()[0])
+  parser.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)), library))
+  parser.add_argument('--models', nargs='*', default=models)
   args = parser.parse_args()
   os.makedirs(args.out, exist_ok=True)
   torch.set_grad_enabled(False)
   for name in args.models:
-    write(args.out, name)
+    write_model(args.out, name)
 
 
 if __name__ == '__main__':
