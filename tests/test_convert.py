@@ -91,26 +91,18 @@ def test_logits_equal_the_golden_logits(name, size):
   assert relative_error(actual, expected) <= TOLERANCE
 
 
-def test_logits_equal_torchvision_live():
+@pytest.mark.parametrize('library', ['torchvision', 'timm'])
+def test_logits_equal_the_live_library(library):
+  """The golden weights loaded into the library's own model; its state dict (torch tensors) goes straight into
+  the converter, and the logits agree."""
   torch = pytest.importorskip('torch')
-  torchvision = pytest.importorskip('torchvision')
-  for name in GOLDEN_MODELS:
-    network = getattr(torchvision.models, name)(weights=None).eval()
-    tensors = weights.state_dict([(k, v.shape) for k, v in network.state_dict().items()])
-    network.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()}, strict=True)
-    # The live model's own state dict (torch tensors) goes straight into the converter.
-    variables = convert.from_torch_state_dict(network.state_dict(), name)
-    for size in SIZES:
-      with torch.no_grad():
-        expected = network(torch.from_numpy(weights.images(1, size))).numpy()
-      assert relative_error(logits(name, variables, size, 1), expected) <= TOLERANCE, (name, size)
-
-
-def test_logits_equal_timm_live():
-  torch = pytest.importorskip('torch')
-  timm = pytest.importorskip('timm')
-  for name in TIMM_GOLDEN_MODELS + ('resnet50d',):
-    network = timm.create_model(name, pretrained=False).eval()
+  module = pytest.importorskip(library)
+  if library == 'torchvision':
+    names, build = GOLDEN_MODELS, lambda name: getattr(module.models, name)(weights=None)
+  else:
+    names, build = TIMM_GOLDEN_MODELS + ('resnet50d',), lambda name: module.create_model(name, pretrained=False)
+  for name in names:
+    network = build(name).eval()
     tensors = weights.state_dict([(k, v.shape) for k, v in network.state_dict().items()])
     network.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()}, strict=True)
     variables = convert.from_torch_state_dict(network.state_dict(), name)
