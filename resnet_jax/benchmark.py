@@ -75,6 +75,7 @@ from resnet_jax import config as config_lib
 from resnet_jax import errors
 from resnet_jax import parallel
 from resnet_jax import state as state_lib
+from resnet_jax import storage
 from resnet_jax import train
 from resnet_jax.data import pipelines
 from resnet_jax.data import sources
@@ -586,9 +587,7 @@ def check_output_path(path: str) -> None:
   full = os.path.abspath(path)
   if os.path.isdir(full):
     raise UserError(f"--json {path} is a directory; name a file in it, e.g. {os.path.join(path, 'bench.jsonl')}")
-  existing = full if os.path.exists(full) else os.path.dirname(full)
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
+  existing = storage.existing_ancestor(full)
   if existing != full and not os.path.isdir(existing):
     raise UserError(f"--json {path} cannot be created: {existing} is a file, not a directory")
   if not os.access(existing, os.W_OK | (os.X_OK if existing != full else 0)):

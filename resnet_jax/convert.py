@@ -344,9 +344,7 @@ def _check_out(out: str) -> None:
   if storage.is_file(root):
     raise UserError(f'--out {out} is a file, not a directory; choose another path')
   if not storage.is_remote(root):
-    existing = os.path.abspath(os.fspath(root))
-    while not os.path.exists(existing):
-      existing = os.path.dirname(existing)
+    existing = storage.existing_ancestor(os.fspath(root))
     if not os.path.isdir(existing):
       raise UserError(f'--out {out}: {existing} is a file, not a directory; choose another path')
     if not os.access(existing, os.W_OK | os.X_OK):

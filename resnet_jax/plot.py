@@ -164,9 +164,7 @@ def output_path(out: str) -> str:
   if not path.name or storage.is_dir(path):
     raise UserError(f'--out {out} is a directory; name the figure file, e.g. {path / "curves.png"}')
   if not storage.is_remote(path):
-    parent = os.path.dirname(os.path.abspath(os.fspath(path)))
-    while parent and not os.path.exists(parent):
-      parent = os.path.dirname(parent)
+    parent = storage.existing_ancestor(os.path.dirname(os.path.abspath(os.fspath(path))))
     if not os.path.isdir(parent):
       raise UserError(f'--out {out}: {parent} is a file, not a directory; choose another path')
   extension = os.path.splitext(path.name)[1]

@@ -111,6 +111,15 @@ def is_file(location: Location) -> bool:
   return resolve(location).is_file()
 
 
+def existing_ancestor(local_path: str) -> str:
+  """A local path itself if it exists, else its nearest existing parent: what decides whether the path can be
+  created (a file there means it cannot) and whether it may be (that folder's permissions)."""
+  existing = os.path.abspath(local_path)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  return existing
+
+
 def make_dirs(location: Location) -> epath.Path:
   """Creates the directory (and its parents) if missing; on object stores directories need no creating."""
   path = resolve(location)
