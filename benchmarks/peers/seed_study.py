@@ -16,6 +16,9 @@ Variants (one independent choice each; see VARIANTS):
   jax_reference_conv per-channel normalisation and BN over the whole batch of 128: the reference's conventions
                      (tests/test_training_parity.py proves this step equal to the reference's).
   jax_cifar_row_ema  jax_cifar_row keeping an EMA of the weights (timm's 0.9998 with its warm-up ramp).
+  jax_modern         the modern CIFAR row `configs/cifar.py:resnet20_modern` (cosine, label smoothing, mixup/CutMix,
+                     TrivialAugmentWide, EMA; its own comment cites each); the schedule's boundaries are unused.
+  jax_modern_no_ema  `configs/cifar.py:resnet20_modern_no_ema`, the same without the EMA.
   torch_reference    benchmarks/peers/torch_reference.py with its defaults (per-channel statistics of the split,
                      BN over 128, normalise then zero-pad, batches straddling epochs).
   torch_pad_black    the reference padding the raw image with black (torchvision's RandomCrop before Normalize).
@@ -50,11 +53,18 @@ VARIANTS = {
     # timm's EMA default (0.9998) with its warm-up ramp (issue 23): each run reports the weights (test_accuracy,
     # the same run as jax_cifar_row: the average does not change training) and their average (ema_test_accuracy).
     'jax_cifar_row_ema': ('jax', ['--config.ema.decay=0.9998', '--config.ema.warmup=True']),
+    # The modern CIFAR row (configs/cifar.py:resnet20_modern: cosine, label smoothing 0.1, mixup/CutMix,
+    # TrivialAugmentWide on the host, EMA 0.9998 with warm-up; issue 24 item 6) and the row without the EMA.
+    'jax_modern': ('jax', []),
+    'jax_modern_no_ema': ('jax', []),
     'torch_reference': ('torch', []),
     'torch_pad_black': ('torch', ['--pad', 'black']),
     'torch_short_batch': ('torch', ['--epoch_end', 'short']),
     'torch_constants': ('torch', ['--stats', 'constants']),
 }
+
+# The configs/cifar.py row each jax variant starts from (the paper row unless named here).
+ROW_OF_VARIANT = {'jax_modern': 'resnet20_modern', 'jax_modern_no_ema': 'resnet20_modern_no_ema'}
 
 
 def write_split(data: str, out: str, test_examples: int, seed: int = 22) -> str:
@@ -76,7 +86,8 @@ def command(variant: str, steps: int, seed: int, workdir: str, data_dir: str) ->
   half, three_quarters = steps // 2, steps * 3 // 4
   evaluate = max(steps // 4, 1)
   if kind == 'jax':
-    return [sys.executable, '-m', 'resnet_jax.main', '--config', 'configs/cifar.py:resnet20', '--workdir', workdir,
+    row = ROW_OF_VARIANT.get(variant, 'resnet20')
+    return [sys.executable, '-m', 'resnet_jax.main', '--config', f'configs/cifar.py:{row}', '--workdir', workdir,
             f'--config.dataset.name=npz:{data_dir}', f'--config.seed={seed}', f'--config.total_steps={steps}',
             f'--config.schedule.boundaries_steps=({half},{three_quarters})', f'--config.eval_every_steps={evaluate}',
             f'--config.checkpoint_every_steps={steps}'] + _JAX_COMMON + extra
