@@ -1,25 +1,21 @@
-"""Training at scale, checked on CPU: device- and process-count invariance, ghost BN, preemption, divergence."""
+"""Training at scale, checked on CPU: divergence and ghost BN.
+
+Device- and process-count invariance is checked by tests/test_topology_faults.py (a run moved over 8 devices, 1
+device and 2 processes equals the 1-device run at every step); SIGTERM preemption by tests/test_preemption.py."""
 
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
-from conftest import REPO, run_python, xla_flags
 from resnet_jax import checkpoints
 from resnet_jax.models import create_model
 
-# The suite's tiny quickstart network (conftest.TINY_OVERRIDES) with one unit per stage: every run here compiles
-# for its own topology, in half the time; tests/test_topology_faults.py runs the same network on the same
-# topologies, so the two modules share their compiled programs through the suite's compilation cache.
+# The suite's tiny quickstart network (conftest.TINY_OVERRIDES) with one unit per stage, for the runs that compile
+# per topology (tests/test_topology_faults.py, tests/kill_loop.py, the diverging run here and in test_reproduce):
+# half the compile time, and their programs are shared through the suite's compilation cache.
 TINY = ['--config', 'configs/quickstart.py', '--config.batch_size=32', '--config.schedule.boundaries_epochs=None',
         '--config.model.stage_widths=(8,16,16)', '--config.model.stage_sizes=(1,1,1)',
         '--config.eval_every_steps=1000']
@@ -33,81 +29,6 @@ def _free_port():
   with socket.socket() as s:
     s.bind(('localhost', 0))
     return s.getsockname()[1]
-
-
-def _train_cli(workdir, steps, devices=1, extra=()):
-  args = ['-m', 'resnet_jax.main', *TINY, f'--config.total_steps={steps}', f'--config.log_every_steps={steps}',
-          f'--config.checkpoint_every_steps={steps}', '--workdir', str(workdir), *extra]
-  result = run_python(args, devices=devices)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return result
-
-
-def test_same_parameters_on_1_device_8_devices_and_2_processes(tmp_path):
-  """The same global batches (device-count invariant pipeline) trained with global BN on 1 device, 8 devices,
-  and 2 processes x 2 devices (gloo collectives) give the same parameters up to float reassociation.
-
-  Noise images, not digits: the digits' constant backgrounds put whole BN channels at a ReLU's kink, where a
-  last-bit difference in a reduction flips the gradient of thousands of positions at once.
-  """
-  rng = np.random.default_rng(0)
-  for split, n in (('train', 256), ('test', 40)):
-    np.savez(tmp_path / f'noise_{split}.npz', images=rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8),
-             labels=rng.integers(0, 10, n))
-  data = [f'--config.dataset.name=npz:{tmp_path}/noise']
-  _train_cli(tmp_path / 'one', 3, devices=1, extra=data)
-  _train_cli(tmp_path / 'eight', 3, devices=8, extra=data)
-  port = _free_port()
-  args = [sys.executable, '-m', 'resnet_jax.main', *TINY, *data, '--config.total_steps=3',
-          '--config.log_every_steps=3', '--config.checkpoint_every_steps=3', '--workdir', str(tmp_path / 'two_by_two')]
-  procs = []
-  for process_id in range(2):
-    env = dict(os.environ, XLA_FLAGS=xla_flags(2), JAX_PLATFORMS='cpu',
-               JAX_COORDINATOR_ADDRESS=f'localhost:{port}', JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(process_id))
-    procs.append(subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True))
-  for proc in procs:
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-3000:]
-  one = checkpoints.load(str(tmp_path / 'one'))
-  for other in ('eight', 'two_by_two'):
-    loaded = checkpoints.load(str(tmp_path / other))
-    assert loaded.step == 3
-    np.testing.assert_allclose(_flat(loaded.variables), _flat(one.variables), rtol=1e-5, atol=1e-6,
-                               err_msg=other)
-  losses = {}
-  for name in ('one', 'eight', 'two_by_two'):
-    lines = [json.loads(l) for l in open(tmp_path / name / 'metrics.jsonl')]
-    losses[name] = [l['train_loss'] for l in lines if 'train_loss' in l][-1]
-  assert losses['eight'] == pytest.approx(losses['one'], rel=1e-5)
-  assert losses['two_by_two'] == pytest.approx(losses['one'], rel=1e-5)
-
-
-def test_sigterm_saves_and_the_resumed_run_equals_the_uninterrupted_one(tmp_path):
-  steps = 120
-  _train_cli(tmp_path / 'straight', steps)
-  workdir = tmp_path / 'preempted'
-  args = [sys.executable, '-m', 'resnet_jax.main', *TINY, f'--config.total_steps={steps}',
-          '--config.log_every_steps=50', '--config.checkpoint_every_steps=1000', '--workdir', str(workdir)]
-  env = dict(os.environ, XLA_FLAGS=xla_flags(1), JAX_PLATFORMS='cpu',
-             PYTHONUNBUFFERED='1')
-  proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  seen = ''
-  while 'compiled the train step' not in seen:  # wait until it is training
-    line = proc.stderr.readline()
-    assert line or proc.poll() is None, seen[-3000:]
-    seen += line
-  time.sleep(0.5)
-  proc.send_signal(signal.SIGTERM)
-  _, err = proc.communicate(timeout=300)
-  assert proc.returncode == 0, err[-3000:]
-  assert 'SIGTERM: saved a checkpoint at step' in err
-  stopped = checkpoints.load(str(workdir)).step
-  assert 0 < stopped < steps
-  _train_cli(workdir, steps)  # the same command resumes
-  a, b = checkpoints.load(str(tmp_path / 'straight')), checkpoints.load(str(workdir))
-  assert a.step == b.step == steps
-  np.testing.assert_array_equal(_flat(a.variables), _flat(b.variables))  # bitwise on CPU
 
 
 #: lr 0.1 for 4 steps, then 1e8: the loss overflows within a few steps (tests/test_reproduce.py diverges the same way).

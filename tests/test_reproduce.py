@@ -103,6 +103,9 @@ def test_reproduce_writes_the_table_and_print_commands_reproduce_it(reproduced):
   assert sorted(os.listdir(workdir)) == ['reproduce.json', 'results.csv', 'results.md', 'seed_0', 'seed_1']
   seeds = [config_lib.from_json(open(os.path.join(workdir, f'seed_{k}', 'config.json')).read()).seed for k in (0, 1)]
   assert seeds == [0, 1]
+  losses = [[json.loads(line)['train_loss'] for line in open(os.path.join(workdir, f'seed_{k}', 'metrics.jsonl'))
+             if 'train_loss' in line] for k in (0, 1)]
+  assert len(losses[0]) == len(losses[1]) > 0 and losses[0] != losses[1]  # another seed trains another run
   assert [c.split('--workdir ')[1].split()[0] for c in reproduced['commands']] == [
       os.path.join(reproduced['by_commands'], f'seed_{k}') for k in (0, 1)]
   assert [c.split()[-1] for c in reproduced['commands']] == ['--config.seed=0', '--config.seed=1']

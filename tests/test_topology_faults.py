@@ -3,7 +3,7 @@
 and one process of a multi-process run is killed.
 
 All runs share the suite's persistent compilation cache (tests/conftest.py): a topology's train step is compiled
-once for the suite (tests/test_distributed.py trains the same network on the same topologies).
+once for the suite (tests/test_distributed.py's network).
 """
 
 import json
@@ -37,7 +37,7 @@ COLLECTIVE_TIMEOUT_S = 300
 
 @pytest.fixture(scope='module')
 def shared(tmp_path_factory):
-  """Noise images (as tests/test_distributed.py: no BN channel at a ReLU kink)."""
+  """Noise images: no BN channel at a ReLU kink (see the topology test)."""
   root = tmp_path_factory.mktemp('topology')
   rng = np.random.default_rng(0)
   for split, n in (('train', 256), ('test', 40)):
@@ -115,8 +115,13 @@ def test_a_full_disk_during_a_save_stops_naming_the_step_and_the_same_command_re
 def test_a_run_resumes_and_evaluates_on_other_topologies_with_the_same_parameters(tmp_path, shared):
   """One run, 2 steps at a time, on 8 devices -> 1 device -> 2 processes x 2 devices -> 8 devices, and
   (from the same 2 x 2 checkpoint) -> 1 device: every checkpoint equals the uninterrupted single-device run's
-  at the same step (`checkpoints.load`, which restores onto one device, also of the 2 x 2 checkpoint). That
-  checkpoint also evaluates on 2 devices."""
+  at the same step (`checkpoints.load`, which restores onto one device, also of the 2 x 2 checkpoint), and so
+  does every logged training loss. That checkpoint also evaluates on 2 devices.
+
+  This is also the suite's device- and process-count invariance check: the first stretch trains from the
+  initialisation on 8 devices, the third on 2 processes, each against the 1-device run (up to float
+  reassociation). Noise images, not digits: the digits' constant backgrounds put whole BN channels at a ReLU's
+  kink, where a last-bit difference in a reduction flips the gradient of thousands of positions at once."""
   _run(_command(shared, tmp_path / 'straight', 8))
   workdir = tmp_path / 'moved'
   for steps, devices, processes in ((2, 8, 1), (4, 1, 1), (6, 2, 2)):
@@ -135,6 +140,13 @@ def test_a_run_resumes_and_evaluates_on_other_topologies_with_the_same_parameter
   for step in (2, 4, 6, 8):
     same(step, 'moved')
   same(8, 'moved_to_one')
+  # The training loss of every logged stretch (2 steps each), whatever topology trained it: the same global
+  # batches and global BN statistics on 8 devices, 1 device and 2 processes x 2 devices (gloo collectives).
+  train_losses = {name: {line['step']: line['train_loss'] for line in map(json.loads, open(tmp_path / name / 'metrics.jsonl'))
+                         if 'train_loss' in line} for name in ('straight', 'moved')}
+  assert sorted(train_losses['moved']) == [2, 4, 6, 8]
+  for step, loss in train_losses['moved'].items():
+    assert loss == pytest.approx(train_losses['straight'][step], rel=1e-5), step
   final = {name: [json.loads(line) for line in open(tmp_path / name / 'metrics.jsonl')][-1]
            for name in ('straight', 'moved', 'moved_to_one')}  # evaluated on 1, 8 and 1 device
   for name in ('moved', 'moved_to_one'):
