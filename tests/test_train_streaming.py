@@ -33,12 +33,19 @@ def _flat(tree):
   return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
 
 
-def test_streamed_training_resumes_exactly_and_evaluates_ten_crops(tmp_path):
-  root = tmp_path / 'images'
-  testing.write_image_folder(str(root), classes=('a', 'b', 'c'), per_class=8, splits=('train', 'test'),
+@pytest.fixture(scope='module')
+def streamed(tmp_path_factory):
+  """The image folder and one uninterrupted streamed run of _config (6 steps, ten-crop evaluation at the end)."""
+  root = tmp_path_factory.mktemp('streamed')
+  testing.write_image_folder(str(root / 'images'), classes=('a', 'b', 'c'), per_class=8, splits=('train', 'test'),
                              sizes=((40, 52), (52, 40)), fmt='JPEG')
-  straight = str(tmp_path / 'straight')
-  result = train.train_and_evaluate(_config(root), straight)
+  straight = str(root / 'straight')
+  result = train.train_and_evaluate(_config(root / 'images'), straight)
+  return root / 'images', straight, result
+
+
+def test_streamed_training_resumes_exactly_and_evaluates_ten_crops(tmp_path, streamed):
+  root, straight, result = streamed
   assert result['num_examples'] == 24
 
   interrupted = str(tmp_path / 'interrupted')
@@ -59,16 +66,12 @@ def test_streamed_training_resumes_exactly_and_evaluates_ten_crops(tmp_path):
   assert [l['step'] for l in lines if 'train_loss' in l] == [3, 6]
 
 
-def test_streamed_training_takes_several_steps_per_dispatch(tmp_path):
+def test_streamed_training_takes_several_steps_per_dispatch(tmp_path, streamed):
   """steps_per_dispatch=3 on streamed data: the batches of 3 steps are one program input (lax.scan over them), with
   the parameters of one step per dispatch."""
-  root = tmp_path / 'images'
-  testing.write_image_folder(str(root), classes=('a', 'b', 'c'), per_class=8, splits=('train', 'test'),
-                             sizes=((40, 52), (52, 40)), fmt='JPEG')
-  overrides = {'input.eval_crop_mode': 'center', 'checkpoint_every_steps': '6'}
-  one, three = str(tmp_path / 'one'), str(tmp_path / 'three')
-  train.train_and_evaluate(_config(root, **overrides), one)
-  train.train_and_evaluate(_config(root, steps_per_dispatch='3', **overrides), three)
+  root, one, _ = streamed
+  three = str(tmp_path / 'three')
+  train.train_and_evaluate(_config(root, steps_per_dispatch='3', **{'input.eval_crop_mode': 'center'}), three)
   lines = [json.loads(l) for l in open(os.path.join(three, 'metrics.jsonl'))]
   assert len([l for l in lines if 'compile_s' in l]) == 1  # stretches of 3 steps (logs every 3): one program
   np.testing.assert_allclose(_flat(checkpoints.load(one).variables), _flat(checkpoints.load(three).variables),
