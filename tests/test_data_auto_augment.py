@@ -1,6 +1,9 @@
 """RandAugment (timm policy strings) and TrivialAugmentWide (torchvision) on the host path: each operation
 against its PIL / NumPy re-statement at one intensity level, the policy parser, the magnitude noise and clip,
-TrivialAugment's uniform choices, the bad inputs, and a streamed run with the policy on that resumes bitwise."""
+TrivialAugment's uniform choices, the bad inputs, and issue 24's all-on run (ResNet-D, EMA, LAMB, BCE, mixup/CutMix
+and RandAugment, streamed) that trains, evaluates and resumes bitwise from the command line."""
+
+import json
 
 import jax
 import numpy as np
@@ -262,17 +265,40 @@ def test_the_command_line_refuses_before_compiling_and_writes_nothing(cli, monke
   assert sum(line.startswith('error:') for line in lines) == 1 and not workdir.exists()
 
 
-def test_a_streamed_run_with_rand_augment_resumes_bitwise(tmp_path):
-  overrides = {'augment.auto_augment': 'rand-m9-mstd0.5-inc1', 'input.num_workers': '0', 'total_steps': '4',
-               'checkpoint_every_steps': '2', 'eval_every_steps': '4', 'log_every_steps': '2',
-               'schedule.boundaries_steps': '3', 'model.stage_sizes': '(1,1,1)'}
-  straight, interrupted = str(tmp_path / 'straight'), str(tmp_path / 'interrupted')
-  train.train_and_evaluate(conftest.tiny_config(**overrides), straight)
-  train.train_and_evaluate(conftest.tiny_config(**{**overrides, 'total_steps': '2', 'eval_every_steps': '2'}),
-                           interrupted)
-  # The digits split would stay on the device; with a policy on it streams, and the input position is saved.
-  assert checkpoints.Checkpointer(interrupted, read_only=True).restore_meta(2)['data_state']['step'] == 2
-  train.train_and_evaluate(conftest.tiny_config(**overrides), interrupted)
-  a, b = checkpoints.load(straight), checkpoints.load(interrupted)
-  for x, y in zip(jax.tree.leaves(a.variables), jax.tree.leaves(b.variables)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+# Everything of issue 24's acceptance run on at once, on the tiny run: ResNet-D (the deep stem and the average-pool
+# projection, with projection shortcuts) + EMA + LAMB + BCE + mixup/CutMix + RandAugment. (Not cosine: the first
+# part of the interrupted run is a run of 2 steps, whose cosine would differ; the step schedule drops at step 3,
+# in the resumed part.)
+ALL_ON = {'model.name': 'cifar_resnet20', 'model.stage_sizes': '(1,1,1)', 'model.stem': 'deep',
+          'model.downsample': 'avg', 'model.shortcut_type': 'B', 'ema.decay': '0.9', 'ema.warmup': 'True',
+          'optimizer.name': 'lamb', 'schedule.base_lr': '0.005', 'optimizer.weight_decay': '0.01',
+          'optimizer.weight_decay_on': 'kernels', 'loss': 'bce', 'bce_target_threshold': '0.2',
+          'augment.mixup_alpha': '0.2', 'augment.cutmix_alpha': '1.0',
+          'augment.auto_augment': 'rand-m9-mstd0.5-inc1', 'input.num_workers': '0', 'total_steps': '4',
+          'checkpoint_every_steps': '2', 'eval_every_steps': '4', 'log_every_steps': '2',
+          'schedule.boundaries_steps': '3'}
+
+
+def test_an_all_on_run_trains_evaluates_and_resumes_bitwise_from_the_command_line(cli, tmp_path):
+  """The streamed path (a policy is on, so the digits split streams) with every modern option: the command line
+  trains and evaluates both the weights and their average, and a run stopped at step 2 and resumed from its
+  checkpoint (with the input position) ends bitwise where the uninterrupted run does."""
+  args = lambda workdir, **more: conftest.TINY_ARGS + ['--workdir', str(workdir)] + [
+      f'--config.{key}={value}' for key, value in {**ALL_ON, **more}.items()]
+  straight, interrupted = tmp_path / 'straight', tmp_path / 'interrupted'
+  for argv in (args(straight), args(interrupted, total_steps=2, eval_every_steps=2), args(interrupted)):
+    status, _, err = cli('main', argv)
+    assert status == 0, err[-3000:]
+  lines = [json.loads(line) for line in open(straight / 'metrics.jsonl')]
+  losses = [line['train_loss'] for line in lines if 'train_loss' in line]
+  assert len(losses) == 2 and all(np.isfinite(losses))
+  final = [line for line in lines if 'test_accuracy' in line][-1]
+  assert final['step'] == 4 and 0 <= final['test_accuracy'] <= 1 and 0 <= final['ema_test_accuracy'] <= 1
+  assert checkpoints.Checkpointer(str(interrupted), read_only=True).restore_meta(2)['data_state']['step'] == 2
+  for ema in (False, True):
+    a, b = checkpoints.load(str(straight), ema=ema), checkpoints.load(str(interrupted), ema=ema)
+    assert a.step == b.step == 4 and a.ema == ema
+    assert (a.config.model.stem, a.config.model.downsample, a.config.optimizer.name, a.config.loss) == (
+        'deep', 'avg', 'lamb', 'bce')
+    for x, y in zip(jax.tree.leaves(a.variables), jax.tree.leaves(b.variables)):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
