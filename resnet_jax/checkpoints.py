@@ -249,8 +249,7 @@ def load(workdir: str, step: Optional[int] = None, ema: Optional[bool] = None) -
     def abstract_state(meta):
       config = config_lib.from_json(json.dumps(meta['config']))
       info = meta['model']
-      model = classifier.model_from_config(config, info['num_classes'], config_lib.nested_tuple(info['mean']),
-                                           config_lib.nested_tuple(info['std']))
+      model = classifier.from_description(config, info)
       # The optimizer's state structure does not depend on the schedule's values: any schedule will do.
       tx = optim.make_optimizer(config, lambda count: 0.0)
       built.update(model=model, config=config)

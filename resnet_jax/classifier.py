@@ -3,8 +3,8 @@
 Backbones (`resnet_jax.models.create_model`) take normalised float images. Training, evaluation, checkpoints
 and `resnet_jax.evaluate.predict` work with `Classifier`, which takes raw pixels (uint8 or float in [0, 255])
 and normalises them with statistics fixed at training time, so a loaded checkpoint needs nothing else to
-classify images. The statistics themselves are computed by the data layer
-(`resnet_jax.data.normalization`).
+classify images. The statistics themselves are decided by the data layer (`resnet_jax.data.normalization`);
+checkpoints save them through `describe` and rebuild the model with `from_description`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from resnet_jax import models
+from resnet_jax.config import nested_tuple
 from resnet_jax.errors import UserError
 from resnet_jax.models.layers import canonical_dtype
 
@@ -87,3 +88,16 @@ def model_from_config(config, num_classes: int, mean: Any = (0.0,), std: Any = (
     options['bn_group_size'] = group
   backbone = models.create_model(config.model.name, num_classes=num_classes, **options)
   return Classifier(backbone=backbone, mean=mean, std=std)
+
+
+def describe(model: Classifier, num_classes: int, image_shape) -> dict[str, Any]:
+  """What a checkpoint keeps beside the config to rebuild `model` (`from_description`): its classes, its input
+  normalisation and the training image shape, as JSON values."""
+  return {'num_classes': int(num_classes), 'mean': model.mean, 'std': model.std, 'image_shape': list(image_shape)}
+
+
+def from_description(config, description: dict[str, Any]) -> Classifier:
+  """The Classifier of `config` that `describe` described (the normalisation as saved, JSON lists back to
+  tuples: hashable module attributes)."""
+  return model_from_config(config, description['num_classes'], nested_tuple(description['mean']),
+                           nested_tuple(description['std']))

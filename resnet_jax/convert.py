@@ -372,8 +372,7 @@ def write_directory(out: str, variables: Mapping[str, Any], model_name: str, sou
   state = state_lib.from_variables(
       {collection: {'backbone': jax.tree.map(jnp.asarray, variables[collection])}
        for collection in ('params', 'batch_stats')}, tx)
-  meta = {'model': {'num_classes': num_classes, 'mean': list(model.mean), 'std': list(model.std),
-                    'image_shape': list(IMAGE_SHAPE)},
+  meta = {'model': classifier.describe(model, num_classes, IMAGE_SHAPE),
           'config': config.to_dict(), 'converted_from': str(storage.resolve(source)) if source else ''}
   partial = _partial(out)
   if storage.exists(partial):  # left by a convert that was killed

@@ -80,8 +80,7 @@ class Experiment:
 
   def model_info(self) -> dict[str, Any]:
     """What `checkpoints.load` needs besides the config to rebuild the model."""
-    return {'num_classes': self.num_classes, 'mean': self.model.mean, 'std': self.model.std,
-            'image_shape': list(self.image_shape)}
+    return classifier.describe(self.model, self.num_classes, self.image_shape)
 
   def restore_data(self, meta: dict[str, Any], start_step: int) -> None:
     """Positions the train data where the checkpoint with metadata `meta` (of step `start_step`) left it; raises
@@ -164,7 +163,7 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
 
   eval_data = pipelines.make_eval_batches(config, mesh, eval_source)
   train_data = pipelines.make_train_data(config, mesh, train_source, start_step=start_step)
-  model = classifier.model_from_config(config, train_data.num_classes, train_data.mean, train_data.std)
+  model = classifier.model_from_config(config, train_data.num_classes, *train_data.normalization)
   finetune.check_parameter_groups(config, model, train_data.image_shape)  # config.freeze, lr_multipliers
   return Experiment(config=config, mesh=mesh, model=model, tx=tx, schedule=schedule, train_data=train_data,
                     eval_data=eval_data, steps_per_epoch=steps_per_epoch, total_steps=total_steps,

@@ -97,9 +97,10 @@ def test_cifar10_config_gives_the_device_resident_pipeline_under_mock_data():
     eval_data = pipelines.make_eval_batches(cifar_config(), mesh, sources.open_split('cifar10', 'test'))
     eval_batches = list(eval_data)
   assert data.pipeline == 'device' and data.image_shape == (32, 32, 3) and data.num_classes == 10
-  assert len(data.mean) == 3 and len(data.std) == 3 and data.steps_per_epoch == 5
-  assert data.device_augment.center == data.mean  # pad after normalisation
-  assert np.asarray(per_pixel.mean).shape == (32, 32, 3) and per_pixel.std == (1.0,)
+  (mean, std), (per_pixel_mean, per_pixel_std) = data.normalization, per_pixel.normalization
+  assert len(mean) == 3 and len(std) == 3 and data.steps_per_epoch == 5
+  assert data.device_augment.center == mean  # pad after normalisation
+  assert np.asarray(per_pixel_mean).shape == (32, 32, 3) and per_pixel_std == (1.0,)
   assert per_pixel.device_augment.center is None and per_pixel.device_augment.pad_value == (0.0,)
 
   @jax.jit
@@ -112,7 +113,7 @@ def test_cifar10_config_gives_the_device_resident_pipeline_under_mock_data():
   assert float(images.min()) >= 0 and float(images.max()) <= 255
   assert images.sharding.spec == jax.sharding.PartitionSpec(parallel.DATA_AXIS)
   # Every augmented CIFAR image is a window of the image padded (with the mean colour) after normalisation.
-  mean = np.float32(data.mean)
+  mean = np.float32(mean)
   flips = []
   for step in range(5):
     batch, images = jax.tree.map(np.asarray, batch_at(data.arrays, jnp.int32(step)))

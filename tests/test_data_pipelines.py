@@ -53,7 +53,7 @@ def test_imagenet2012_training_batches_under_mock_data(crop):
     finally:
       data.close()
   assert data.pipeline == 'grain' and data.image_shape == (48, 48, 3) and data.num_classes == 1000
-  assert data.mean == normalization.IMAGENET_MEAN and data.std == normalization.IMAGENET_STD
+  assert data.normalization == (normalization.IMAGENET_MEAN, normalization.IMAGENET_STD)
   assert data.steps_per_epoch == 2.5
   assert first['image'].shape == (8, 48, 48, 3) and first['image'].dtype == np.uint8
   assert first['label'].dtype == np.int32
@@ -229,7 +229,7 @@ def test_pipeline_choice_and_option_errors(tmp_path):
   # Streaming a small fixed-size split: the device pads and crops, as for the device-resident split.
   data = pipelines.make_train_data(make_config(name, device_max_bytes=1000), parallel.make_mesh(), source)
   assert data.pipeline == 'grain' and data.image_shape == (8, 8, 3) and data.transform.crop == 'pad_crop'
-  assert data.device_augment == pipelines.device_augmentation(options, 'pad_crop', data.mean)
+  assert data.device_augment == pipelines.device_augmentation(options, 'pad_crop', data.normalization[0])
   data.close()
   # Defaults work for a config without an `input` section at all.
   bare = ml_collections.ConfigDict({'seed': 0, 'batch_size': 4, 'dataset': {'name': name}})

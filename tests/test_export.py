@@ -197,8 +197,7 @@ def write_run(workdir, name='cifar_preact_resnet20', options=SMALL_CIFAR, size=1
   variables = randomize(model.init(jax.random.key(0), np.zeros((1, size, size, 3), np.float32)))
   tx = optim.make_optimizer(config, lambda count: 0.0)
   state = state_lib.from_variables(variables, tx)
-  meta = {'model': {'num_classes': num_classes, 'mean': list(mean), 'std': list(std),
-                    'image_shape': [size, size, 3]}, 'config': config.to_dict()}
+  meta = {'model': classifier.describe(model, num_classes, (size, size, 3)), 'config': config.to_dict()}
   with checkpoints.Checkpointer(str(workdir), best_metric=None) as checkpointer:
     checkpointer.save(7, state, meta)
     checkpointer.wait()

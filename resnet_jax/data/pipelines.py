@@ -9,8 +9,8 @@ Choosing a pipeline (`make_train_data`, `config.dataset.pipeline`)
     `config.input.device_max_bytes`, else 'grain'.
   Both are one train-data interface, so the train loop never asks which it has: `pipeline` ('device' |
   'grain', the word config.dataset.pipeline uses), `image_shape`, `num_classes`, `num_examples`,
-  `steps_per_epoch`, `mean`/`std` (for the Classifier), `device_augment(key, uint8 images) -> float32 images`
-  (the jitted part of augmentation), `program_inputs(step, num_steps)` (what the compiled program of those steps
+  `steps_per_epoch`, `normalization` ((mean, std), for the Classifier), `device_augment(key, uint8 images) ->
+  float32 images` (the jitted part of augmentation), `program_inputs(step, num_steps)` (what the compiled program of those steps
   takes) and `batch_in_program(inputs, step, index)` (inside jit: the batch of a step), `get_state()` /
   `set_state()` (the stream position saved with checkpoints, `order.position_state`) and `close()`.
   Both follow the one data order of `order`: the same seed gives the same batches on either pipeline.
@@ -55,7 +55,6 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from resnet_jax import parallel
-from resnet_jax.config import nested_tuple
 from resnet_jax.data import augment as augment_lib
 from resnet_jax.data import auto_augment as auto_augment_lib
 from resnet_jax.data import host_augment
@@ -76,8 +75,7 @@ class DeviceResidentData:
   seed: int
   mesh: Mesh
   # Set by make_train_data (None when built directly with from_arrays).
-  mean: Any = None
-  std: Any = None
+  normalization: Optional[tuple[Any, Any]] = None  # (mean, std): `data.normalization.for_run`
   image_shape: Optional[tuple[int, int, int]] = None
   num_classes: Optional[int] = None
   device_augment: Optional[Callable[[jax.Array, jax.Array], jax.Array]] = None
@@ -399,39 +397,6 @@ def _read_all(source: ExampleSource, corrupt_images: str) -> dict[str, np.ndarra
   return arrays
 
 
-def training_statistics(options: InputOptions, source: ExampleSource, seed: int,
-                        images: Optional[np.ndarray] = None) -> tuple[Any, Any]:
-  """The run's normalisation (`normalization`), decided once for either pipeline: the config's mean/std, the
-  mode's constants, or the mode applied to `images` (the whole split, when it is on hand) or to a sample of
-  `stats_examples` examples of the split."""
-  for name, values in (('mean', options.mean), ('std', options.std)):
-    if values is not None and len(values) not in (1, source.channels):
-      raise UserError(f"config.input.{name}={values} has {len(values)} values, but the images of "
-                      f"{source.dataset} have {source.channels} channel(s); give 1 value or one per channel")
-  if options.mean is not None:
-    return options.mean, options.std
-  if images is not None or options.normalization == 'imagenet':
-    return normalization.statistics(images, options.normalization)
-  if options.normalization == 'per_pixel_mean' and source.image_shape is None:
-    raise UserError(f"config.augment.normalization='per_pixel_mean' needs images of one size, but "
-                    f"{source.dataset} images vary; use 'per_channel'")
-  count = min(len(source), max(1, options.stats_examples))
-  indices = np.sort(np.random.default_rng([seed, 0x57A7]).permutation(len(source))[:count])
-  crop = 'none' if source.image_shape is not None else 'center'
-  transform = host_pipeline.EvalTransform(crop=crop, resize=options.eval_resize, crop_size=options.eval_crop,
-                                          channels=source.channels, image_shape=source.image_shape,
-                                          interpolation=options.interpolation)
-  sample = []
-  for start in range(0, count, 256):
-    decoded, _ = host_pipeline.transform_rows(source, indices[start:start + 256], lambda raw, row: transform(raw),
-                                              'skip')
-    sample += [image for image in decoded if image is not None]
-  if not sample:
-    raise UserError(f"{source.dataset} {source.split!r}: no readable image to compute normalisation statistics")
-  logging.info('normalisation statistics of %s estimated from %d examples', source.dataset, len(sample))
-  return normalization.statistics(np.stack(sample), options.normalization)
-
-
 def make_train_data(config, mesh: Mesh, train_source: ExampleSource, *,
                     start_step: int = 0) -> Union[DeviceResidentData, 'streaming.StreamingTrainData']:
   """The training input for `config`: device-resident or streamed (see the module docstring).
@@ -445,9 +410,9 @@ def make_train_data(config, mesh: Mesh, train_source: ExampleSource, *,
   kind = choose_pipeline(options, train_source)
   if kind == 'device':
     arrays = _read_all(train_source, options.corrupt_images)
-    mean, std = training_statistics(options, train_source, seed, arrays['image'])
+    mean, std = normalization.for_run(options, train_source, seed, arrays['image'])
     data = DeviceResidentData.from_arrays(arrays, mesh, global_batch, seed)
-    data.mean, data.std = mean, std
+    data.normalization = (mean, std)
     data.image_shape = tuple(arrays['image'].shape[1:])
     data.num_classes = train_source.num_classes
     data.device_augment = device_augmentation(options, 'pad_crop', mean)
@@ -456,7 +421,7 @@ def make_train_data(config, mesh: Mesh, train_source: ExampleSource, *,
   crop = resolve_train_crop(options, train_source)
   if options.pca_lighting > 0 and train_source.channels != 3:
     raise UserError("config.input.pca_lighting needs RGB images; set it to 0 for grey images")
-  mean, std = training_statistics(options, train_source, seed)
+  mean, std = normalization.for_run(options, train_source, seed)
   transform = host_pipeline.TrainTransform(
       crop=crop, image_size=options.image_size, channels=train_source.channels,
       image_shape=train_source.image_shape, scale_range=options.scale_range, area_range=options.area_range,
@@ -464,8 +429,8 @@ def make_train_data(config, mesh: Mesh, train_source: ExampleSource, *,
       interpolation=options.interpolation, auto_augment=options.auto_augment,
       auto_augment_fill=auto_augment_lib.fill_colour(mean, train_source.channels))
   return streaming.StreamingTrainData(
-      train_source, mesh, global_batch, seed, transform, device_augmentation(options, crop, mean), mean=mean,
-      std=std, num_workers=options.num_workers, num_threads=options.num_threads, prefetch=options.prefetch,
+      train_source, mesh, global_batch, seed, transform, device_augmentation(options, crop, mean),
+      normalization=(mean, std), num_workers=options.num_workers, num_threads=options.num_threads, prefetch=options.prefetch,
       corrupt_images=options.corrupt_images, start_step=start_step)
 
 

@@ -121,9 +121,9 @@ class StreamingTrainData:
   pipeline = 'grain'
 
   def __init__(self, source, mesh: Mesh, global_batch: int, seed: int, transform: host_pipeline.TrainTransform,
-               device_augment: Callable[[jax.Array, jax.Array], jax.Array], *, mean: Any = (0.0,),
-               std: Any = (1.0,), num_workers: int = 0, num_threads: int = 1, prefetch: int = 2,
-               corrupt_images: str = 'fail', start_step: int = 0):
+               device_augment: Callable[[jax.Array, jax.Array], jax.Array], *,
+               normalization: tuple[Any, Any] = ((0.0,), (1.0,)), num_workers: int = 0, num_threads: int = 1,
+               prefetch: int = 2, corrupt_images: str = 'fail', start_step: int = 0):
     parallel.check_batch_divisible(global_batch, mesh)
     order.check_batch_fits(global_batch, len(source))
     self.source = source
@@ -132,7 +132,7 @@ class StreamingTrainData:
     self.seed = int(seed)
     self.transform = transform
     self.device_augment = device_augment
-    self.mean, self.std = mean, std
+    self.normalization = normalization  # (mean, std): `data.normalization.for_run`
     self.num_workers, self.num_threads, self.prefetch = int(num_workers), int(num_threads), int(prefetch)
     rows = parallel.local_batch_slice(global_batch, mesh)
     self.maker = host_pipeline.TrainBatchMaker(source, global_batch, (rows.start, rows.stop), seed, transform,
