@@ -322,6 +322,20 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
                       f"{f' ({meaning})' if meaning else ''}")
 
 
+def check_accumulate_steps(config: ml_collections.ConfigDict, devices: int) -> int:
+  """config.accumulate_steps: a positive integer that divides the per-device batch (each micro-batch takes the
+  same number of examples from every device). Returns the per-device micro-batch size."""
+  steps = config.accumulate_steps
+  if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    raise UserError(f"config.accumulate_steps must be a positive integer (micro-batches per optimizer step; 1 = "
+                    f"no accumulation), got {steps!r}")
+  per_device = config.batch_size // devices
+  if per_device % steps:
+    raise UserError(f"config.accumulate_steps={steps} does not divide the per-device batch {per_device} "
+                    f"(batch_size {config.batch_size} over {devices} devices); use a divisor of {per_device}")
+  return per_device // steps
+
+
 def resolve_steps(config: ml_collections.ConfigDict, prefix: str, steps_per_epoch: float,
                   default: Optional[int] = None) -> Optional[int]:
   """Returns the duration `<prefix>_steps` or `<prefix>_epochs` in steps (big_vision's `u.steps`)."""

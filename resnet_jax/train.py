@@ -135,7 +135,7 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
 
   # Model options and the BN group size are checked before the data is loaded.
   group = classifier.bn_group_size(config)
-  per_device = config.batch_size // mesh.devices.size
+  per_device = config_lib.check_accumulate_steps(config, mesh.devices.size)  # the micro-batch's, per device
   if group is not None and per_device % group:
     raise UserError(f"config.batch_norm.group_size={group} does not divide the per-device batch {per_device} "
                     f"(batch_size {config.batch_size} over {mesh.devices.size} devices); use a divisor of "
@@ -210,27 +210,37 @@ def step_keys(seed: int, step: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def make_train_step(model, tx, augment, config) -> Callable:
-  """Returns train_step(state, batch) -> (state, metrics) for uint8 batches {'image', 'label'}."""
+  """Returns train_step(state, batch) -> (state, metrics) for uint8 batches {'image', 'label'}.
+
+  With config.accumulate_steps = k > 1 the batch is cut into k micro-batches (`split_micro_batches`), each
+  augmented, mixed and normalised by BatchNorm on its own, as one GPU's batch of the recipes; the gradients
+  are averaged and the optimizer steps once (`accumulated_gradients`)."""
   label_smoothing = float(config.label_smoothing)
   skip_nonfinite = config.on_nonfinite == 'skip'
   seed = int(config.seed)
+  accumulate_steps = int(config.accumulate_steps)
   apply = finetune.training_apply(model, config)  # model.apply; frozen BatchNorm in inference mode
 
-  def train_step(state: state_lib.TrainState, batch):
-    augment_key, dropout_key = step_keys(seed, state.step)
+  def loss_fn(params, batch_stats, batch, augment_key, dropout_key):
     images, label_weight = augment.apply(augment_key, batch['image'])  # label_weight: mixup/CutMix's lambda
+    logits, updates = apply({'params': params, 'batch_stats': batch_stats}, images, train=True,
+                            rngs={'dropout': dropout_key}, mutable=['batch_stats'])
+    # Smoothed, then mixed with the partners' targets as the images were (timm's mixup_target): soft targets
+    # that the softmax and the BCE loss both take.
     labels = batch['label']
+    targets = augment.mix_targets(losses.one_hot_targets(labels, logits.shape[-1], label_smoothing), label_weight)
+    loss = jnp.mean(losses.classification_loss(logits, targets, config.loss, config.bce_target_threshold))
+    return loss, (logits, updates.get('batch_stats', batch_stats))
 
-    def loss_fn(params):
-      logits, updates = apply({'params': params, 'batch_stats': state.batch_stats}, images, train=True,
-                              rngs={'dropout': dropout_key}, mutable=['batch_stats'])
-      # Smoothed, then mixed with the partners' targets as the images were (timm's mixup_target): soft targets
-      # that the softmax and the BCE loss both take.
-      targets = augment.mix_targets(losses.one_hot_targets(labels, logits.shape[-1], label_smoothing), label_weight)
-      loss = jnp.mean(losses.classification_loss(logits, targets, config.loss, config.bce_target_threshold))
-      return loss, (logits, updates.get('batch_stats', state.batch_stats))
+  gradients = jax.value_and_grad(loss_fn, has_aux=True)
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  def train_step(state: state_lib.TrainState, batch):
+    keys = step_keys(seed, state.step)  # (augmentation, dropout)
+    if accumulate_steps == 1:
+      (loss, (logits, batch_stats)), grads = gradients(state.params, state.batch_stats, batch, *keys)
+    else:
+      loss, logits, batch_stats, grads = accumulated_gradients(gradients, state, batch, keys, accumulate_steps)
+    labels = batch['label']
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & jnp.all(jnp.asarray([jnp.all(jnp.isfinite(grad)) for grad in jax.tree.leaves(grads)]))
@@ -248,6 +258,42 @@ def make_train_step(model, tx, augment, config) -> Callable:
     return new_state, metrics
 
   return train_step
+
+
+def split_micro_batches(batch: Any, steps: int) -> Any:
+  """[B, ...] -> [steps, B / steps, ...]: micro-batch j holds examples j, j + steps, j + 2 * steps, ... of the
+  global batch. Each device holds a contiguous block of the batch whose size `steps` divides (checked before
+  compiling), so every micro-batch takes B / (steps * devices) examples from each device's own block: no
+  example moves between devices, and a micro-batch is sharded as the batch is."""
+  return jax.tree.map(lambda x: x.reshape(x.shape[0] // steps, steps, *x.shape[1:]).swapaxes(0, 1), batch)
+
+
+def merge_micro_batches(values: jax.Array) -> jax.Array:
+  """The inverse of `split_micro_batches`: [steps, B / steps, ...] -> [B, ...] in the batch's order."""
+  return values.swapaxes(0, 1).reshape(-1, *values.shape[2:])
+
+
+def accumulated_gradients(gradients: Callable, state: state_lib.TrainState, batch, keys, steps: int):
+  """Gradient accumulation (config.accumulate_steps): the mean loss and gradients of `steps` micro-batches,
+  run one after another (lax.scan) with the BatchNorm statistics threaded through them, as `steps` GPUs'
+  per-GPU BatchNorm would see them. Micro-batch j takes the step's keys folded with j, so each is augmented
+  (and mixed, with its own lambda: timm mixes each loader batch, i.e. each GPU's batch) independently.
+  Returns (loss, logits in the batch's order, batch_stats, gradients)."""
+  augment_key, dropout_key = keys
+
+  def one_micro_batch(carry, inputs):
+    gradient_sum, loss_sum, batch_stats = carry
+    index, micro_batch = inputs
+    (loss, (logits, batch_stats)), grads = gradients(state.params, batch_stats, micro_batch,
+                                                     jax.random.fold_in(augment_key, index),
+                                                     jax.random.fold_in(dropout_key, index))
+    return (jax.tree.map(jnp.add, gradient_sum, grads), loss_sum + loss, batch_stats), logits
+
+  start = (jax.tree.map(jnp.zeros_like, state.params), jnp.float32(0), state.batch_stats)
+  (gradient_sum, loss_sum, batch_stats), logits = jax.lax.scan(
+      one_micro_batch, start, (jnp.arange(steps), split_micro_batches(batch, steps)))
+  grads = jax.tree.map(lambda total: total / steps, gradient_sum)
+  return loss_sum / steps, merge_micro_batches(logits), batch_stats, grads
 
 
 def _fresh_totals(mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:

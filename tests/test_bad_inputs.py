@@ -230,6 +230,10 @@ _FRESH = [
      'config.batch_norm.group_size'),
     ('ghost_group_not_dividing', ['--config.batch_norm.mode=ghost', '--config.batch_norm.group_size=3'],
      'config.batch_norm.group_size=3 does not divide the per-device batch 4'),
+    ('accumulate_steps_zero', ['--config.accumulate_steps=0'], 'config.accumulate_steps must be a positive '
+     'integer'),
+    ('accumulate_steps_not_dividing', ['--config.accumulate_steps=3'], 'config.accumulate_steps=3 does not divide '
+     'the per-device batch 4'),
     ('unknown_bn_mode', ['--config.batch_norm.mode=local'], "unknown config.batch_norm.mode 'local'"),
     ('unknown_nonfinite_policy', ['--config.on_nonfinite=ignore'], "unknown config.on_nonfinite 'ignore'"),
     ('freeze_matches_nothing', ['--config.freeze=stage9'], "config.freeze: 'stage9' matches no parameter"),
