@@ -13,6 +13,8 @@ PATCHES (comma-separated):
                (layers.batch_norm_train_reference), i.e. without layers.batch_norm_train's written-out
                gradient and fused ReLU
   two_pass_bn  layers.batch_norm_train with two-pass statistics (E[(x - E[x])^2]) instead of one pass
+  unmaterialized  convolution inputs as XLA fuses them (conv.materialized the identity): the form before issue
+               27's fix, where every reader of a convolution's input recomputes the residual stream
   gpu_maxpool  (a candidate, the "after" side) the ImageNet stem's max-pool with the written-out gradient of
                experiments/gpu_kernels.py instead of XLA's select-and-scatter
 """
@@ -95,8 +97,19 @@ def gpu_maxpool():
   return gpu_kernels.patch_max_pool()
 
 
+def unmaterialized():
+  from resnet_jax.models import conv  # pylint: disable=g-import-not-at-top
+  original = conv.materialized
+  conv.materialized = lambda x: x
+
+  def undo():
+    conv.materialized = original
+  return undo
+
+
 PATCHES = {'lax_conv': lax_conv, 'lax_grouped_conv': lax_grouped_conv, 'no_donate': no_donate,
-           'autodiff_bn': autodiff_bn, 'two_pass_bn': two_pass_bn, 'gpu_maxpool': gpu_maxpool}
+           'autodiff_bn': autodiff_bn, 'two_pass_bn': two_pass_bn, 'gpu_maxpool': gpu_maxpool,
+           'unmaterialized': unmaterialized}
 
 
 def apply(names: str):

@@ -3,6 +3,8 @@ interleaved run (before/after of an optimisation, beside the peers):
 
   python benchmarks/experiments/peers_patched.py --impls resnet_jax,resnet_jax+lax_conv,haiku --batch_size 8
   python benchmarks/experiments/peers_patched.py --impls resnet_jax,resnet_jax+autodiff_bn --batch_size 8
+  python benchmarks/experiments/peers_patched.py --workload cifar --batch_size 128 \
+      --impls resnet_jax,resnet_jax+unmaterialized,torch_eager,torch_compile
 """
 
 import os
@@ -17,10 +19,10 @@ import peers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _patched(make, names):
-  def build(batch, dtype):
+  def build(batch, dtype, **kwargs):
     undos = [patched_benchmark.PATCHES[name]() for name in names]
     try:
-      return make(batch, dtype)  # traces and compiles inside: the patches are in effect for the whole program
+      return make(batch, dtype, **kwargs)  # traces and compiles inside: the patches are in effect for the whole program
     finally:
       for undo in reversed(undos):
         undo()

@@ -69,6 +69,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                                     preferred_element_type)
   strides = tuple(int(s) for s in window_strides)
   pads = tuple(tuple(int(v) for v in p) for p in _pads(padding, lhs.shape, rhs.shape, strides))
+  lhs = materialized(lhs)
   if rhs.shape[:2] == (1, 1) and feature_group_count == 1 and pads == ((0, 0), (0, 0)):
     x = lhs[:, ::strides[0], ::strides[1], :] if strides != ones else lhs
     return lax.dot_general(x, rhs.reshape(rhs.shape[2:]), (((3,), (0,)), ((), ())), precision=precision,
@@ -78,6 +79,22 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                                     feature_group_count=feature_group_count, precision=precision,
                                     preferred_element_type=preferred_element_type)
   return _canonical_conv(lhs, rhs, strides, pads, int(feature_group_count), precision)
+
+
+def materialized(x):
+  """x, read by the convolution and its gradient from one buffer instead of recomputed by each reader.
+
+  XLA:CPU fuses cheap elementwise producers into every consumer, duplicating them. A convolution's input is
+  usually such a producer (BatchNorm, ReLU, the residual add), and in a residual stage it is built from the
+  previous unit's input by the same ops, so each consumer that is a loop fusion -- above all the kernel
+  gradient's transpose of x -- recomputes the residual stream from the start of the stage, in the transpose's
+  strided order (issue 27: benchmarks/results/cpu_issue27_layout_copies.md; 38-47% of a CIFAR ResNet-20
+  step). `lax.optimization_barrier` does not stop it (XLA:CPU expands barriers before fusion). Writing the
+  last example of x back onto itself does: a dynamic-update-slice is done in place on its operand's buffer and
+  its consumers read that buffer. The value is x, bit for bit (the gradient passes through unchanged).
+  """
+  last = x.shape[0] - 1
+  return lax.dynamic_update_slice_in_dim(x, lax.slice_in_dim(x, last, last + 1, axis=0), last, axis=0)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
