@@ -230,6 +230,10 @@ _FRESH = [
      'config.batch_norm.group_size'),
     ('ghost_group_not_dividing', ['--config.batch_norm.mode=ghost', '--config.batch_norm.group_size=3'],
      'config.batch_norm.group_size=3 does not divide the per-device batch 4'),
+    ('random_erase_prob_above_one', ['--config.augment.random_erase_prob=1.5'], 'config.augment.random_erase_prob='
+     '1.5 is a probability'),
+    ('unknown_random_erase_mode', ['--config.augment.random_erase_mode=zeros'], "unknown config.augment."
+     "random_erase_mode 'zeros'; choose const, rand, pixel"),
     ('accumulate_steps_zero', ['--config.accumulate_steps=0'], 'config.accumulate_steps must be a positive '
      'integer'),
     ('accumulate_steps_not_dividing', ['--config.accumulate_steps=3'], 'config.accumulate_steps=3 does not divide '

@@ -144,6 +144,80 @@ def mix_images(key: jax.Array, images: jax.Array, augment: 'SmallImageAugment') 
   return DeviceBatch(pixel_weight * images + (1 - pixel_weight) * partner(images), label_weight)
 
 
+#: Random erasing's fill values (timm --remode; random_erasing.py `_get_pixels`), in the normalised space the
+#: model sees: 'const' 0 (torchvision's RandomErasing value=0 is the same), 'rand' one N(0, 1) colour per box
+#: (per channel), 'pixel' N(0, 1) per pixel and channel (timm's default mode).
+ERASE_MODES = ('const', 'rand', 'pixel')
+#: timm RandomErasing's defaults (random_erasing.py L46-111), used by both recipes that erase: erased area a
+#: fraction U[0.02, 1/3] of the image (divided by the number of boxes), aspect exp(U[ln 0.3, ln 1/0.3]), up to
+#: 10 tries for a box that fits.
+ERASE_AREA = (0.02, 1 / 3)
+ERASE_LOG_ASPECT = (float(np.log(0.3)), float(np.log(1 / 0.3)))
+ERASE_TRIES = 10
+
+
+def erasing_draws(key: jax.Array, batch: int, augment: 'SmallImageAugment') -> dict[str, jax.Array]:
+  """The uniform draws of random erasing for `batch` images, per example (S = random_erase_count slots, T =
+  ERASE_TRIES): 'erase' U[0, 1) [B] (erased when < random_erase_prob), 'count' U[0, 1) [B] (timm's
+  randint(1, count) boxes: 1 + floor(u * count)), and for every slot and try [B, S, T] 'area' U[.02, 1/3),
+  'log_aspect' U[ln .3, ln 1/.3), 'top' and 'left' U[0, 1) (the box's corner, uniform over the positions where
+  it fits: floor(u * (H - h + 1))). `erase_images` turns them into boxes as timm's loop does."""
+  keys = jax.random.split(key, 6)
+  slots = (batch, augment.random_erase_count, ERASE_TRIES)
+  return {'erase': jax.random.uniform(keys[0], (batch,)), 'count': jax.random.uniform(keys[1], (batch,)),
+          'area': jax.random.uniform(keys[2], slots, minval=ERASE_AREA[0], maxval=ERASE_AREA[1]),
+          'log_aspect': jax.random.uniform(keys[3], slots, minval=ERASE_LOG_ASPECT[0], maxval=ERASE_LOG_ASPECT[1]),
+          'top': jax.random.uniform(keys[4], slots), 'left': jax.random.uniform(keys[5], slots)}
+
+
+def erasing_boxes(draws: dict[str, jax.Array], height: int, width: int, prob: float,
+                  count: int) -> tuple[jax.Array, jax.Array]:
+  """timm's `RandomErasing._erase` (random_erasing.py L80-101) for given draws, vectorised: with probability
+  `prob`, n = randint(1, count) boxes; each takes the first of its tries whose h = round(sqrt(A * r)) and
+  w = round(sqrt(A / r)) (A = area * H * W / n, r = exp(log_aspect)) satisfy h < H and w < W, and no box when
+  none does. Returns (int32 [B, S, 4] top, left, h, w of each slot's box; bool [B, S] whether it is erased)."""
+  boxes_wanted = 1 + jnp.minimum(jnp.floor(draws['count'] * count), count - 1).astype(jnp.int32)  # [B]
+  target_area = draws['area'] * (height * width) / boxes_wanted[:, None, None].astype(jnp.float32)
+  aspect = jnp.exp(draws['log_aspect'])
+  box_height = jnp.round(jnp.sqrt(target_area * aspect)).astype(jnp.int32)
+  box_width = jnp.round(jnp.sqrt(target_area / aspect)).astype(jnp.int32)
+  fits = (box_height < height) & (box_width < width)  # [B, S, T]
+  first = jnp.argmax(fits, axis=-1)[..., None]  # the first try that fits (0 when none does: masked below)
+  pick = lambda values: jnp.take_along_axis(values, first, axis=-1)[..., 0]
+  box_height, box_width = pick(box_height), pick(box_width)
+  top = jnp.floor(pick(draws['top']) * (height - box_height + 1).astype(jnp.float32)).astype(jnp.int32)
+  left = jnp.floor(pick(draws['left']) * (width - box_width + 1).astype(jnp.float32)).astype(jnp.int32)
+  erased = ((draws['erase'] < prob)[:, None] & (jnp.arange(count)[None, :] < boxes_wanted[:, None])
+            & jnp.any(fits, axis=-1))
+  return jnp.stack([top, left, box_height, box_width], axis=-1), erased
+
+
+def erase_images(key: jax.Array, images: jax.Array, augment: 'SmallImageAugment') -> jax.Array:
+  """Random erasing (Zhong et al. 2020; timm's RandomErasing, `erasing_boxes`), per example, after the model's
+  normalisation: the fill is drawn in normalised units (ERASE_MODES) and written as mean + std * fill in the
+  raw pixels that reach the model, which normalises them back to the fill exactly (in the centred space of
+  `center`, as std * fill). Boxes are written in slot order, later ones over earlier ones, as timm's loop."""
+  batch, height, width, channels = images.shape
+  draw_key, fill_key = jax.random.split(key)
+  boxes, erased = erasing_boxes(erasing_draws(draw_key, batch, augment), height, width,
+                                augment.random_erase_prob, augment.random_erase_count)
+  std = jnp.asarray(np.asarray(augment.std, np.float32))
+  mean = 0.0 if augment.center is not None else jnp.asarray(np.asarray(augment.mean, np.float32))
+  rows, columns = jnp.arange(height)[None, :, None], jnp.arange(width)[None, None, :]
+  for slot, slot_key in enumerate(jax.random.split(fill_key, augment.random_erase_count)):
+    if augment.random_erase_mode == 'pixel':
+      fill = jax.random.normal(slot_key, (batch, height, width, channels))
+    elif augment.random_erase_mode == 'rand':
+      fill = jax.random.normal(slot_key, (batch, 1, 1, channels))
+    else:
+      fill = jnp.zeros((batch, 1, 1, 1))
+    top, left, box_height, box_width = (boxes[:, slot, index][:, None, None] for index in range(4))
+    inside = ((rows >= top) & (rows < top + box_height) & (columns >= left) & (columns < left + box_width)
+              & erased[:, slot][:, None, None])
+    images = jnp.where(inside[..., None], mean + std * fill, images)
+  return images
+
+
 def _pad_crop(key: jax.Array, batch: DeviceBatch, augment: 'SmallImageAugment') -> DeviceBatch:
   pad_value = 0.0 if augment.center is not None else np.asarray(augment.pad_value, np.float32)
   return batch._replace(images=random_crop_with_padding(key, batch.images, augment.crop_padding, pad_value))
@@ -151,6 +225,14 @@ def _pad_crop(key: jax.Array, batch: DeviceBatch, augment: 'SmallImageAugment') 
 
 def _flip(key: jax.Array, batch: DeviceBatch, augment: 'SmallImageAugment') -> DeviceBatch:
   return batch._replace(images=random_flip_left_right(key, batch.images)) if augment.flip else batch
+
+
+def _erase(key: jax.Array, batch: DeviceBatch, augment: 'SmallImageAugment') -> DeviceBatch:
+  # Per example, before mixing: timm erases in each example's transform (after Normalize) and mixes the batch
+  # in the loader's collate, torchvision the same (presets.py, then the collate's mixup/CutMix).
+  if augment.random_erase_prob == 0:
+    return batch
+  return batch._replace(images=erase_images(key, batch.images, augment))
 
 
 def _mix(key: jax.Array, batch: DeviceBatch, augment: 'SmallImageAugment') -> DeviceBatch:
@@ -168,20 +250,25 @@ def _mix(key: jax.Array, batch: DeviceBatch, augment: 'SmallImageAugment') -> De
 #: take jax.random.split(step key, _SPLIT_OPERATIONS), as before any other existed; each later entry takes
 #: jax.random.fold_in(step key, its position), so adding one leaves the keys, i.e. the augmentation of earlier
 #: runs, bitwise unchanged.
-DEVICE_OPERATIONS = {'pad_crop': _pad_crop, 'flip': _flip, 'mix': _mix}
+DEVICE_OPERATIONS = {'pad_crop': _pad_crop, 'flip': _flip, 'erase': _erase, 'mix': _mix}
 _SPLIT_OPERATIONS = 2
+#: The operations in the order they were added, which decides their keys (`operation_keys`): an operation
+#: placed before others in DEVICE_OPERATIONS (random erasing comes before mixing, as in timm) takes the next
+#: position here, so the keys of the earlier ones stay what they were.
+_KEY_ORDER = ('pad_crop', 'flip', 'mix', 'erase')
 
 
 def operation_keys(key: jax.Array) -> list[jax.Array]:
-  """One key per `DEVICE_OPERATIONS` entry, in order, from the step's augmentation key (see the note above
+  """One key per operation, in `_KEY_ORDER`, from the step's augmentation key (see the note above
   DEVICE_OPERATIONS)."""
   keys = list(jax.random.split(key, _SPLIT_OPERATIONS))
-  return keys + [jax.random.fold_in(key, index) for index in range(_SPLIT_OPERATIONS, len(DEVICE_OPERATIONS))]
+  return keys + [jax.random.fold_in(key, index) for index in range(_SPLIT_OPERATIONS, len(_KEY_ORDER))]
 
 
 @dataclasses.dataclass(frozen=True)
 class SmallImageAugment:
-  """The device operations (`DEVICE_OPERATIONS`: pad-and-crop, horizontal flip, mixup/CutMix) for every pipeline;
+  """The device operations (`DEVICE_OPERATIONS`: pad-and-crop, horizontal flip, random erasing, mixup/CutMix) for
+  every pipeline;
   float32 out, raw pixel scale. crop_padding 0, flip False and no mixing leave only the cast (what the host has
   augmented already).
 
@@ -192,6 +279,10 @@ class SmallImageAugment:
     exactly "normalise, then pad" for the model that normalises with that mean.
   mixup_alpha, cutmix_alpha, mix_prob, mix_switch_prob: mixup/CutMix (`mix_images`), timm's --mixup, --cutmix,
     --mixup-prob, --mixup-switch-prob; the alphas at 0 turn each off.
+  random_erase_prob, random_erase_mode, random_erase_count: random erasing (`erase_images`), timm's --reprob,
+    --remode, --recount; probability 0 turns it off.
+  mean, std: the model's normalisation (nested tuples, per channel or per pixel), which random erasing's fill
+    is given in.
   """
   crop_padding: int = 4
   flip: bool = True
@@ -201,10 +292,15 @@ class SmallImageAugment:
   cutmix_alpha: float = 0.0
   mix_prob: float = 1.0
   mix_switch_prob: float = 0.5
+  random_erase_prob: float = 0.0
+  random_erase_mode: str = 'pixel'
+  random_erase_count: int = 1
+  mean: Any = (0.0,)
+  std: Any = (1.0,)
 
   def __post_init__(self):  # nested tuples keep the module hashable (it is a static part of jitted code)
-    object.__setattr__(self, 'pad_value', nested_tuple(self.pad_value))
-    object.__setattr__(self, 'center', nested_tuple(self.center))
+    for name in ('pad_value', 'center', 'mean', 'std'):
+      object.__setattr__(self, name, nested_tuple(getattr(self, name)))
 
   @property
   def mixes_labels(self) -> bool:
@@ -230,8 +326,9 @@ class SmallImageAugment:
     mean = 0.0 if self.center is None else jnp.asarray(np.asarray(self.center, np.float32))
     if self.center is not None:
       batch = batch._replace(images=batch.images - mean)
-    for operation_key, operation in zip(operation_keys(key), DEVICE_OPERATIONS.values()):
-      batch = operation(operation_key, batch, self)
+    keys = dict(zip(_KEY_ORDER, operation_keys(key)))
+    for name, operation in DEVICE_OPERATIONS.items():
+      batch = operation(keys[name], batch, self)
     return batch._replace(images=batch.images + mean) if self.center is not None else batch
 
   def mix_targets(self, targets: jax.Array, label_weight: jax.Array) -> jax.Array:
