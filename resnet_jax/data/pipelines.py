@@ -200,6 +200,12 @@ class InputOptions:
   cutmix_alpha: float = 0.0
   mix_prob: float = 1.0
   mix_switch_prob: float = 0.5
+  # Random erasing (Zhong et al. 2020) per example on the device, after normalisation (augment.erase_images):
+  # timm's --reprob (train.py default 0; torchvision v2 recipe --random-erase 0.1), --remode ('pixel' timm's
+  # default, 'rand', 'const' = torchvision's value 0) and --recount (boxes: randint(1, count), default 1).
+  random_erase_prob: float = 0.0
+  random_erase_mode: str = 'pixel'
+  random_erase_count: int = 1
   # RandAugment (timm policy strings, e.g. 'rand-m9-mstd0.5-inc1': RSB A1/A2 'rand-m7-mstd0.5-inc1', torchvision
   # v2 recipe's TrivialAugmentWide: 'trivialaugment'), per example on the host (`auto_augment`); '' is off. A
   # fixed-size dataset that would stay on the device streams through the host instead (`choose_pipeline`).
@@ -232,7 +238,8 @@ class InputOptions:
   # Options a config sets outside `config.input` (where configs have always had them); not a field.
   SECTIONS = {'pipeline': 'dataset', 'crop_padding': 'augment', 'flip': 'augment', 'normalization': 'augment',
               'pad_after_normalize': 'augment', 'mixup_alpha': 'augment', 'cutmix_alpha': 'augment',
-              'mix_prob': 'augment', 'mix_switch_prob': 'augment',
+              'mix_prob': 'augment', 'mix_switch_prob': 'augment', 'random_erase_prob': 'augment',
+              'random_erase_mode': 'augment', 'random_erase_count': 'augment',
               'auto_augment': 'augment'}
 
 
@@ -323,6 +330,15 @@ def _validate(options: InputOptions) -> None:
   for name in ('mix_prob', 'mix_switch_prob'):
     if not 0 <= getattr(options, name) <= 1:
       raise UserError(f"config.augment.{name}={getattr(options, name)} is a probability: use a value in [0, 1]")
+  if not 0 <= options.random_erase_prob <= 1:
+    raise UserError(f"config.augment.random_erase_prob={options.random_erase_prob} is a probability: use a value "
+                    "in [0, 1] (0 = off; torchvision's v2 recipe 0.1)")
+  if options.random_erase_mode not in augment_lib.ERASE_MODES:
+    raise UserError(f"unknown config.augment.random_erase_mode {options.random_erase_mode!r}; choose "
+                    f"{', '.join(augment_lib.ERASE_MODES)}")
+  if options.random_erase_count < 1:
+    raise UserError(f"config.augment.random_erase_count={options.random_erase_count} must be >= 1 (the most "
+                    "boxes erased per image)")
   auto_augment_lib.parse_policy(options.auto_augment)  # a malformed policy string: UserError
   if options.auto_augment and options.pipeline == 'device':
     raise UserError(f"config.augment.auto_augment={options.auto_augment!r} runs per example on the host, which "
@@ -415,7 +431,7 @@ def make_train_data(config, mesh: Mesh, train_source: ExampleSource, *,
     data.normalization = (mean, std)
     data.image_shape = tuple(arrays['image'].shape[1:])
     data.num_classes = train_source.num_classes
-    data.device_augment = device_augmentation(options, 'pad_crop', mean)
+    data.device_augment = device_augmentation(options, 'pad_crop', mean, std)
     return data
 
   crop = resolve_train_crop(options, train_source)
@@ -429,20 +445,33 @@ def make_train_data(config, mesh: Mesh, train_source: ExampleSource, *,
       interpolation=options.interpolation, auto_augment=options.auto_augment,
       auto_augment_fill=auto_augment_lib.fill_colour(mean, train_source.channels))
   return streaming.StreamingTrainData(
-      train_source, mesh, global_batch, seed, transform, device_augmentation(options, crop, mean),
+      train_source, mesh, global_batch, seed, transform, device_augmentation(options, crop, mean, std),
       normalization=(mean, std), num_workers=options.num_workers, num_threads=options.num_threads, prefetch=options.prefetch,
       corrupt_images=options.corrupt_images, start_step=start_step)
 
 
-def device_augmentation(options: InputOptions, crop: str, mean: Any) -> augment_lib.SmallImageAugment:
+def device_augmentation(options: InputOptions, crop: str, mean: Any,
+                        std: Any = None) -> augment_lib.SmallImageAugment:
   """The device operations of training for either pipeline: pad-and-crop for crop 'pad_crop' (the device-resident
-  pipeline always), the flip, and mixup/CutMix. pad_after_normalize pads the centred image with zeros (exact for
-  per-channel and per-pixel means)."""
+  pipeline always), the flip, random erasing (its fill given after normalisation by `mean`, `std`) and
+  mixup/CutMix. pad_after_normalize pads the centred image with zeros (exact for per-channel and per-pixel means)."""
   padding = options.crop_padding if crop == 'pad_crop' else 0
   center = mean if options.pad_after_normalize and padding else None
   return augment_lib.SmallImageAugment(crop_padding=padding, flip=options.flip, center=center,
                                        mixup_alpha=options.mixup_alpha, cutmix_alpha=options.cutmix_alpha,
-                                       mix_prob=options.mix_prob, mix_switch_prob=options.mix_switch_prob)
+                                       mix_prob=options.mix_prob, mix_switch_prob=options.mix_switch_prob,
+                                       random_erase_prob=options.random_erase_prob,
+                                       random_erase_mode=options.random_erase_mode,
+                                       random_erase_count=options.random_erase_count,
+                                       **_erasing_normalization(options, mean, std))
+
+
+def _erasing_normalization(options: InputOptions, mean: Any, std: Any) -> dict[str, Any]:
+  # Only random erasing reads the statistics; without it the augmentation (a static part of the compiled step)
+  # stays the same object for every dataset.
+  if options.random_erase_prob == 0:
+    return {}
+  return {'mean': (0.0,) if mean is None else mean, 'std': (1.0,) if std is None else std}
 
 
 def make_eval_batches(config, mesh: Mesh, eval_source: ExampleSource, *,
