@@ -36,30 +36,51 @@ def test_numpy_and_jax_numpy_give_the_same_order_and_every_epoch_is_a_permutatio
   assert (epochs[0] != epochs[1]).mean() > 0.99  # a fresh order every epoch
 
 
-def _config(pipeline):
+def _config(pipeline, repeats=1):
   return ml_collections.ConfigDict({
       'seed': 3, 'batch_size': 8,
       'dataset': {'name': 'npz:IDS', 'pipeline': pipeline},
       'augment': {'crop_padding': 0, 'flip': False, 'normalization': 'per_channel', 'pad_after_normalize': False},
-      'input': {'train_crop': 'none', 'num_workers': 0}})
+      'input': {'train_crop': 'none', 'num_workers': 0}, 'repeated_augmentation': repeats})
 
 
-def test_same_seed_same_examples_per_step_on_the_device_resident_and_the_streaming_path(tmp_path):
+@pytest.mark.parametrize('repeats', [1, 4])
+def test_same_seed_same_examples_per_step_on_the_device_resident_and_the_streaming_path(tmp_path, repeats):
   """2 devices in this process (2 processes: tests/test_data_multiprocess.py). 20 examples, batch 8: batches
-  straddle epochs."""
+  straddle epochs. With repeated augmentation (4 copies): 2 distinct examples per batch, each in both devices'
+  halves, on both paths."""
   np.savez(tmp_path / 'ids_train.npz', images=testing.indexed_images(20, (4, 4, 3)), labels=np.arange(20) % 4)
   source = sources.open_split(f'npz:{tmp_path}/ids', 'train')
   mesh = parallel.make_mesh()
-  resident = pipelines.make_train_data(_config('device'), mesh, source)
-  streamed = pipelines.make_train_data(_config('grain'), mesh, source, start_step=2)
+  resident = pipelines.make_train_data(_config('device', repeats), mesh, source)
+  streamed = pipelines.make_train_data(_config('grain', repeats), mesh, source, start_step=2)
   try:
     for step in range(2, 8):
       batch = jax.jit(resident.batch)(resident.arrays, jnp.int32(step))
       resident_ids = testing.image_ids(np.asarray(batch['image']))
       np.testing.assert_array_equal(resident_ids, np.asarray(resident.batch_indices(jnp.int32(step))))
       np.testing.assert_array_equal(testing.image_ids(np.asarray(next(streamed)['image'])), resident_ids)
+      if repeats > 1:  # (without repeats a batch straddling two epochs may hold an example twice)
+        assert all(np.unique(resident_ids, return_counts=True)[1] % repeats == 0)
+        assert set(resident_ids[:4]) == set(resident_ids[4:])  # each device's half holds every example
   finally:
     streamed.close()
+
+
+def test_repeated_augmentation_repeats_each_example_and_keeps_the_epoch_a_permutation():
+  # Batch 12, 3 copies: 4 distinct examples per batch at slots i, i + 4, i + 8; the distinct examples of
+  # consecutive batches walk through one permutation of the 20 examples after another.
+  positions = np.arange(0, 12 * 10)
+  indices = order.example_indices(5, 20, positions, np, 3, 12).reshape(10, 12)
+  np.testing.assert_array_equal(indices[:, :4], indices[:, 4:8])
+  np.testing.assert_array_equal(indices[:, :4], indices[:, 8:])
+  distinct = indices[:, :4].reshape(-1)
+  np.testing.assert_array_equal(np.sort(distinct[:20]), np.arange(20))
+  np.testing.assert_array_equal(distinct, order.example_indices(5, 20, np.arange(40)))
+  traced = jax.jit(lambda q: order.example_indices(5, 20, q, jnp, 3, 12))(jnp.asarray(positions, jnp.int32))
+  np.testing.assert_array_equal(np.asarray(traced).reshape(10, 12), indices)
+  with pytest.raises(UserError, match='does not divide config.batch_size=12'):
+    order.check_repeats(5, 12)
 
 
 def test_the_streamed_batches_of_a_dispatch_are_one_program_input(tmp_path):

@@ -103,10 +103,40 @@ def feistel_permutation(index, size: int, keys, xp=np):
   return x.astype(xp.int32)
 
 
-def example_indices(seed: int, num_examples: int, positions, xp=np):
-  """Example index (int32) at each stream position in `positions` (integer array; traceable with jax.numpy)."""
+def example_indices(seed: int, num_examples: int, positions, xp=np, repeats: int = 1,
+                    global_batch: Optional[int] = None):
+  """Example index (int32) at each stream position in `positions` (integer array; traceable with jax.numpy).
+  repeats > 1: repeated augmentation (`repeated_positions`) in global batches of `global_batch`."""
+  if repeats > 1:
+    positions = repeated_positions(positions, global_batch, repeats, xp)
   epoch = positions // num_examples
   return feistel_permutation(positions % num_examples, num_examples, epoch_keys(seed, epoch, xp), xp)
+
+
+def repeated_positions(positions, global_batch: int, repeats: int, xp=np):
+  """Repeated augmentation (Hoffer et al. 2020; Berman et al. 2019's "multiplicity"; timm's and torchvision's
+  RepeatAugSampler / RASampler, used by "ResNet strikes back" A1/A2 and torchvision's v2 recipe with 3 and 4
+  repeats): each global batch holds B / repeats distinct examples, each `repeats` times. The stream position q
+  (slot i = q mod B of step s = q // B) is read as the position s * (B / repeats) + (i mod B / repeats) of the
+  order without repeats, so the copies of an example sit B / repeats slots apart: in different devices' blocks
+  of the batch when repeats divides the device count (timm deals the copies to consecutive ranks, the same
+  spread), each augmented on its own (the augmentation draws are per slot). As in timm, an epoch keeps N
+  positions, so it shows N / repeats distinct examples; unlike timm, which draws a fresh permutation each epoch and
+  keeps its first N / repeats, the distinct examples follow one permutation after the other, so every example is
+  seen equally often."""
+  per_copy = global_batch // repeats
+  step, slot = positions // global_batch, positions % global_batch
+  return step * per_copy + slot % per_copy
+
+
+def check_repeats(repeats: Any, global_batch: int) -> None:
+  """config.repeated_augmentation: a positive integer dividing the global batch."""
+  if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+    raise UserError(f"config.repeated_augmentation must be a positive integer (copies of each example per batch; "
+                    f"1 = off), got {repeats!r}")
+  if global_batch % repeats:
+    raise UserError(f"config.repeated_augmentation={repeats} does not divide config.batch_size={global_batch}; each "
+                    "batch holds batch_size / repeats examples, each repeated: use a divisor of the batch")
 
 
 def batch_positions(step, global_batch: int, rows: Optional[tuple[int, int]] = None, xp=np):
