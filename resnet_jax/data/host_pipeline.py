@@ -242,8 +242,9 @@ class TrainBatchMaker:
   """step -> this process's rows of the global training batch {'image': uint8 [b, ...], 'label': int32 [b]}."""
 
   def __init__(self, source, global_batch: int, rows: tuple[int, int], seed: int, transform: TrainTransform,
-               corrupt_images: str = 'fail'):
+               corrupt_images: str = 'fail', repeats: int = 1):
     check_corrupt_policy(corrupt_images)
+    self.repeats = int(repeats)  # config.repeated_augmentation (`order.repeated_positions`)
     self.source = source
     self.global_batch = int(global_batch)
     self.rows = (int(rows[0]), int(rows[1]))
@@ -253,7 +254,8 @@ class TrainBatchMaker:
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
     positions = order.batch_positions(int(step), self.global_batch, self.rows).astype(np.int64)
-    indices = order.example_indices(self.seed, len(self.source), positions).astype(np.int64)
+    indices = order.example_indices(self.seed, len(self.source), positions, np, self.repeats,
+                                    self.global_batch).astype(np.int64)
     augment = lambda attempt: lambda raw, row: self.transform(raw, example_rng(self.seed, positions[row], attempt))
     images, labels = transform_rows(self.source, indices, augment(0), self.corrupt_images)
     epoch_size = len(self.source)

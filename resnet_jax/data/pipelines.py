@@ -79,6 +79,7 @@ class DeviceResidentData:
   image_shape: Optional[tuple[int, int, int]] = None
   num_classes: Optional[int] = None
   device_augment: Optional[Callable[[jax.Array, jax.Array], jax.Array]] = None
+  repeats: int = 1               # config.repeated_augmentation (`order.repeated_positions`)
 
   pipeline = 'device'
   step: int = 0                  # the step whose batch the next program_inputs hands out
@@ -133,7 +134,7 @@ class DeviceResidentData:
   def batch_indices(self, step: jax.Array) -> jax.Array:
     """Dataset indices of the global batch at `step` (traceable): the one data order (`order`)."""
     return order.example_indices(self.seed, self.num_examples, order.batch_positions(step, self.global_batch, xp=jnp),
-                                 jnp)
+                                 jnp, self.repeats, self.global_batch)
 
   def batch(self, arrays: dict[str, jax.Array], step: jax.Array) -> dict[str, jax.Array]:
     """The global batch at `step`, sharded over `data`; call inside jit with `arrays` as an argument."""
@@ -424,6 +425,8 @@ def make_train_data(config, mesh: Mesh, train_source: ExampleSource, *,
   global_batch, seed = int(config.batch_size), int(config.seed)
   parallel.check_batch_divisible(global_batch, mesh)
   kind = choose_pipeline(options, train_source)
+  repeats = config.get('repeated_augmentation', 1)
+  order.check_repeats(repeats, global_batch)
   if kind == 'device':
     arrays = _read_all(train_source, options.corrupt_images)
     mean, std = normalization.for_run(options, train_source, seed, arrays['image'])
@@ -432,6 +435,7 @@ def make_train_data(config, mesh: Mesh, train_source: ExampleSource, *,
     data.image_shape = tuple(arrays['image'].shape[1:])
     data.num_classes = train_source.num_classes
     data.device_augment = device_augmentation(options, 'pad_crop', mean, std)
+    data.repeats = repeats
     return data
 
   crop = resolve_train_crop(options, train_source)
@@ -447,7 +451,7 @@ def make_train_data(config, mesh: Mesh, train_source: ExampleSource, *,
   return streaming.StreamingTrainData(
       train_source, mesh, global_batch, seed, transform, device_augmentation(options, crop, mean, std),
       normalization=(mean, std), num_workers=options.num_workers, num_threads=options.num_threads, prefetch=options.prefetch,
-      corrupt_images=options.corrupt_images, start_step=start_step)
+      corrupt_images=options.corrupt_images, start_step=start_step, repeats=repeats)
 
 
 def device_augmentation(options: InputOptions, crop: str, mean: Any,

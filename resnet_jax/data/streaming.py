@@ -123,7 +123,7 @@ class StreamingTrainData:
   def __init__(self, source, mesh: Mesh, global_batch: int, seed: int, transform: host_pipeline.TrainTransform,
                device_augment: Callable[[jax.Array, jax.Array], jax.Array], *,
                normalization: tuple[Any, Any] = ((0.0,), (1.0,)), num_workers: int = 0, num_threads: int = 1,
-               prefetch: int = 2, corrupt_images: str = 'fail', start_step: int = 0):
+               prefetch: int = 2, corrupt_images: str = 'fail', start_step: int = 0, repeats: int = 1):
     parallel.check_batch_divisible(global_batch, mesh)
     order.check_batch_fits(global_batch, len(source))
     self.source = source
@@ -136,7 +136,7 @@ class StreamingTrainData:
     self.num_workers, self.num_threads, self.prefetch = int(num_workers), int(num_threads), int(prefetch)
     rows = parallel.local_batch_slice(global_batch, mesh)
     self.maker = host_pipeline.TrainBatchMaker(source, global_batch, (rows.start, rows.stop), seed, transform,
-                                               corrupt_images)
+                                               corrupt_images, repeats=repeats)
     self.step = int(start_step)  # the step whose batch the next `next()` returns
     self._prefetcher: Optional[DevicePrefetcher] = None
 
