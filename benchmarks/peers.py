@@ -17,6 +17,17 @@ the step and left on the device.
   torchvision  `torchvision.models.resnet50` on CUDA only: channels_last, bf16 autocast, torch.compile, SGD
                (fused where available). Skipped with a message when torch or CUDA is missing.
 
+CIFAR (`--workload cifar`, issue 27): the 6n+2 CIFAR ResNets of He et al. 2015 §4.2 (`--models`, default
+ResNet-20/56/110; option-A shortcuts; batch 128 with `--batch_size 128`; 32x32 uint8 images, 10 classes, the same
+optimiser) against PyTorch on the CPU, eager and torch.compile, with `--torch_threads` threads:
+
+  python benchmarks/peers.py --workload cifar --batch_size 128 --rounds 4 --steps 3 \
+      --json benchmarks/results/cpu_peers_cifar.jsonl
+
+  torch_eager / torch_compile  benchmarks/experiments/torch_cifar_worker.py in a subprocess of $TORCH_PYTHON
+               (default /work/torchvenv/bin/python: torch lives in its own environment, without jax), driven one
+               step at a time over a pipe so its steps interleave with resnet_jax's like the in-process peers.
+
 The implementations alternate over `--rounds` rounds (order reversed every round), each round timing `--steps`
 steps one by one (block_until_ready / cuda.synchronize around each); the report is the median step time per
 implementation over all rounds and the ratio resnet_jax / peer (< 1: resnet_jax is faster). One JSON object per
@@ -69,7 +80,8 @@ def synthetic_batch(batch_size: int, image_size: int, seed: int = 0) -> dict[str
 
 
 def make_resnet_jax(batch: dict[str, np.ndarray], dtype: str, model_name: str = 'resnet50',
-                    overrides: Optional[list[tuple[str, str]]] = None):
+                    overrides: Optional[list[tuple[str, str]]] = None, dataset: str = 'imagenet2012',
+                    num_classes: int = NUM_CLASSES, mean=MEAN, std=STD):
   from resnet_jax import benchmark  # pylint: disable=g-import-not-at-top
   from resnet_jax import classifier  # pylint: disable=g-import-not-at-top
   from resnet_jax import config as config_lib  # pylint: disable=g-import-not-at-top
@@ -81,14 +93,14 @@ def make_resnet_jax(batch: dict[str, np.ndarray], dtype: str, model_name: str = 
   from resnet_jax.data import streaming  # pylint: disable=g-import-not-at-top
 
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  settings = [('model.name', model_name), ('model.dtype', dtype), ('dataset.name', 'imagenet2012'),
+  settings = [('model.name', model_name), ('model.dtype', dtype), ('dataset.name', dataset),
               ('batch_size', str(len(batch['label']))), ('schedule.name', 'constant'),
               ('schedule.warmup', 'none'), ('schedule.base_lr', str(LEARNING_RATE)),
               ('optimizer.momentum', str(MOMENTUM)), ('optimizer.weight_decay', str(WEIGHT_DECAY)),
               ('optimizer.weight_decay_on', 'all')] + list(overrides or [])
   config = config_lib.build_config(os.path.join(root, 'configs', 'default.py'), settings)
   mesh = parallel.make_mesh(jax.devices()[:1])
-  model = classifier.model_from_config(config, NUM_CLASSES, MEAN, STD)
+  model = classifier.model_from_config(config, num_classes, mean, std)
   tx = optim.make_optimizer(config, optim.make_schedule(config, 1000.0, int(config.total_steps)))
 
   # The train loop's own step for a fed batch (no device operation: only the cast, as the peers get the batch).
@@ -236,6 +248,81 @@ def make_torchvision(batch: dict[str, np.ndarray], dtype: str):
                            'params': int(sum(p.numel() for p in model.parameters()))}
 
 
+# CIFAR workload (--workload cifar): He et al. 2015 §4.2's 6n+2 nets, option-A shortcuts, 32x32 images, 10 classes.
+CIFAR_MEAN = (0.4914 * 255, 0.4822 * 255, 0.4465 * 255)
+CIFAR_STD = (0.2470 * 255, 0.2435 * 255, 0.2616 * 255)
+TORCH_PYTHON = os.environ.get('TORCH_PYTHON', '/work/torchvenv/bin/python')
+TORCH_WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'experiments', 'torch_cifar_worker.py')
+
+
+class TorchWorker:
+  """PyTorch in its own process (benchmarks/experiments/torch_cifar_worker.py under $TORCH_PYTHON, an environment
+  with torch; the two need not share one), driven one command at a time, so its steps interleave with
+  resnet_jax's in one run. While one side runs, the other waits on a pipe."""
+
+  def __init__(self, threads: int):
+    import subprocess  # pylint: disable=g-import-not-at-top
+    if not os.path.exists(TORCH_PYTHON):
+      raise Skip(f'no torch Python at {TORCH_PYTHON} (set TORCH_PYTHON)')
+    self.threads = threads
+    self.process = subprocess.Popen([TORCH_PYTHON, TORCH_WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    text=True, env={**os.environ, 'OMP_NUM_THREADS': str(threads)})
+
+  def ask(self, **request) -> dict[str, Any]:
+    self.process.stdin.write(json.dumps(request) + '\n')
+    self.process.stdin.flush()
+    line = self.process.stdout.readline()
+    if not line:
+      raise SystemExit(f'error: the torch worker exited ({self.process.wait()}) on {request}')
+    return json.loads(line)
+
+  def make(self, name: str, depth: int, compile_model: bool, batch_path: str):
+    reply = self.ask(cmd='build', name=name, depth=depth, compile=compile_model, batch=batch_path,
+                     mean=CIFAR_MEAN, std=CIFAR_STD, threads=self.threads)
+
+    def step():
+      self.ask(cmd='steps', name=name, n=1)
+
+    def loss():
+      return self.ask(cmd='loss', name=name)['loss']
+
+    return step, reply['compile_s'], {'xla_flops_per_step': None, 'loss': loss, 'params': reply['params'],
+                                      'torch_version': reply['torch_version'], 'torch_threads': reply['threads']}
+
+  def close(self):
+    self.process.stdin.write(json.dumps({'cmd': 'quit'}) + '\n')
+    self.process.stdin.close()
+    self.process.wait()
+
+
+def make_cifar_peers(models: list[str], impls: list[str], batch: dict[str, np.ndarray], dtype: str,
+                     torch_threads: int):
+  """{f'{impl}:{model}': (step, compile_s, info)} for resnet_jax, torch_eager and torch_compile on each model."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  made, skipped, worker = {}, {}, None
+  batch_path = os.path.join(tempfile.mkdtemp(), 'batch.npz')
+  np.savez(batch_path, **batch)  # the torch worker trains on the very same bytes
+  for model_name in models:
+    depth = int(model_name.rsplit('resnet', 1)[1])
+    for impl in impls:
+      name = f'{impl}:{model_name}'
+      if impl.startswith('resnet_jax'):  # resnet_jax+PATCH: experiments/peers_patched.py registers those
+        made[name] = IMPLEMENTATIONS[impl](batch, dtype, model_name=model_name, dataset='cifar10', num_classes=10,
+                                           mean=CIFAR_MEAN, std=CIFAR_STD)
+      elif impl in ('torch_eager', 'torch_compile'):
+        try:
+          worker = worker or TorchWorker(torch_threads)
+          made[name] = worker.make(name, depth, impl == 'torch_compile', batch_path)
+        except Skip as e:
+          skipped[name] = str(e)
+          continue
+      else:
+        raise SystemExit(f'error: unknown CIFAR implementation {impl!r}; choose from resnet_jax, torch_eager, '
+                         'torch_compile')
+      print(f'  {name}: compiled in {made[name][1]:.1f}s', flush=True)
+  return made, skipped, worker
+
+
 IMPLEMENTATIONS: dict[str, Callable] = {'resnet_jax': make_resnet_jax, 'haiku': make_haiku,
                                         'torchvision': make_torchvision}
 
@@ -271,8 +358,15 @@ def main(argv=None) -> dict[str, Any]:
   p.add_argument('--impls', default='resnet_jax,haiku,torchvision')
   p.add_argument('--json', default=None, help='append one JSON line with the results')
   p.add_argument('--tag', default=None)
+  p.add_argument('--workload', default='resnet50', choices=('resnet50', 'cifar'),
+                 help='cifar: the 6n+2 CIFAR nets of --models (32x32, 10 classes) against PyTorch eager and '
+                      'torch.compile on the CPU (--impls resnet_jax,torch_eager,torch_compile)')
+  p.add_argument('--models', default='cifar_resnet20,cifar_resnet56,cifar_resnet110', help='with --workload cifar')
+  p.add_argument('--torch_threads', type=int, default=2, help='with --workload cifar: torch.set_num_threads')
   args = p.parse_args(argv)
   dtype = _resolve_dtype(args.dtype)
+  if args.workload == 'cifar':
+    return main_cifar(args, dtype, argv)
   batch = synthetic_batch(args.batch_size, args.image_size)
   print(f'ResNet-50 train step, batch {args.batch_size}, {args.image_size}x{args.image_size}, {dtype}, '
         f'device {jax.devices()[0].device_kind} ({jax.default_backend()}), {args.rounds} rounds x {args.steps} '
@@ -319,6 +413,63 @@ def main(argv=None) -> dict[str, Any]:
             'ratios_step_time': ratios, 'skipped': skipped, 'argv': list(sys.argv[1:] if argv is None else argv),
             'haiku_version': _version('haiku'), 'optax_version': optax.__version__,
             **benchmark.environment()}
+  if args.tag:
+    record['tag'] = args.tag
+  if args.json:
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, 'a') as f:
+      f.write(json.dumps(record, sort_keys=True, default=str) + '\n')
+  return record
+
+
+def main_cifar(args, dtype: str, argv) -> dict[str, Any]:
+  """--workload cifar: every (implementation, model) pair in one interleaved run; ratios per model."""
+  impls = [n.strip() for n in args.impls.split(',') if n.strip()]
+  if impls == ['resnet_jax', 'haiku', 'torchvision']:  # the ResNet-50 default
+    impls = ['resnet_jax', 'torch_eager', 'torch_compile']
+  models = [m.strip() for m in args.models.split(',') if m.strip()]
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.integers(0, 256, (args.batch_size, 32, 32, 3), dtype=np.uint8),
+           'label': rng.integers(0, 10, (args.batch_size,), dtype=np.int32)}
+  print(f'CIFAR train step, batch {args.batch_size}, 32x32, {dtype}, device {jax.devices()[0].device_kind} '
+        f'({jax.default_backend()}), torch threads {args.torch_threads}, {args.rounds} rounds x {args.steps} steps, '
+        'alternating', flush=True)
+  made, skipped, worker = make_cifar_peers(models, impls, batch, dtype, args.torch_threads)
+  times = alternate({name: m[0] for name, m in made.items()}, args.rounds, args.steps, args.warmup)
+  results, ratios = {}, {}
+  for name, t in times.items():
+    median = float(np.median(t))
+    info = made[name][2]
+    results[name] = {'step_ms_median': 1e3 * median, 'step_ms_p10': 1e3 * float(np.percentile(t, 10)),
+                     'step_ms_p90': 1e3 * float(np.percentile(t, 90)), 'images_per_sec': args.batch_size / median,
+                     'compile_s': made[name][1], 'final_mean_loss': info['loss'](), 'params': info['params'],
+                     'xla_flops_per_step': info.get('xla_flops_per_step'), 'timed_steps': len(t)}
+    for key in ('torch_version', 'torch_threads'):
+      if key in info:
+        results[name][key] = info[key]
+  for model_name in models:
+    for ours_impl in [i for i in impls if i.startswith('resnet_jax')]:
+      ours = f'{ours_impl}:{model_name}'
+      for impl in impls:
+        peer = f'{impl}:{model_name}'
+        if peer != ours and ours in results and peer in results:
+          ratios[f'{ours}/{peer}'] = results[ours]['step_ms_median'] / results[peer]['step_ms_median']
+  if worker:
+    worker.close()
+  print(f'{"implementation":<32}{"step ms (median)":>18}{"p10":>10}{"p90":>10}{"img/s":>10}{"compile s":>11}')
+  for name, r in results.items():
+    print(f'{name:<32}{r["step_ms_median"]:>18.1f}{r["step_ms_p10"]:>10.1f}{r["step_ms_p90"]:>10.1f}'
+          f'{r["images_per_sec"]:>10.1f}{r["compile_s"]:>11.1f}')
+  for key, value in ratios.items():
+    print(f'ratio {key} step time: {value:.3f}')
+  for name, why in skipped.items():
+    print(f'skipped {name}: {why}')
+
+  from resnet_jax import benchmark  # pylint: disable=g-import-not-at-top
+  record = {'workload': 'cifar_train_step', 'models': models, 'batch_size': args.batch_size, 'image_size': 32,
+            'dtype': dtype, 'rounds': args.rounds, 'steps_per_round': args.steps, 'results': results,
+            'ratios_step_time': ratios, 'skipped': skipped, 'argv': list(sys.argv[1:] if argv is None else argv),
+            'optax_version': optax.__version__, **benchmark.environment()}
   if args.tag:
     record['tag'] = args.tag
   if args.json:
