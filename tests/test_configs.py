@@ -126,6 +126,12 @@ PAPER_RECIPES = {
                                                     batch=1024, wd=1e-4, wd_on='kernels', momentum=0.9,
                                                     nesterov=True, linear_warmup_epochs=5, zero_gamma=True),
     'fb.resnet.torch': None,   # a code release, not a paper: its recipe is the config's default, not checked here
+    # The modern recipes: every fact in MODERN_FACTS below (test_modern_rows_state_their_recipes).
+    'He et al. 2019 (Bag of Tricks), Table 6': None,
+    'Wightman et al. 2021 (ResNet strikes back)': None,
+    'torchvision ResNet50_Weights.IMAGENET1K_V2': None,
+    # configs/cifar.py's modern CIFAR rows: a recipe assembled from several sources, stated above those rows.
+    'Modern CIFAR recipe': None,
 }
 # Parameter counts the papers state (M): He et al. 2015 Table 6, He et al. 2016 Table 3/4, Xie et al. 2017
 # Table 7, Huang et al. 2017 Table 2.
@@ -194,3 +200,101 @@ def test_parameter_counts_the_papers_state(row):
   # leaves out BatchNorm's 0.15M (10.33M with it).
   tolerance = 0.15 if row == 'preact_resnet1001' else 10 ** -(len(repr(stated).split('.')[1]))
   assert abs(millions - stated) <= tolerance + 1e-9, f'{row}: {millions:.3f}M, the paper states {stated}M'
+
+
+# Issue 24's recipe rows, every fact with its source (the facts file of the issue: He et al. 2019 §3-5 and Table 6;
+# "ResNet strikes back" from timm's configs (TIMM), mmpretrain's RSB configs (MMP) and timm's results csv;
+# torchvision's v2 recipe from the PyTorch blog of 2021-11-18 (BLOG) and its train.py command).
+_RSB_COMMON = {
+    'batch_size': 2048,                                   # MMP bs2048 schedule
+    'optimizer.name': 'lamb', 'optimizer.eps': 1e-6,      # TIMM hparams.mdx "LAMB with BCE"; timm/optim/lamb.py
+    'optimizer.clip_grad_norm': 1.0,                      # timm Lamb max_grad_norm=1.0
+    'optimizer.weight_decay_on': 'kernels',               # timm param_groups_weight_decay: no wd on 1-D params
+    'loss': 'bce', 'bce_target_threshold': 0.2,           # timm --bce-loss --bce-target-thresh 0.2
+    'schedule.name': 'cosine', 'schedule.warmup': 'linear', 'schedule.warmup_epochs': 5.0,  # MMP bs2048_rsb
+    'augment.mix_prob': 1.0, 'augment.mix_switch_prob': 0.5,  # timm Mixup defaults
+    'augment.random_erase_prob': 0.0, 'ema.decay': 0.0, 'input.color_jitter': 0.0,  # none (facts file); --aa
+    'input.interpolation': 'bicubic',                     # TIMM cfg, MMP
+    'input.eval_resize': 235, 'input.eval_crop': 224,     # TIMM _rcfg: test 224, crop_pct 0.95
+    'accumulate_steps': 1,
+}
+_TV2 = {  # BLOG's train.py command and its hidden values
+    'model.name': 'resnet50', 'batch_size': 1024, 'schedule.base_lr': 0.5, 'optimizer.name': 'sgd',
+    'optimizer.momentum': 0.9, 'optimizer.nesterov': False, 'schedule.name': 'cosine', 'schedule.warmup': 'linear',
+    'schedule.warmup_epochs': 5.0, 'total_epochs': 600.0, 'augment.auto_augment': 'trivialaugment',
+    'augment.random_erase_prob': 0.1, 'augment.random_erase_mode': 'const', 'optimizer.weight_decay': 2e-5,
+    'optimizer.weight_decay_on': 'kernels', 'label_smoothing': 0.1, 'augment.mixup_alpha': 0.2,
+    'augment.cutmix_alpha': 1.0, 'augment.mix_switch_prob': 0.5, 'input.image_size': 176,
+    'input.eval_resize': 232, 'input.eval_crop': 224, 'repeated_augmentation': 4, 'ema.every_steps': 32,
+    'ema.decay': 0.998908, 'input.interpolation': 'bilinear', 'loss': 'softmax', 'accumulate_steps': 1,
+}
+_TRICKS_REFINED = {  # He et al. 2019 §3.1 (Table 5's recipe) + §5 refinements, ResNet-50-D with zero gamma
+    'model.name': 'resnet50d', 'model.zero_init_last_bn': True, 'batch_size': 1024, 'schedule.base_lr': 0.4,
+    'schedule.warmup': 'linear', 'schedule.warmup_epochs': 5.0, 'optimizer.nesterov': True,
+    'optimizer.weight_decay': 1e-4, 'optimizer.weight_decay_on': 'kernels', 'schedule.name': 'cosine',
+}
+MODERN_FACTS = {
+    'resnet50d_tricks_cosine': (77.91, {**_TRICKS_REFINED, 'label_smoothing': 0.0, 'augment.mixup_alpha': 0.0,
+                                        'total_epochs': 120.0}),
+    'resnet50d_tricks_cosine_ls': (78.31, {**_TRICKS_REFINED, 'label_smoothing': 0.1, 'augment.mixup_alpha': 0.0,
+                                           'total_epochs': 120.0}),
+    # §5.3: alpha 0.2, 200 epochs with mixup.
+    'resnet50d_bag_of_tricks': (79.15, {**_TRICKS_REFINED, 'label_smoothing': 0.1, 'augment.mixup_alpha': 0.2,
+                                        'augment.cutmix_alpha': 0.0, 'total_epochs': 200.0}),
+    'resnet50_rsb_a1': (80.4, {**_RSB_COMMON, 'total_epochs': 600.0, 'schedule.base_lr': 5e-3,
+                               'optimizer.weight_decay': 0.01, 'label_smoothing': 0.1,
+                               'model.survival_prob_last': 0.95, 'model.stochastic_depth_mode': 'example',
+                               'repeated_augmentation': 3, 'augment.auto_augment': 'rand-m7-mstd0.5-inc1',
+                               'augment.mixup_alpha': 0.2, 'augment.cutmix_alpha': 1.0, 'input.image_size': 224}),
+    'resnet50_rsb_a2': (79.8, {**_RSB_COMMON, 'total_epochs': 300.0, 'schedule.base_lr': 5e-3,
+                               'optimizer.weight_decay': 0.02, 'label_smoothing': 0.0,
+                               'model.survival_prob_last': 0.95, 'repeated_augmentation': 3,
+                               'augment.auto_augment': 'rand-m7-mstd0.5-inc1', 'augment.mixup_alpha': 0.1,
+                               'augment.cutmix_alpha': 1.0, 'input.image_size': 224}),
+    'resnet50_rsb_a3': (78.1, {**_RSB_COMMON, 'total_epochs': 100.0, 'schedule.base_lr': 8e-3,
+                               'optimizer.weight_decay': 0.02, 'label_smoothing': 0.0,
+                               'model.survival_prob_last': 1.0, 'repeated_augmentation': 1,
+                               'augment.auto_augment': 'rand-m6-mstd0.5-inc1', 'augment.mixup_alpha': 0.1,
+                               'augment.cutmix_alpha': 1.0, 'input.image_size': 160}),
+    'resnet50_tv_v2': (80.858, _TV2),
+}
+
+
+def _field(config, path):
+  node = config
+  for part in path.split('.'):
+    node = node.get(part, 1.0 if path == 'model.survival_prob_last' else None)
+  return node
+
+
+@pytest.mark.parametrize('row', sorted(MODERN_FACTS))
+def test_modern_rows_state_their_recipes(row):
+  top1, facts = MODERN_FACTS[row]
+  config = config_lib.build_config(os.path.join(REPO, 'configs', 'imagenet.py') + f':{row}')
+  assert config.paper.published_error == pytest.approx(100 - top1)
+  for path, value in facts.items():
+    assert _field(config, path) == (pytest.approx(value) if isinstance(value, float) else value), path
+  # The recipe's schedule, resolved: linear warm-up to the peak, cosine to 0 at the end.
+  steps_per_epoch = 1_281_167 / config.batch_size
+  total = int(config.total_epochs * steps_per_epoch)
+  schedule = optim.make_schedule(config, steps_per_epoch, total)
+  warmup = int(round(5 * steps_per_epoch))
+  assert float(schedule(warmup)) == pytest.approx(config.schedule.base_lr, rel=1e-3)
+  assert float(schedule(total)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_fixres_rows_train_small_and_test_at_224():
+  """FixRes (Touvron et al. 2019) through the existing input options: RSB A3 trains at 160 and tests at 224 of
+  235; torchvision's v2 trains at 176 and tests at 224 of 232. The zoo's global average pool makes the net
+  resolution-agnostic: one set of parameters initialised at the train size classifies the test size."""
+  from resnet_jax.data import pipelines  # pylint: disable=g-import-not-at-top
+  for row, train_size, resize in (('resnet50_rsb_a3', 160, 235), ('resnet50_tv_v2', 176, 232)):
+    config = config_lib.build_config(os.path.join(REPO, 'configs', 'imagenet.py') + f':{row}')
+    options = pipelines.input_options(config)
+    assert (options.image_size, options.eval_resize, options.eval_crop) == (train_size, resize, 224)
+    assert options.eval_crop_mode == 'center' and options.train_crop == 'inception'
+  model = classifier.model_from_config(config_lib.build_config(
+      os.path.join(REPO, 'configs', 'cifar.py') + ':resnet20'), 10)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 22, 22, 3)), train=False)  # "train" at 22
+  logits = model.apply(variables, jnp.zeros((2, 28, 28, 3)), train=False)             # "test" at 28
+  assert logits.shape == (2, 10)
