@@ -93,7 +93,7 @@ def test_list_cli_and_a_filter_matching_nothing():
   assert all('Table 2' in line for line in listed.strip().splitlines())
   assert len(listed.strip().splitlines()) == 3 + 10 + 4  # He et al. 2015, He et al. 2016, Huang et al. 2017
   listed = _ok(run_cli('reproduce', ['--list', 'Table 6']))
-  assert len(listed.strip().splitlines()) == 11  # ResNet-20..1202 and plain-20..110
+  assert len(listed.strip().splitlines()) == 11 + 3  # ResNet-20..1202 and plain-20..110; Bag of Tricks Table 6
   assert _error_line(run_cli('reproduce', ['--list', 'no_such_row'])).startswith(
       "error: no paper row matches 'no_such_row'")
 
