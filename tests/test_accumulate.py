@@ -42,7 +42,7 @@ def test_micro_batches_equal_one_batch_without_batch_norm():
   plain = augment_lib.SmallImageAugment(crop_padding=0, flip=False)
   batch = _batch()
   whole, whole_metrics = _one_step(1, plain, batch)
-  for steps in (2, 4):
+  for steps in (4,):
     accumulated, metrics = _one_step(steps, plain, batch)
     assert int(accumulated.step) == 1  # one optimizer step, whatever k
     for name in ('loss', 'correct', 'examples'):

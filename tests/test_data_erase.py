@@ -43,7 +43,7 @@ def _erased_mask(images_key, options, batch=64):
   """The device operation on a batch of white images; returns (output, the NumPy boxes of the same draws)."""
   erase = _augment(**options)
   images = jnp.full((batch, HEIGHT, WIDTH, 3), 255.0)
-  out = np.asarray(augment.erase_images(images_key, images, erase))
+  out = np.asarray(jax.jit(lambda key, x: augment.erase_images(key, x, erase))(images_key, images))
   draw_key, _ = jax.random.split(images_key)
   draws = jax.tree.map(np.asarray, augment.erasing_draws(draw_key, batch, erase))
   return out, _numpy_boxes(draws, options['random_erase_prob'], options.get('random_erase_count', 1))
