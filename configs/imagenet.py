@@ -43,8 +43,9 @@ torchvision v2 and Bag of Tricks) and leave config.accumulate_steps at 1. A mach
 keeps the recipe (batch, learning rate, schedule) by accumulating micro-batches, e.g. RSB A1 on 8 devices that
 hold 64 images each:
   python -m resnet_jax.main --config configs/imagenet.py:resnet50_rsb_a1 --workdir runs/a1 \
-      --config.accumulate_steps=4
-(2048 / 8 devices = 256 per device = 4 micro-batches of 64; BatchNorm statistics per micro-batch.)
+      --config.accumulate_steps=4 --config.batch_norm.group_size=64
+(2048 / 8 devices = 256 per device = 4 micro-batches of 64; BatchNorm statistics per micro-batch, so the row's
+per-GPU BN group (256 for RSB, 128 for the batch-1024 rows) becomes the micro-batch's: set group_size to it.)
 """
 
 from configs import _rows as rows

@@ -137,8 +137,9 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   group = classifier.bn_group_size(config)
   per_device = config_lib.check_accumulate_steps(config, mesh.devices.size)  # the micro-batch's, per device
   if group is not None and per_device % group:
+    micro = f" in {config.accumulate_steps} micro-batches" if config.accumulate_steps > 1 else ""
     raise UserError(f"config.batch_norm.group_size={group} does not divide the per-device batch {per_device} "
-                    f"(batch_size {config.batch_size} over {mesh.devices.size} devices); use a divisor of "
+                    f"(batch_size {config.batch_size} over {mesh.devices.size} devices{micro}); use a divisor of "
                     f"{per_device}, or --config.batch_norm.mode=global")
   classifier.model_from_config(config, train_source.num_classes)  # raises for unknown names/options
 

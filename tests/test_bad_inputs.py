@@ -234,8 +234,8 @@ _FRESH = [
      '1.5 is a probability'),
     ('unknown_random_erase_mode', ['--config.augment.random_erase_mode=zeros'], "unknown config.augment."
      "random_erase_mode 'zeros'; choose const, rand, pixel"),
-    ('repeated_augmentation_not_dividing', ['--config.repeated_augmentation=3'], 'config.repeated_augmentation=3 '
-     'does not divide config.batch_size=8'),
+    ('repeated_augmentation_zero', ['--config.repeated_augmentation=0'], 'config.repeated_augmentation must be a '
+     'positive integer'),
     ('accumulate_steps_zero', ['--config.accumulate_steps=0'], 'config.accumulate_steps must be a positive '
      'integer'),
     ('accumulate_steps_not_dividing', ['--config.accumulate_steps=3'], 'config.accumulate_steps=3 does not divide '

@@ -79,8 +79,13 @@ def test_repeated_augmentation_repeats_each_example_and_keeps_the_epoch_a_permut
   np.testing.assert_array_equal(distinct, order.example_indices(5, 20, np.arange(40)))
   traced = jax.jit(lambda q: order.example_indices(5, 20, q, jnp, 3, 12))(jnp.asarray(positions, jnp.int32))
   np.testing.assert_array_equal(np.asarray(traced).reshape(10, 12), indices)
-  with pytest.raises(UserError, match='does not divide config.batch_size=12'):
-    order.check_repeats(5, 12)
+  # RSB's 2048 / 3 in small: batch 8, 3 copies: 3 distinct examples, the last one twice (its third copy cut).
+  cut = order.example_indices(5, 20, np.arange(16), np, 3, 8).reshape(2, 8)
+  np.testing.assert_array_equal(cut[:, :3], cut[:, 3:6])
+  np.testing.assert_array_equal(cut[:, :2], cut[:, 6:])
+  np.testing.assert_array_equal(cut[:, :3].reshape(-1), order.example_indices(5, 20, np.arange(6)))
+  with pytest.raises(UserError, match='is larger than config.batch_size=12'):
+    order.check_repeats(13, 12)
 
 
 def test_the_streamed_batches_of_a_dispatch_are_one_program_input(tmp_path):

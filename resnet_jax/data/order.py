@@ -123,20 +123,22 @@ def repeated_positions(positions, global_batch: int, repeats: int, xp=np):
   spread), each augmented on its own (the augmentation draws are per slot). As in timm, an epoch keeps N
   positions, so it shows N / repeats distinct examples; unlike timm, which draws a fresh permutation each epoch and
   keeps its first N / repeats, the distinct examples follow one permutation after the other, so every example is
-  seen equally often."""
-  per_copy = global_batch // repeats
+  seen equally often. A batch that `repeats` does not divide (RSB's 2048 with 3 repeats) holds ceil(B / repeats)
+  distinct examples and its last copy is cut short: the last few examples have one copy fewer (timm pads and
+  truncates its repeated list in the same spirit); no example is skipped."""
+  per_copy = -(-global_batch // repeats)
   step, slot = positions // global_batch, positions % global_batch
   return step * per_copy + slot % per_copy
 
 
 def check_repeats(repeats: Any, global_batch: int) -> None:
-  """config.repeated_augmentation: a positive integer dividing the global batch."""
+  """config.repeated_augmentation: a positive integer, at most the global batch."""
   if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
     raise UserError(f"config.repeated_augmentation must be a positive integer (copies of each example per batch; "
                     f"1 = off), got {repeats!r}")
-  if global_batch % repeats:
-    raise UserError(f"config.repeated_augmentation={repeats} does not divide config.batch_size={global_batch}; each "
-                    "batch holds batch_size / repeats examples, each repeated: use a divisor of the batch")
+  if repeats > global_batch:
+    raise UserError(f"config.repeated_augmentation={repeats} is larger than config.batch_size={global_batch}: "
+                    "every copy of an example is in the same batch; use at most the batch size (RSB: 3)")
 
 
 def batch_positions(step, global_batch: int, rows: Optional[tuple[int, int]] = None, xp=np):
