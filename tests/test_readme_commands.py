@@ -115,6 +115,9 @@ NOT_RUN = {
         IMAGENET,
     'python -m resnet_jax.main --config configs/cifar.py:resnet56 --workdir runs/ft '
     '--config.dataset.name=npz:data/my_task --config.init_from=runs/pretrained': "the user's own data and weights",
+    'python -m resnet_jax.main --config configs/imagenet.py:resnet50_tv_v2 --workdir runs/tv2': IMAGENET,
+    'python -m resnet_jax.main --config configs/imagenet.py:resnet50_rsb_a1 --workdir runs/a1 '
+    '--config.accumulate_steps=4 --config.batch_norm.group_size=64': IMAGENET,
     'python -m resnet_jax.main --config configs/imagenet.py:resnet50 --workdir runs/r50_ft '
     '--config.dataset.name=folder:data/flowers --config.init_from=resnet50.safetensors '
     '--config.input.mean="(123.675,116.28,103.53)" --config.input.std="(58.395,57.12,57.375)"':
