@@ -115,6 +115,17 @@ NOT_RUN = {
         IMAGENET,
     'python -m resnet_jax.main --config configs/cifar.py:resnet56 --workdir runs/ft '
     '--config.dataset.name=npz:data/my_task --config.init_from=runs/pretrained': "the user's own data and weights",
+    'python -m resnet_jax.main --config configs/cifar.py:resnet20_modern --workdir runs/r20_modern': CIFAR,
+    'python -m resnet_jax.main --config configs/cifar.py:resnet20_modern_no_ema --workdir runs/r20_modern_no_ema':
+        CIFAR,
+    'python -m resnet_jax.main --config configs/quickstart.py --workdir runs/all_on --config.model.name=cifar_resnet20 '
+    '--config.model.stem=deep --config.model.downsample=avg --config.model.shortcut_type=B --config.ema.decay=0.9998 '
+    '--config.ema.warmup=True --config.optimizer.name=lamb --config.schedule.base_lr=5e-3 '
+    '--config.optimizer.weight_decay=0.01 --config.optimizer.weight_decay_on=kernels --config.loss=bce '
+    '--config.bce_target_threshold=0.2 --config.augment.mixup_alpha=0.2 --config.augment.cutmix_alpha=1.0 '
+    '--config.augment.auto_augment=rand-m9-mstd0.5-inc1':
+        'tests/test_data_auto_augment.py::test_an_all_on_run_trains_evaluates_and_resumes_bitwise_from_the_command_line'
+        ' runs these options on the tiny run (and resumes it)',
     'python -m resnet_jax.main --config configs/imagenet.py:resnet50_tv_v2 --workdir runs/tv2': IMAGENET,
     'python -m resnet_jax.main --config configs/imagenet.py:resnet50_rsb_a1 --workdir runs/a1 '
     '--config.accumulate_steps=4 --config.batch_norm.group_size=64': IMAGENET,
