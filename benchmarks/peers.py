@@ -413,13 +413,7 @@ def main(argv=None) -> dict[str, Any]:
             'ratios_step_time': ratios, 'skipped': skipped, 'argv': list(sys.argv[1:] if argv is None else argv),
             'haiku_version': _version('haiku'), 'optax_version': optax.__version__,
             **benchmark.environment()}
-  if args.tag:
-    record['tag'] = args.tag
-  if args.json:
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, 'a') as f:
-      f.write(json.dumps(record, sort_keys=True, default=str) + '\n')
-  return record
+  return _write_record(args, record)
 
 
 def main_cifar(args, dtype: str, argv) -> dict[str, Any]:
@@ -470,6 +464,11 @@ def main_cifar(args, dtype: str, argv) -> dict[str, Any]:
             'dtype': dtype, 'rounds': args.rounds, 'steps_per_round': args.steps, 'results': results,
             'ratios_step_time': ratios, 'skipped': skipped, 'argv': list(sys.argv[1:] if argv is None else argv),
             'optax_version': optax.__version__, **benchmark.environment()}
+  return _write_record(args, record)
+
+
+def _write_record(args, record: dict[str, Any]) -> dict[str, Any]:
+  """`record` with --tag, appended as one JSON line to --json (when given)."""
   if args.tag:
     record['tag'] = args.tag
   if args.json:
