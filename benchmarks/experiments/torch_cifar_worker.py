@@ -21,66 +21,28 @@ optimiser step stays eager (foreach), as in torch's own training recipes.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn import functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'peers'))
+import torch_reference  # pylint: disable=g-import-not-at-top,wrong-import-position  (benchmarks/peers/)
 
 MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-4
 LEARNING_RATE = 0.1
 
 
-class BasicUnit(nn.Module):
-
-  def __init__(self, in_features: int, features: int, stride: int):
-    super().__init__()
-    self.conv1 = nn.Conv2d(in_features, features, 3, stride, 1, bias=False)
-    self.bn1 = nn.BatchNorm2d(features)
-    self.conv2 = nn.Conv2d(features, features, 3, 1, 1, bias=False)
-    self.bn2 = nn.BatchNorm2d(features)
-    self.stride = stride
-    self.extra = features - in_features
-
-  def forward(self, x):
-    y = F.relu(self.bn1(self.conv1(x)))
-    y = self.bn2(self.conv2(y))
-    shortcut = x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x
-    if self.extra:  # option A: zero channels appended after the existing ones
-      shortcut = F.pad(shortcut, (0, 0, 0, 0, 0, self.extra))
-    return F.relu(y + shortcut)
-
-
-class CifarResNet(nn.Module):
-
-  def __init__(self, depth: int, num_classes: int = 10):
-    super().__init__()
-    if (depth - 2) % 6:
-      raise ValueError(f'depth {depth} is not 6n+2')
-    n = (depth - 2) // 6
-    self.stem = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-    self.bn = nn.BatchNorm2d(16)
-    units, in_features = [], 16
-    for stage, features in enumerate((16, 32, 64)):
-      for i in range(n):
-        units.append(BasicUnit(in_features, features, 2 if stage and not i else 1))
-        in_features = features
-    self.units = nn.Sequential(*units)
-    self.head = nn.Linear(64, num_classes)
-
-  def forward(self, x):
-    x = F.relu(self.bn(self.stem(x)))
-    x = self.units(x)
-    return self.head(x.mean(dim=(2, 3)))
-
-
 class Peer:
 
   def __init__(self, depth: int, compile_model: bool, batch: dict[str, np.ndarray], mean, std):
-    self.model = CifarResNet(depth)
+    # The option-A CIFAR ResNet of the PyTorch reference trainer (issue 22), the network proven equal to
+    # resnet_jax's step for step.
+    self.model = torch_reference.create_model(f'cifar_resnet{depth}', num_classes=10)
     self.opt = torch.optim.SGD(self.model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM,
                                weight_decay=WEIGHT_DECAY)
     self.images = torch.from_numpy(batch['image'])            # uint8 NHWC, as the JAX side gets it
