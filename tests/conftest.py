@@ -216,20 +216,3 @@ def cache():
   """The session's XLA compilation cache, for command lines that name theirs (`--config.compilation_cache_dir`,
   tests/kill_loop.py): results do not depend on it; it saves each subprocess the compile."""
   return COMPILATION_CACHE_DIR
-
-
-# The modules that run subprocesses, notebooks or whole training runs, longest first (their summed test time,
-# --durations on the 2-core machine). setup.cfg turns off xdist's own order (most tests first, which put these
-# few-test modules last, so one worker ran them alone at the end): running the longest first and the many short
-# modules after them balances the two workers (longest-processing-time-first). A module missing from the list
-# only runs later; nothing depends on the order.
-LONGEST_MODULES_FIRST = ('test_topology_faults', 'test_cloud_workdirs', 'test_notebooks', 'test_readme_commands',
-                         'test_models_invariants', 'test_preemption', 'test_workdir', 'test_train_streaming',
-                         'test_finetune', 'test_models_zoo')
-
-
-def pytest_collection_modifyitems(items):
-  def rank(item):
-    name = os.path.basename(str(item.path))[:-len('.py')]
-    return LONGEST_MODULES_FIRST.index(name) if name in LONGEST_MODULES_FIRST else len(LONGEST_MODULES_FIRST)
-  items.sort(key=rank)  # stable: the order within a module, and of the other modules, is kept
