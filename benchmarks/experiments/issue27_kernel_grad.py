@@ -22,6 +22,7 @@ remaining arguments. The switch lives only here (nothing in resnet_jax reads it)
   python benchmarks/experiments/issue27_kernel_grad.py --check   # values/gradients of both forms against lax
 """
 
+import functools
 import os
 import sys
 
@@ -54,17 +55,17 @@ def _padded_taps(x, dy_shape, w_shape, strides, pads):
   return taps
 
 
-def _contract(taps, dy, groups, precision):
+def _contract(taps, dy, groups, precision, dy_first):
   """sum over (b, p, q) of taps[..., t, g, c] dy[..., g, o] -> (t, c, G*o), the groups a batch dimension.
 
   XLA:CPU gives a dot's left operand its contracting dimension minor (row-major (M, K)); with the positions
-  contracted that is a transpose of the left operand. DY_FIRST (the `_dy` forms) puts dy on the left, so dy is
+  contracted that is a transpose of the left operand. dy_first (the `_dy` forms) puts dy on the left, so dy is
   transposed once per convolution instead of x's taps (kh*kw times x)."""
   b, oh, ow, cout = dy.shape
   cin = taps.shape[-1]
   taps = taps.reshape(b, oh, ow, taps.shape[3], groups, cin // groups)
   dyg = dy.reshape(b, oh, ow, groups, cout // groups)
-  if DY_FIRST:
+  if dy_first:
     dw = lax.dot_general(dyg, taps, (((0, 1, 2), (0, 1, 2)), ((3,), (4,))), precision=precision)  # G, O/G, T, C/G
     dw = jnp.transpose(dw, (2, 3, 0, 1))
   else:
@@ -74,22 +75,26 @@ def _contract(taps, dy, groups, precision):
   return dw.reshape(taps.shape[3], cin // groups, cout)
 
 
-def kernel_grad_shifted(x, dy, w_shape, strides, pads, groups, precision):
+def kernel_grad_shifted(x, dy, w_shape, strides, pads, groups, precision, dy_first=False):
   kh, kw, cin_per_group, cout = w_shape
-  dws = [_contract(tap[:, :, :, None, :], dy, groups, precision)
+  dws = [_contract(tap[:, :, :, None, :], dy, groups, precision, dy_first)
          for tap in _padded_taps(x, dy.shape, w_shape, strides, pads)]
   return jnp.concatenate(dws, axis=0).reshape(kh, kw, cin_per_group, cout)
 
 
-def kernel_grad_im2col(x, dy, w_shape, strides, pads, groups, precision):
+def kernel_grad_im2col(x, dy, w_shape, strides, pads, groups, precision, dy_first=False):
   kh, kw, cin_per_group, cout = w_shape
   patches = jnp.stack(_padded_taps(x, dy.shape, w_shape, strides, pads), axis=3)  # B, H', W', kh*kw, C
-  return _contract(patches, dy, groups, precision).reshape(kh, kw, cin_per_group, cout)
+  return _contract(patches, dy, groups, precision, dy_first).reshape(kh, kw, cin_per_group, cout)
 
 
 KERNEL_GRADS = {'shifted': kernel_grad_shifted, 'im2col': kernel_grad_im2col}
 FORMS = (*KERNEL_GRADS, *(name + '_dy' for name in KERNEL_GRADS))
-DY_FIRST = False
+
+
+def kernel_grad_of(form: str):
+  """The kernel-gradient function of a form name: 'shifted', 'im2col', or either with '_dy'."""
+  return functools.partial(KERNEL_GRADS[form.removesuffix('_dy')], dy_first=form.endswith('_dy'))
 
 
 def make_bwd(kernel_grad):
@@ -104,11 +109,9 @@ def make_bwd(kernel_grad):
 
 
 def patch(name: str):
-  global DY_FIRST
   if name not in FORMS:
     raise SystemExit(f'error: ISSUE27_DW={name!r}; choose from {", ".join(FORMS)}')
-  DY_FIRST = name.endswith('_dy')
-  conv._canonical_conv.defvjp(conv._canonical_conv_fwd, make_bwd(KERNEL_GRADS[name.removesuffix('_dy')]))  # pylint: disable=protected-access
+  conv._canonical_conv.defvjp(conv._canonical_conv_fwd, make_bwd(kernel_grad_of(name)))  # pylint: disable=protected-access
 
 
 def check():
@@ -117,9 +120,8 @@ def check():
   import numpy as np  # pylint: disable=g-import-not-at-top
   cases = [(k, s, n, 1, ((k // 2,) * 2,) * 2) for k, s, n in itertools.product((3, 7), (1, 2), (8, 9))]
   cases += [(3, s, 9, 2, ((1, 1), (1, 1))) for s in (1, 2)] + [(3, 1, 8, 1, 'VALID'), (3, 2, 8, 1, ((0, 1), (1, 0)))]
-  global DY_FIRST
   for name in FORMS:
-    kernel_grad, DY_FIRST = KERNEL_GRADS[name.removesuffix('_dy')], name.endswith('_dy')
+    kernel_grad = kernel_grad_of(name)
     worst = 0.0
     for k, s, n, g, padding in cases:
       rng = np.random.default_rng(k * 100 + s * 10 + n)
